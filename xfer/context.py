@@ -1,0 +1,184 @@
+"""One resolver from what users write for a device to what each backend needs.
+
+Accepted everywhere a ``context`` is taken: ``"cpu"``, ``"cpu:1"``, ``"gpu"``, ``"gpu:0"``,
+``"cuda:0"``, an ``mx.Context``, a ``torch.device``, a context *function* such as ``mx.cpu`` (Xfer's
+``context_function``), or a list of any of these for data parallelism.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xfer.exceptions import DeviceUnavailableError, InvalidArgumentError, InvalidTypeError
+
+_DEVICE_PATTERN = re.compile(r"^\s*(cpu|gpu|cuda)\s*(?::\s*(\d+))?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A backend-neutral device: ``kind`` is ``"cpu"`` or ``"gpu"``; ``index`` its number."""
+
+    kind: str
+    index: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.index}"
+
+
+def _parse_one(context: Any) -> Device:
+    if isinstance(context, Device):
+        return context
+    if isinstance(context, str):
+        match = _DEVICE_PATTERN.match(context)
+        if match is None:
+            raise InvalidArgumentError(
+                f"Unknown context {context!r}: use 'cpu', 'cpu:N', 'gpu', 'gpu:N' or 'cuda:N'."
+            )
+        kind = "cpu" if match.group(1).lower() == "cpu" else "gpu"
+        return Device(kind, int(match.group(2) or 0))
+    type_name = f"{type(context).__module__}.{type(context).__qualname__}"
+    if type_name == "torch.device":
+        kind = {"cpu": "cpu", "cuda": "gpu"}.get(context.type)
+        if kind is None:
+            raise InvalidArgumentError(
+                f"torch.device of type {context.type!r} is not supported: use 'cpu' or 'cuda'."
+            )
+        return Device(kind, context.index or 0)
+    if hasattr(context, "device_type") and hasattr(context, "device_id"):  # mx.Context
+        kind = "gpu" if context.device_type == "gpu" else "cpu"
+        return Device(kind, int(context.device_id))
+    if callable(context):  # Xfer's context_function, e.g. mx.cpu or mx.gpu
+        return _parse_one(context())
+    raise InvalidTypeError(
+        f"Cannot use {context!r} (type {type_name}) as a context: pass 'cpu', 'gpu:0', an "
+        "mx.Context, a torch.device, or a list of them."
+    )
+
+
+def resolve_context(context: Any = None, default: Any = None) -> list[Device]:
+    """Turn a user's ``context`` into a non-empty list of :class:`Device`.
+
+    Parameters
+    ----------
+    context : str, mx.Context, torch.device, callable, list of these, or None
+        What the user asked for in this call. ``None`` falls back to ``default``.
+    default : same types as ``context``, default=None
+        The constructor's context; ``None`` means ``"cpu"``.
+
+    Returns
+    -------
+    list of Device
+
+    Raises
+    ------
+    InvalidArgumentError
+        An unknown device string, an empty list or a repeated device.
+    InvalidTypeError
+        Something that is not a device description.
+
+    Examples
+    --------
+    >>> resolve_context("gpu:1")
+    [Device(kind='gpu', index=1)]
+    >>> resolve_context(None, default=["cpu:0", "cpu:1"])
+    [Device(kind='cpu', index=0), Device(kind='cpu', index=1)]
+    """
+    if context is None:
+        context = "cpu" if default is None else default
+    items = list(context) if isinstance(context, (list, tuple)) else [context]
+    if not items:
+        raise InvalidArgumentError("The context list is empty: give at least one device.")
+    devices = [_parse_one(item) for item in items]
+    if len(set(devices)) != len(devices):
+        raise InvalidArgumentError(f"The context list repeats a device: {[str(d) for d in devices]}.")
+    return devices
+
+
+def devices_from_function(context_function: Any, num_devices: int = 1) -> list[Device]:
+    """Xfer's ``(context_function, num_devices)`` pair as a device list (``mx.gpu, 2`` -> gpu:0, gpu:1)."""
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+        raise InvalidArgumentError(f"num_devices must be a positive integer, got {num_devices!r}.")
+    if callable(context_function) and not hasattr(context_function, "device_type"):
+        return resolve_context([context_function(i) for i in range(num_devices)])
+    devices = resolve_context(context_function)
+    if num_devices != 1 and len(devices) == 1:
+        devices = [Device(devices[0].kind, i) for i in range(num_devices)]
+    return devices
+
+
+def format_context(devices: Sequence[Device]) -> str | list[str]:
+    """A JSON-safe form of a device list (``"cpu:0"`` or ``["gpu:0", "gpu:1"]``)."""
+    names = [str(d) for d in devices]
+    return names[0] if len(names) == 1 else names
+
+
+def to_mxnet(context: Any = None, default: Any = None) -> list:
+    """Resolve ``context`` to a list of ``mx.Context``, checking that GPUs exist.
+
+    Raises
+    ------
+    DeviceUnavailableError
+        A GPU was asked for and this MXNet build has no CUDA support or too few GPUs.
+    """
+    from xfer._mxnet import mx
+
+    devices = resolve_context(context, default)
+    gpu_indices = [d.index for d in devices if d.kind == "gpu"]
+    if gpu_indices:
+        if not mx.runtime.Features().is_enabled("CUDA"):
+            raise DeviceUnavailableError(
+                f"A GPU context ({', '.join(str(d) for d in devices if d.kind == 'gpu')}) was asked "
+                f"for, but this MXNet build (mxnet {mx.__version__}) is CPU-only. Install the "
+                "CUDA build that matches your driver (for example `pip install mxnet-cu112==1.9.1`), "
+                "or use context='cpu'."
+            )
+        available = mx.context.num_gpus()
+        if max(gpu_indices) >= available:
+            raise DeviceUnavailableError(
+                f"GPU {max(gpu_indices)} was asked for but MXNet sees {available} GPU(s)."
+            )
+    return [mx.gpu(d.index) if d.kind == "gpu" else mx.cpu(d.index) for d in devices]
+
+
+def to_torch(context: Any = None, default: Any = None):
+    """Resolve ``context`` to one ``torch.device``, checking that CUDA is there.
+
+    Torch heads run on one device; a list with more than one device is refused here (use the
+    fine-tuners' distributed training for several GPUs).
+
+    Raises
+    ------
+    DeviceUnavailableError
+        CUDA was asked for and torch has no CUDA build, no driver or too few GPUs.
+    InvalidArgumentError
+        More than one device was given.
+    """
+    import torch
+
+    devices = resolve_context(context, default)
+    if len(devices) > 1:
+        raise InvalidArgumentError(
+            f"This computation runs on one device, but {len(devices)} were given "
+            f"({[str(d) for d in devices]}): pass a single context such as 'gpu:0'."
+        )
+    device = devices[0]
+    if device.kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise DeviceUnavailableError(
+            f"Context {device} asks for a CUDA GPU, but torch {torch.__version__} ({build}) "
+            "sees no usable GPU. Install a CUDA build of torch on a machine with an NVIDIA GPU, "
+            "or use context='cpu'."
+        )
+    if device.index >= torch.cuda.device_count():
+        raise DeviceUnavailableError(
+            f"GPU {device.index} was asked for but torch sees {torch.cuda.device_count()} GPU(s)."
+        )
+    return torch.device("cuda", device.index)
+
+
+__all__ = ["Device", "resolve_context", "devices_from_function", "format_context", "to_mxnet", "to_torch"]

@@ -1,0 +1,92 @@
+"""Exceptions raised by xfer.
+
+Every exception subclasses :class:`XferError` and the built-in type a user would naturally catch
+(``ValueError``, ``TypeError``, ``FileNotFoundError``...), so ``except ValueError`` keeps working in
+scripts written for Amazon's Xfer.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+
+class XferError(Exception):
+    """Base class of every exception raised by xfer."""
+
+
+class ModelError(XferError, ValueError):
+    """A graph edit that cannot be done on this model (Xfer's ``ModelError``)."""
+
+
+class ModelArchitectureError(ModelError):
+    """The model's architecture does not allow the requested operation (branches, multiple outputs)."""
+
+
+class LayerNotFoundError(XferError, ValueError):
+    """A layer name that is not in the model."""
+
+
+class InvalidArgumentError(XferError, ValueError):
+    """An argument with the right type but a wrong value (shape, range, choice)."""
+
+
+class InvalidTypeError(XferError, TypeError):
+    """An argument of the wrong type."""
+
+
+class NotFittedError(XferError, _SklearnNotFittedError):
+    """A method that needs a fitted repurposer was called before ``fit``/``repurpose``."""
+
+
+class DeviceUnavailableError(XferError, RuntimeError):
+    """A device (GPU) was asked for that this machine or this build of the backend does not have."""
+
+
+class SerializationError(XferError, ValueError):
+    """A saved model file is corrupt, truncated, of an unknown format, or does not match its model."""
+
+
+class ModelFileNotFoundError(XferError, FileNotFoundError):
+    """A file of a saved model is missing."""
+
+
+class MissingDependencyError(XferError, ImportError):
+    """An optional package is not installed; the message names the install command."""
+
+
+def closest_names_hint(name: str, candidates: Iterable[str], limit: int = 5) -> str:
+    """Return ``" Did you mean: a, b?"`` for the candidates closest to ``name`` (or ``""``)."""
+    candidates = list(candidates)
+    close = difflib.get_close_matches(str(name), candidates, n=limit, cutoff=0.5)
+    if not close:
+        close = [c for c in candidates if str(name).lower() in c.lower()][:limit]
+    return f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def layer_not_found(name: str, layer_names: Iterable[str]) -> LayerNotFoundError:
+    """Build the error for an unknown layer, listing the closest existing layer names."""
+    layer_names = list(layer_names)
+    hint = closest_names_hint(name, layer_names)
+    shown = ", ".join(layer_names[:20]) + (", ..." if len(layer_names) > 20 else "")
+    return LayerNotFoundError(
+        f"Layer {name!r} is not in the model.{hint} The model's layers are: {shown} "
+        "(see ModelHandler.layer_names)."
+    )
+
+
+__all__ = [
+    "XferError",
+    "ModelError",
+    "ModelArchitectureError",
+    "LayerNotFoundError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "NotFittedError",
+    "DeviceUnavailableError",
+    "SerializationError",
+    "ModelFileNotFoundError",
+    "MissingDependencyError",
+]
