@@ -1,0 +1,31 @@
+"""Real pretrained source models, loaded offline from installed packages.
+
+============================  ===============================================================
+``efficientnet_lite0``        ImageNet EfficientNet-Lite0, MXNet symbolic graph or PyTorch module
+``efficientnet_lite0_preprocess``  images -> the float32 N x 3 x S x S input both backends expect
+``minilm``                    all-MiniLM-L6-v2 sentence encoder (PyTorch, takes a list of strings)
+============================  ===============================================================
+
+The model packages are optional: ``bash scripts/setup.sh`` installs them (see
+``requirements/assets.txt`` and ``requirements/assets-nodeps.txt``). A missing one raises
+:class:`xfer.exceptions.MissingDependencyError` with the pip command. Nothing downloads.
+"""
+
+from __future__ import annotations
+
+from xfer.zoo.efficientnet import (
+    efficientnet_lite0,
+    efficientnet_lite0_params,
+    efficientnet_lite0_symbol,
+    same_padding,
+)
+from xfer.zoo.preprocess import efficientnet_lite0_preprocess, to_rgb
+
+__all__ = [
+    "efficientnet_lite0",
+    "efficientnet_lite0_params",
+    "efficientnet_lite0_preprocess",
+    "efficientnet_lite0_symbol",
+    "same_padding",
+    "to_rgb",
+]
