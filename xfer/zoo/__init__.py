@@ -21,11 +21,25 @@ from xfer.zoo.efficientnet import (
 )
 from xfer.zoo.preprocess import efficientnet_lite0_preprocess, to_rgb
 
+_LAZY = {"minilm": "xfer.zoo.text_encoder", "MiniLM": "xfer.zoo.text_encoder"}
+
+
+def __getattr__(name: str):
+    # minilm imports torch at module level: load it on first use, keep ``import xfer.zoo`` light.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xfer.zoo' has no attribute {name!r}")
+
+
 __all__ = [
+    "MiniLM",
     "efficientnet_lite0",
     "efficientnet_lite0_params",
     "efficientnet_lite0_preprocess",
     "efficientnet_lite0_symbol",
+    "minilm",
     "same_padding",
     "to_rgb",
 ]
