@@ -90,3 +90,10 @@ __all__ = [
     "ModelFileNotFoundError",
     "MissingDependencyError",
 ]
+
+
+class ProbabilityEstimatesDisabledError(XferError, ValueError):
+    """``predict_proba`` on an SVM repurposer fitted without ``enable_probability_estimates=True``."""
+
+
+__all__ += ["ProbabilityEstimatesDisabledError"]

@@ -1,0 +1,10 @@
+"""Inspect, edit and read features from pretrained networks (MXNet symbolic graphs; PyTorch next).
+
+``ModelHandler(model)`` picks the backend from the model's type.
+"""
+
+from xfer.model_handler import consts, exceptions
+from xfer.model_handler.base import ModelHandler
+from xfer.model_handler.mxnet import MXNetModelHandler
+
+__all__ = ["ModelHandler", "MXNetModelHandler", "consts", "exceptions"]

@@ -1,0 +1,58 @@
+"""The backend-neutral ModelHandler: one name, dispatching on the type of the model it is given."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from xfer.exceptions import InvalidTypeError
+
+_BACKENDS: list[type] = []
+
+
+def register_backend(cls: type) -> type:
+    """Class decorator: make ``ModelHandler(model)`` build ``cls`` when ``cls.accepts(model)``."""
+    _BACKENDS.append(cls)
+    return cls
+
+
+class ModelHandler:
+    """Inspect, edit and read features from a pretrained network.
+
+    ``ModelHandler(model, ...)`` returns the handler of the model's backend: an
+    :class:`~xfer.model_handler.mxnet.MXNetModelHandler` for an ``mx.mod.Module``, a
+    ``(symbol, arg_params, aux_params)`` triple, a ``(prefix, epoch)`` checkpoint or a hybridised
+    Gluon block. Every backend exposes the same methods (see the MXNet handler's documentation).
+
+    Examples
+    --------
+    >>> mh = ModelHandler(module)                      # doctest: +SKIP
+    >>> mh.layer_names[:3]                             # doctest: +SKIP
+    ['conv1', 'bn1', 'relu1']
+    """
+
+    backend: ClassVar[str] = ""
+
+    def __new__(cls, model: Any = None, *args: Any, **kwargs: Any):
+        if cls is ModelHandler:
+            if isinstance(model, ModelHandler):
+                cls = type(model)
+            else:
+                for backend in _BACKENDS:
+                    if backend.accepts(model):
+                        cls = backend
+                        break
+                else:
+                    raise InvalidTypeError(
+                        f"Cannot build a ModelHandler from {type(model).__module__}."
+                        f"{type(model).__qualname__}: pass an mx.mod.Module, a (symbol, arg_params, "
+                        "aux_params) tuple, a (checkpoint_prefix, epoch) tuple, a hybridised Gluon "
+                        "HybridBlock, or a ModelHandler."
+                    )
+        return super().__new__(cls)
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:  # pragma: no cover - overridden by backends
+        return False
+
+
+__all__ = ["ModelHandler", "register_backend"]

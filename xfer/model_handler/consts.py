@@ -1,0 +1,54 @@
+"""Constants of the ModelHandler (Xfer's ``xfer.model_handler.consts``)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class LayerType(str, Enum):
+    """MXNet operator names of common layer types.
+
+    A ``str`` enum: ``LayerType.CONVOLUTION == "Convolution"``, and every method taking a layer
+    type accepts the enum or the plain string (case-insensitive).
+    """
+
+    FULLYCONNECTED = "FullyConnected"
+    CONVOLUTION = "Convolution"
+    POOLING = "Pooling"
+    ACTIVATION = "Activation"
+    BATCHNORM = "BatchNorm"
+    DROPOUT = "Dropout"
+    FLATTEN = "Flatten"
+    SOFTMAXOUTPUT = "SoftmaxOutput"
+    RELU = "relu"
+    CONCAT = "Concat"
+    ELEMWISE_ADD = "elemwise_add"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Operators whose output is a loss/output layer: nothing can be added above them.
+OUTPUT_LAYER_TYPES = frozenset(
+    {
+        "SoftmaxOutput",
+        "LinearRegressionOutput",
+        "LogisticRegressionOutput",
+        "MAERegressionOutput",
+        "SVMOutput",
+        "MakeLoss",
+    }
+)
+
+# Substrings a new layer's name may not contain (they would be mistaken for parameter or
+# output names of another layer). Same list as Xfer.
+FORBIDDEN_NAME_PARTS = (
+    "_output",
+    "_label",
+    "_weight",
+    "_bias",
+    "_moving_mean",
+    "_moving_var",
+    "_gamma",
+    "_beta",
+)

@@ -1,0 +1,935 @@
+"""ModelHandler for MXNet symbolic graphs (``mx.sym.Symbol`` + parameters)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xfer._mxnet import mx
+from xfer.context import devices_from_function, to_mxnet
+from xfer.data import as_batches
+from xfer.exceptions import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    MissingDependencyError,
+    ModelArchitectureError,
+    ModelError,
+    ModelFileNotFoundError,
+    SerializationError,
+    layer_not_found,
+)
+from xfer.model_handler.base import ModelHandler, register_backend
+from xfer.model_handler.consts import FORBIDDEN_NAME_PARTS, OUTPUT_LAYER_TYPES, LayerType
+
+logger = logging.getLogger("xfer.model_handler.mxnet")
+
+_PARAMETER_SUFFIXES = ("_weight", "_bias", "_gamma", "_beta", "_moving_mean", "_moving_var")
+_XAVIER = dict(rnd_type="gaussian", factor_type="in", magnitude=2)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return next((line for line in text if line.strip() and "Traceback" not in line), str(error))
+
+
+def _atomic_path(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(handle)
+    return temp
+
+
+def _write_atomically(path: str, write) -> None:
+    """Call ``write(temp_path)`` then rename over ``path``: a crash never leaves half a file."""
+    temp = _atomic_path(path)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+class _Graph:
+    """A parsed view of a symbol's JSON: nodes, heads and the index of each name."""
+
+    def __init__(self, symbol: Any):
+        self.json = json.loads(symbol.tojson())
+        self.nodes: list[dict] = self.json["nodes"]
+        self.heads: list[list[int]] = self.json["heads"]
+        self.index = {node["name"]: i for i, node in enumerate(self.nodes)}
+
+    def is_layer(self, i: int) -> bool:
+        return self.nodes[i]["op"] != "null"
+
+    def layer_inputs(self, i: int) -> list[list[int]]:
+        return [inp for inp in self.nodes[i]["inputs"] if self.is_layer(inp[0])]
+
+    def consumers(self, i: int) -> list[int]:
+        return [j for j, node in enumerate(self.nodes) if any(inp[0] == i for inp in node["inputs"])]
+
+    def rebuilt(self, removed: set[int]) -> Any:
+        """A new symbol without the ``removed`` nodes (inputs must already avoid them)."""
+        keep = [i for i in range(len(self.nodes)) if i not in removed]
+        new_index = {old: new for new, old in enumerate(keep)}
+        nodes = []
+        for old in keep:
+            node = dict(self.nodes[old])
+            node["inputs"] = [[new_index[i], k, v] for i, k, v in node["inputs"]]
+            nodes.append(node)
+        graph = {
+            "nodes": nodes,
+            "arg_nodes": [i for i, node in enumerate(nodes) if node["op"] == "null"],
+            "heads": [[new_index[i], k, v] for i, k, v in self.heads],
+            "attrs": self.json.get("attrs", {}),
+        }
+        return mx.sym.load_json(json.dumps(graph))
+
+
+@register_backend
+class MXNetModelHandler(ModelHandler):
+    """Inspect, edit and read features from an MXNet symbolic network.
+
+    Parameters
+    ----------
+    module : mx.mod.Module, tuple, mx.gluon.HybridBlock or ModelHandler
+        The source network: a Module (bound, or loaded with ``Module.load``), a
+        ``(symbol, arg_params, aux_params)`` tuple, a ``(checkpoint_prefix, epoch)`` tuple, a
+        hybridised and initialised Gluon block, or another ModelHandler (copied).
+    context_function : callable, default=mx.cpu
+        Xfer's device function; with ``num_devices`` it gives the default devices. Any context
+        accepted by :func:`xfer.context.resolve_context` works too (``"gpu:0"``).
+    num_devices : int, default=1
+        Number of devices made with ``context_function``.
+    data_name : str, default='data'
+        Name of the network's input variable.
+
+    Attributes
+    ----------
+    symbol : mx.sym.Symbol
+        The (edited) graph.
+    arg_params, aux_params : dict of str to mx.nd.NDArray
+        Parameters of the graph; parameters of newly added layers are absent until trained.
+    layer_type_dict : OrderedDict
+        Layer name to operator name, in graph order.
+    devices : list of mx.Context
+        The default devices.
+
+    Examples
+    --------
+    >>> mh = ModelHandler(module)                                  # doctest: +SKIP
+    >>> mh.drop_layer_top(2)                                       # doctest: +SKIP
+    >>> mh.add_layer_top([mx.sym.FullyConnected(num_hidden=5, name="fc_new"),
+    ...                   mx.sym.SoftmaxOutput(name="softmax")])   # doctest: +SKIP
+    >>> features, labels = mh.get_layer_output(images, ["fc1"])    # doctest: +SKIP
+    """
+
+    backend = "mxnet"
+
+    def __init__(
+        self,
+        module: Any,
+        context_function: Any = mx.cpu,
+        num_devices: int = 1,
+        data_name: str = "data",
+        *,
+        arg_params: dict | None = None,
+        aux_params: dict | None = None,
+    ):
+        if not isinstance(data_name, str):
+            raise InvalidTypeError(f"data_name must be a string, got {data_name!r}.")
+        self.context_function = context_function
+        self.num_devices = num_devices
+        self.devices = to_mxnet(devices_from_function(context_function, num_devices))
+        self.data_name = data_name
+        self.input_shape: tuple | None = None
+        self._frozen: set[str] = set()
+        symbol, args, auxs = self._read_model(module, arg_params, aux_params)
+        self.symbol = symbol
+        self.arg_params = dict(args)
+        self.aux_params = dict(auxs)
+        if data_name not in symbol.list_arguments():
+            raise ModelError(
+                f"The model has no input named {data_name!r}; its inputs and parameters are "
+                f"{symbol.list_arguments()[:10]}. Pass data_name=... with the name of its input."
+            )
+        self._check_parameter_consistency()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        if isinstance(model, (mx.mod.Module, mx.sym.Symbol, mx.gluon.HybridBlock)):
+            return True
+        if isinstance(model, tuple) and model:
+            if isinstance(model[0], mx.sym.Symbol):
+                return True
+            return len(model) == 2 and isinstance(model[0], (str, Path)) and isinstance(model[1], int)
+        return False
+
+    def _read_model(self, module: Any, arg_params: dict | None, aux_params: dict | None):
+        if isinstance(module, MXNetModelHandler):
+            self._frozen = set(module._frozen)
+            self.input_shape = module.input_shape
+            return module.symbol, module.arg_params, module.aux_params
+        if isinstance(module, mx.mod.Module):
+            if module.binded and module.params_initialized:
+                args, auxs = module.get_params()
+            elif getattr(module, "_arg_params", None) is not None:  # Module.load(...), not bound
+                args, auxs = module._arg_params, module._aux_params or {}
+            else:
+                raise ModelError(
+                    "The Module has no parameters: bind it and call init_params()/set_params(), or "
+                    "load it with mx.mod.Module.load(prefix, epoch)."
+                )
+            if module.binded:
+                for desc in module.data_shapes:
+                    if desc.name == self.data_name:
+                        self.input_shape = tuple(desc.shape[1:])
+            return module.symbol, args, auxs
+        if isinstance(module, mx.gluon.HybridBlock):
+            return self._read_gluon(module)
+        if isinstance(module, mx.sym.Symbol):
+            return module, arg_params or {}, aux_params or {}
+        if isinstance(module, tuple) and module and isinstance(module[0], mx.sym.Symbol):
+            if len(module) not in (2, 3):
+                raise InvalidArgumentError(
+                    "A model tuple must be (symbol, arg_params) or (symbol, arg_params, aux_params)."
+                )
+            args = module[1] or {}
+            auxs = module[2] if len(module) == 3 and module[2] is not None else {}
+            return module[0], args, auxs
+        if isinstance(module, tuple) and len(module) == 2:
+            symbol, args, auxs = _load_checkpoint_files(str(module[0]), module[1])
+            return symbol, args, auxs
+        raise InvalidTypeError(f"Cannot read an MXNet model from {type(module).__name__}.")
+
+    def _read_gluon(self, block: Any):
+        symbol = block(mx.sym.var(self.data_name))
+        if isinstance(symbol, (list, tuple)):
+            symbol = mx.sym.Group(list(symbol))
+        params = {p.name: p for p in block.collect_params().values()}
+        args, auxs = {}, {}
+        try:
+            for name in symbol.list_arguments():
+                if name in params:
+                    args[name] = params[name].data().copy()
+            for name in symbol.list_auxiliary_states():
+                if name in params:
+                    auxs[name] = params[name].data().copy()
+        except mx.gluon.parameter.DeferredInitializationError as error:
+            raise ModelError(
+                "The Gluon block's parameters are not initialised yet: call block.initialize() and "
+                "run one forward pass (block(x)) before building a ModelHandler."
+            ) from error
+        return symbol, args, auxs
+
+    @classmethod
+    def load_checkpoint(cls, prefix: str, epoch: int = 0, **kwargs: Any) -> MXNetModelHandler:
+        """Load ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``.
+
+        Raises
+        ------
+        ModelFileNotFoundError
+            A file is missing.
+        SerializationError
+            A file is corrupt, or its parameters do not fit its graph.
+        """
+        return cls((str(prefix), int(epoch)), **kwargs)
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def layer_names(self) -> list[str]:
+        """Names of the layers (operator nodes), in graph order, output layer included."""
+        graph = _Graph(self.symbol)
+        return [node["name"] for i, node in enumerate(graph.nodes) if graph.is_layer(i)]
+
+    @property
+    def layer_type_dict(self) -> OrderedDict:
+        """Layer name to operator name (``'Convolution'``), in graph order."""
+        graph = _Graph(self.symbol)
+        return OrderedDict((n["name"], n["op"]) for i, n in enumerate(graph.nodes) if graph.is_layer(i))
+
+    def _check_layer_names(self, layer_names: Any, argument: str = "layer_names") -> list[str]:
+        if isinstance(layer_names, str) or not isinstance(layer_names, (list, tuple)):
+            raise InvalidTypeError(
+                f"{argument} must be a list of layer names, got {layer_names!r}; for one layer "
+                f"pass [{layer_names!r}]." if isinstance(layer_names, str) else
+                f"{argument} must be a list of layer names, got {type(layer_names).__name__}."
+            )
+        known = self.layer_type_dict
+        for name in layer_names:
+            if name not in known:
+                raise layer_not_found(name, known)
+        return list(layer_names)
+
+    def get_layer_type(self, layer_name: str) -> str:
+        """Operator name of a layer (``'Convolution'``).
+
+        Raises
+        ------
+        LayerNotFoundError
+            Unknown layer (a ``ValueError``); the message lists the closest names.
+        """
+        types = self.layer_type_dict
+        if layer_name not in types:
+            raise layer_not_found(layer_name, types)
+        return types[layer_name]
+
+    def get_layer_names_matching_type(self, layer_type: str | LayerType) -> list[str]:
+        """Names of the layers whose operator is ``layer_type`` (case-insensitive)."""
+        wanted = str(layer_type.value if isinstance(layer_type, LayerType) else layer_type).lower()
+        return [name for name, op in self.layer_type_dict.items() if op.lower() == wanted]
+
+    def get_layer_parameters(self, layer_names: list[str]) -> list[str]:
+        """Names of the parameters (arguments and auxiliary states) of exactly these layers.
+
+        Matching is by graph structure, never by name prefix: ``['conv1']`` does not return the
+        parameters of ``conv10``.
+        """
+        layer_names = self._check_layer_names(layer_names)
+        graph = _Graph(self.symbol)
+        names: list[str] = []
+        for layer in layer_names:
+            for inp in graph.nodes[graph.index[layer]]["inputs"]:
+                node = graph.nodes[inp[0]]
+                if node["op"] == "null" and node["name"] != self.data_name and not node["name"].endswith("_label"):
+                    if node["name"] not in names:
+                        names.append(node["name"])
+        return names
+
+    # ------------------------------------------------------------------ editing
+    def _check_count(self, num_layers: Any, argument: str) -> int:
+        if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+            raise InvalidArgumentError(f"{argument} must be a positive integer, got {num_layers!r}.")
+        return int(num_layers)
+
+    def _single_head(self, graph: _Graph) -> int:
+        if len(graph.heads) != 1:
+            names = [graph.nodes[h[0]]["name"] for h in graph.heads]
+            raise ModelArchitectureError(
+                f"The model has {len(names)} outputs ({names}); layers can only be dropped from or "
+                "added to a model with one output. Pick one with update_sym(symbol.get_internals()"
+                "['<layer>_output'])."
+            )
+        return graph.heads[0][0]
+
+    def drop_layer_top(self, num_layers_to_drop: int = 1) -> None:
+        """Remove the ``num_layers_to_drop`` layers nearest the output.
+
+        Raises
+        ------
+        ModelArchitectureError
+            The model has several outputs, or a layer to drop has several input layers (the new
+            output would be ambiguous).
+        ModelError
+            Dropping as many layers as the model has, or more.
+        """
+        count = self._check_count(num_layers_to_drop, "num_layers_to_drop")
+        available = len(self.layer_names)
+        if count >= available:
+            raise ModelError(
+                f"Cannot drop {count} layer(s) from the top of a model with {available} layers: at "
+                f"most {available - 1} can be dropped."
+            )
+        symbol = self.symbol
+        for _ in range(count):
+            graph = _Graph(symbol)
+            top = self._single_head(graph)
+            inputs = graph.layer_inputs(top)
+            name = graph.nodes[top]["name"]
+            if len(inputs) != 1:
+                sources = [graph.nodes[i[0]]["name"] for i in inputs]
+                raise ModelArchitectureError(
+                    f"Cannot drop layer {name!r}: it has {len(inputs)} input layers ({sources}), so "
+                    "the new output would be ambiguous. Choose the new output explicitly with "
+                    "update_sym(handler.symbol.get_internals()['<layer>_output'])."
+                )
+            symbol = _node_output(symbol, graph.nodes[inputs[0][0]]["name"], inputs[0][1])
+        self.update_sym(symbol)
+
+    def drop_layer_bottom(self, num_layers_to_drop: int = 1) -> None:
+        """Remove the ``num_layers_to_drop`` layers nearest the input; the next layer reads the input.
+
+        Raises
+        ------
+        ModelArchitectureError
+            The input feeds several layers, or the layer to drop feeds a layer that also reads
+            other layers (a branch).
+        ModelError
+            Dropping as many layers as the model has, or more.
+        """
+        count = self._check_count(num_layers_to_drop, "num_layers_to_drop")
+        available = len(self.layer_names)
+        if count >= available:
+            raise ModelError(
+                f"Cannot drop {count} layer(s) from the bottom of a model with {available} layers: "
+                f"at most {available - 1} can be dropped."
+            )
+        symbol = self.symbol
+        for _ in range(count):
+            graph = _Graph(symbol)
+            data = graph.index[self.data_name]
+            readers = [j for j in graph.consumers(data) if graph.is_layer(j)]
+            if len(readers) != 1:
+                names = [graph.nodes[j]["name"] for j in readers]
+                raise ModelArchitectureError(
+                    f"The input {self.data_name!r} feeds {len(readers)} layers ({names}): the bottom "
+                    "layer is ambiguous, so it cannot be dropped."
+                )
+            bottom = readers[0]
+            name = graph.nodes[bottom]["name"]
+            for j in graph.consumers(bottom):
+                for inp in graph.nodes[j]["inputs"]:
+                    if inp[0] == bottom:
+                        if inp[1] != 0:
+                            raise ModelArchitectureError(
+                                f"Cannot drop layer {name!r}: layer {graph.nodes[j]['name']!r} reads "
+                                f"its output {inp[1]}, which the input cannot replace."
+                            )
+                        inp[0], inp[2] = data, 0
+            own_params = {
+                inp[0] for inp in graph.nodes[bottom]["inputs"]
+                if inp[0] != data and not graph.is_layer(inp[0]) and len(graph.consumers(inp[0])) == 1
+            }
+            symbol = graph.rebuilt({bottom} | own_params)
+        self.update_sym(symbol)
+
+    def _free_input(self, layer: Any, position: int) -> str:
+        if not isinstance(layer, mx.sym.Symbol):
+            raise InvalidTypeError(
+                f"Layer {position} of the list is a {type(layer).__name__}, not an mx.sym.Symbol: "
+                "build layers like mx.sym.FullyConnected(num_hidden=10, name='fc_new')."
+            )
+        if len(layer.list_outputs()) != 1:
+            raise InvalidArgumentError(f"Layer {position} of the list has several outputs; add one-output layers.")
+        candidates = [
+            a for a in layer.list_arguments()
+            if not a.endswith(_PARAMETER_SUFFIXES) and not a.endswith("_label")
+        ]
+        if len(candidates) != 1:
+            raise InvalidArgumentError(
+                f"Layer {position} of the list must have exactly one free input, but it has "
+                f"{candidates}. Create it without connecting it, e.g. mx.sym.Activation("
+                "act_type='relu', name='relu_new')."
+            )
+        return candidates[0]
+
+    def _check_new_layers(self, layer_list: Any) -> list:
+        if isinstance(layer_list, mx.sym.Symbol) or not isinstance(layer_list, (list, tuple)):
+            raise InvalidTypeError(
+                "layer_list must be a list of unconnected mx.sym layers, e.g. "
+                "[mx.sym.FullyConnected(num_hidden=10, name='fc_new')]."
+            )
+        if not layer_list:
+            raise InvalidArgumentError("layer_list is empty: give at least one layer to add.")
+        existing = set(self.layer_names) | set(self.symbol.list_arguments()) | set(
+            self.symbol.list_auxiliary_states()
+        )
+        seen: set[str] = set()
+        for position, layer in enumerate(layer_list):
+            self._free_input(layer, position)
+            graph = _Graph(layer)
+            for i, node in enumerate(graph.nodes):
+                if not graph.is_layer(i):
+                    continue
+                name = node["name"]
+                bad = [part for part in FORBIDDEN_NAME_PARTS if part in name]
+                if bad:
+                    raise InvalidArgumentError(
+                        f"Layer name {name!r} contains {bad[0]!r}, which is reserved for parameter "
+                        "and output names; rename the layer."
+                    )
+                if name in existing or name in seen:
+                    raise InvalidArgumentError(
+                        f"A layer named {name!r} already exists in the model; give the new layer a "
+                        "unique name."
+                    )
+                seen.add(name)
+        return list(layer_list)
+
+    def add_layer_top(self, layer_list: list) -> None:
+        """Stack unconnected ``mx.sym`` layers on the output, in list order.
+
+        Raises
+        ------
+        ModelError
+            The model ends in an output layer (``SoftmaxOutput``...): drop it first.
+        InvalidArgumentError
+            A new layer's name clashes with the model or contains a reserved part.
+        """
+        layers = self._check_new_layers(layer_list)
+        graph = _Graph(self.symbol)
+        top = graph.nodes[self._single_head(graph)]
+        if top["op"] in OUTPUT_LAYER_TYPES:
+            raise ModelError(
+                f"The model ends in the output layer {top['name']!r} ({top['op']}); nothing can be "
+                "added above it. Drop it first with drop_layer_top()."
+            )
+        symbol = self.symbol
+        for position, layer in enumerate(layers):
+            symbol = layer(**{self._free_input(layer, position): symbol})
+        self.update_sym(symbol)
+
+    def add_layer_bottom(self, layer_list: list) -> None:
+        """Insert unconnected ``mx.sym`` layers between the input and the first layer, in list order.
+
+        The first layer of the list reads the input; the model's old first layer reads the last.
+        """
+        layers = self._check_new_layers(layer_list)
+        chain = mx.sym.var(self.data_name)
+        for position, layer in enumerate(layers):
+            chain = layer(**{self._free_input(layer, position): chain})
+        self.update_sym(self.symbol(**{self.data_name: chain}))
+
+    def update_sym(self, new_symbol: Any) -> None:
+        """Replace the graph; parameters the new graph does not use are dropped."""
+        if not isinstance(new_symbol, mx.sym.Symbol):
+            raise InvalidTypeError(f"new_symbol must be an mx.sym.Symbol, got {type(new_symbol).__name__}.")
+        arguments = set(new_symbol.list_arguments())
+        auxiliary = set(new_symbol.list_auxiliary_states())
+        self.symbol = new_symbol
+        self.arg_params = {k: v for k, v in self.arg_params.items() if k in arguments}
+        self.aux_params = {k: v for k, v in self.aux_params.items() if k in auxiliary}
+        self._frozen &= set(self.layer_names)
+
+    # ------------------------------------------------------------------ freezing
+    def freeze(self, layer_names: list[str]) -> None:
+        """Freeze layers: their parameters stay fixed in modules built by :meth:`get_module`, and
+        frozen BatchNorm layers use their stored statistics, which are never updated."""
+        self._frozen |= set(self._check_layer_names(layer_names))
+
+    def unfreeze(self, layer_names: list[str] | None = None) -> None:
+        """Unfreeze the given layers, or all layers when ``layer_names`` is None."""
+        if layer_names is None:
+            self._frozen.clear()
+        else:
+            self._frozen -= set(self._check_layer_names(layer_names))
+
+    @property
+    def frozen_layers(self) -> list[str]:
+        """The frozen layers, in graph order."""
+        return [name for name in self.layer_names if name in self._frozen]
+
+    # ------------------------------------------------------------------ parameters
+    def _parameter_shapes(self) -> dict[str, tuple]:
+        shapes = {k: tuple(v.shape) for k, v in self.arg_params.items()}
+        shapes.update({k: tuple(v.shape) for k, v in self.aux_params.items()})
+        return shapes
+
+    def _check_parameter_consistency(self) -> None:
+        """Parameters must fit the graph (each other's shapes); extra names are refused."""
+        known = set(self.symbol.list_arguments()) | set(self.symbol.list_auxiliary_states())
+        extra = sorted((set(self.arg_params) | set(self.aux_params)) - known)
+        if extra:
+            logger.debug("Ignoring parameters not used by the graph: %s", extra[:10])
+            self.arg_params = {k: v for k, v in self.arg_params.items() if k in known}
+            self.aux_params = {k: v for k, v in self.aux_params.items() if k in known}
+        shapes = self._parameter_shapes()
+        if self.input_shape is not None:
+            try:
+                self.symbol.infer_shape(**{self.data_name: (1, *self.input_shape)}, **shapes)
+            except mx.base.MXNetError as error:
+                raise SerializationError(
+                    "The parameters do not fit the graph (a parameter shape mismatch): "
+                    f"{_first_line(error)}. Load parameters saved with this graph."
+                ) from None
+            return
+        problems = _declared_shape_problems(_Graph(self.symbol), shapes)
+        if problems:
+            raise SerializationError(
+                "The parameters do not fit the graph (a parameter shape mismatch): "
+                + "; ".join(problems[:5]) + ". Load parameters saved with this graph."
+            )
+
+    def _check_shapes_for_input(self, symbol: Any, data_shape: tuple, missing_ok: bool = False) -> dict:
+        known = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
+        stored = {k: v for k, v in self._parameter_shapes().items() if k in known}
+        try:
+            arg_shapes, out_shapes, aux_shapes = symbol.infer_shape(**{self.data_name: data_shape}, **stored)
+        except mx.base.MXNetError as error:
+            raise InvalidArgumentError(
+                f"Input of shape {data_shape[1:]} per example does not fit the model: "
+                f"{_first_line(error)}"
+                + (f". The model was built for inputs of shape {self.input_shape}." if self.input_shape else ".")
+            ) from None
+        expected = dict(zip(symbol.list_arguments(), arg_shapes))
+        expected.update(zip(symbol.list_auxiliary_states(), aux_shapes))
+        have = self._parameter_shapes()
+        mismatched = [
+            f"{name}: stored {have[name]}, graph needs {shape}"
+            for name, shape in expected.items()
+            if name in have and tuple(have[name]) != tuple(shape)
+        ]
+        if mismatched:
+            raise SerializationError(
+                "Parameter shape mismatch: " + "; ".join(mismatched[:5])
+                + ". The parameters do not belong to this graph or this input shape."
+            )
+        missing = [
+            name for name in expected
+            if name not in have and name != self.data_name and not name.endswith("_label")
+        ]
+        if missing and not missing_ok:
+            raise ModelError(
+                f"Parameters {missing[:5]} have no values (layers added and not trained yet). Train "
+                "the model first (get_module(...).fit(...)), then update the handler from it."
+            )
+        return dict(zip(symbol.list_outputs(), out_shapes))
+
+    # ------------------------------------------------------------------ features
+    def get_layer_output(
+        self,
+        data: Any,
+        layer_names: list[str],
+        context: Any = None,
+        batch_size: int | None = None,
+        verbose: bool = False,
+    ) -> tuple[OrderedDict, np.ndarray | None]:
+        """Outputs of the given layers for every example, flattened per example.
+
+        One graph, pruned after the deepest requested layer, is bound once per call; batches
+        stream through it into preallocated arrays and padding is removed.
+
+        Parameters
+        ----------
+        data : numpy.ndarray or mx.io.DataIter
+            Examples along the first axis (``N x C x H x W`` for a CNN), or an iterator (reset
+            first; labels optional).
+        layer_names : list of str
+            Layers to read, returned in this order.
+        context : str, mx.Context or list, optional
+            Devices for this call (default: the handler's ``devices``); a list splits each batch.
+        batch_size : int, optional
+            Batch size for array data (default 64).
+        verbose : bool, default=False
+            Show a progress bar.
+
+        Returns
+        -------
+        features : OrderedDict of str to numpy.ndarray
+            ``N x D_layer`` float32 array per layer.
+        labels : numpy.ndarray or None
+            The iterator's labels, or None when the data has none.
+
+        Raises
+        ------
+        LayerNotFoundError
+            Unknown layer name.
+        InvalidTypeError, InvalidArgumentError
+            Unreadable data, or data whose shape does not fit the model.
+        DeviceUnavailableError
+            A GPU context on a machine or MXNet build without one.
+        """
+        layer_names = self._check_layer_names(layer_names)
+        if not layer_names:
+            raise InvalidArgumentError("layer_names is empty: give at least one layer.")
+        contexts = to_mxnet(context, default=self.devices)
+        batches = as_batches(data, batch_size=batch_size)
+        if batches.batch_size < len(contexts):
+            raise InvalidArgumentError(
+                f"A batch of {batches.batch_size} cannot be split over {len(contexts)} devices: use a "
+                "larger batch_size or fewer devices."
+            )
+        outputs = mx.sym.Group([_node_output(self.symbol, name) for name in layer_names])
+        data_shape = (batches.batch_size, *batches.sample_shape)
+        self._check_shapes_for_input(outputs, data_shape)
+        label_names = [a for a in outputs.list_arguments() if a.endswith("_label")]
+        module = mx.mod.Module(outputs, data_names=[self.data_name], label_names=label_names, context=contexts)
+        label_shapes = None
+        if label_names:
+            arg_shapes, _, _ = outputs.infer_shape(**{self.data_name: data_shape})
+            shapes = dict(zip(outputs.list_arguments(), arg_shapes))
+            label_shapes = [(name, shapes[name]) for name in label_names]
+        # MXNet 1.9.1's MKLDNN subgraph fusion (conv+bn+relu, fc+relu) returns wrong values for a
+        # fused layer that is also read as an output, so it is off when several layers are read.
+        with _subgraph_fusion_disabled(len(layer_names) > 1):
+            module.bind(data_shapes=[(self.data_name, data_shape)], label_shapes=label_shapes, for_training=False)
+        module.set_params(self.arg_params, self.aux_params, allow_missing=False, allow_extra=True)
+
+        results: list[np.ndarray] | None = None
+        chunks: list[list[np.ndarray]] = [[] for _ in layer_names]
+        labels: list[np.ndarray] = []
+        filled = 0
+        progress = _progress(batches, verbose, "Extracting features")
+        for batch in progress:
+            module.forward(mx.io.DataBatch(data=[mx.nd.array(batch.data)], label=None), is_train=False)
+            values = [out.asnumpy() for out in module.get_outputs()]
+            valid = batch.num_valid
+            if batches.num_examples is not None:
+                if results is None:
+                    results = [
+                        np.empty((batches.num_examples, int(np.prod(v.shape[1:]))), dtype=np.float32)
+                        for v in values
+                    ]
+                for target, value in zip(results, values):
+                    target[filled : filled + valid] = value[:valid].reshape(valid, -1)
+            else:
+                for chunk, value in zip(chunks, values):
+                    chunk.append(value[:valid].reshape(valid, -1).astype(np.float32, copy=False))
+            if batch.labels is not None:
+                labels.append(batch.labels)
+            filled += valid
+        if results is None:
+            results = [np.concatenate(chunk) if chunk else np.empty((0, 0), np.float32) for chunk in chunks]
+        else:
+            results = [r[:filled] for r in results]
+        self.input_shape = tuple(batches.sample_shape)
+        label_array = np.concatenate(labels) if labels and batches.has_labels else None
+        return OrderedDict(zip(layer_names, results)), label_array
+
+    # ------------------------------------------------------------------ training module
+    def get_module(
+        self,
+        iterator: Any,
+        fixed_layer_parameters: list[str] | None = None,
+        random_layer_parameters: list[str] | None = None,
+        *,
+        fixed_layers: list[str] | None = None,
+        random_layers: list[str] | None = None,
+        context: Any = None,
+        initializer: Any = None,
+    ) -> Any:
+        """A bound, initialised ``mx.mod.Module`` of the graph, ready to train.
+
+        Parameters
+        ----------
+        iterator : mx.io.DataIter
+            Gives the data and label shapes.
+        fixed_layer_parameters, random_layer_parameters : list of str, optional
+            Xfer's spelling: parameter names to keep fixed / to re-initialise.
+        fixed_layers, random_layers : list of str, optional
+            The same by layer name. Layers frozen with :meth:`freeze` are fixed too. Fixed
+            BatchNorm layers use their stored statistics and never update them.
+        context : optional
+            Devices to train on (default: the handler's ``devices``); a list trains data-parallel.
+        initializer : mx.init.Initializer, optional
+            For new and re-initialised parameters (default: Xavier, gaussian, in, magnitude 2).
+
+        Raises
+        ------
+        InvalidTypeError
+            ``iterator`` is not an ``mx.io.DataIter``.
+        InvalidArgumentError
+            An unknown parameter name.
+        """
+        if not isinstance(iterator, mx.io.DataIter):
+            raise InvalidTypeError(
+                f"get_module needs an mx.io.DataIter for the data and label shapes, got "
+                f"{type(iterator).__name__}; wrap arrays with mx.io.NDArrayIter(data, label, batch_size)."
+            )
+        known = set(self.symbol.list_arguments()) | set(self.symbol.list_auxiliary_states())
+        for argument, names in (
+            ("fixed_layer_parameters", fixed_layer_parameters),
+            ("random_layer_parameters", random_layer_parameters),
+        ):
+            unknown = [n for n in names or [] if n not in known]
+            if unknown:
+                raise InvalidArgumentError(
+                    f"{argument} names parameters the model does not have: {unknown}. Parameter "
+                    "names come from get_layer_parameters([...])."
+                )
+        fixed_layer_set = set(self._frozen) | set(self._check_layer_names(fixed_layers or [], "fixed_layers"))
+        fixed = set(fixed_layer_parameters or []) | set(self.get_layer_parameters(sorted(fixed_layer_set)))
+        random = set(random_layer_parameters or []) | set(
+            self.get_layer_parameters(self._check_layer_names(random_layers or [], "random_layers"))
+        )
+        fixed -= random
+        fixed_bn = [name for name in fixed_layer_set if self.layer_type_dict[name] == "BatchNorm"]
+        fixed_bn += [
+            layer for layer in self.get_layer_names_matching_type("BatchNorm")
+            if layer not in fixed_bn and set(self.get_layer_parameters([layer])) <= fixed
+            and self.get_layer_parameters([layer])
+        ]
+        symbol = _with_global_stats(self.symbol, fixed_bn)
+        arguments = set(symbol.list_arguments())
+        label_names = [desc.name for desc in iterator.provide_label or []]
+        module = mx.mod.Module(
+            symbol,
+            data_names=[desc.name for desc in iterator.provide_data],
+            label_names=label_names,
+            context=to_mxnet(context, default=self.devices),
+            fixed_param_names=sorted(fixed & arguments),
+        )
+        module.bind(data_shapes=iterator.provide_data, label_shapes=iterator.provide_label)
+        module.init_params(
+            initializer=initializer or mx.init.Xavier(**_XAVIER),
+            arg_params={k: v for k, v in self.arg_params.items() if k not in random},
+            aux_params={k: v for k, v in self.aux_params.items() if k not in random},
+            allow_missing=True,
+            force_init=True,
+        )
+        return module
+
+    # ------------------------------------------------------------------ save, show
+    def save_checkpoint(self, prefix: str, epoch: int = 0) -> None:
+        """Write ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``, each atomically."""
+        params = {f"arg:{k}": v for k, v in self.arg_params.items()}
+        params.update({f"aux:{k}": v for k, v in self.aux_params.items()})
+        _write_atomically(f"{prefix}-{int(epoch):04d}.params", lambda p: mx.nd.save(p, params))
+        self.save_symbol(prefix)
+
+    def save_symbol(self, model_name: str) -> None:
+        """Write the graph to ``<model_name>-symbol.json`` (atomically)."""
+        _write_atomically(f"{model_name}-symbol.json", self.symbol.save)
+
+    def visualize_net(self, filename: str | None = None, format: str = "pdf") -> Any:
+        """The graph as a ``graphviz.Digraph``; with ``filename``, also rendered to a file.
+
+        Raises
+        ------
+        MissingDependencyError
+            ``filename`` was given and graphviz's ``dot`` program is not installed.
+        """
+        shape = {self.data_name: (1, *self.input_shape)} if self.input_shape else None
+        try:
+            digraph = mx.viz.plot_network(self.symbol, shape=shape, hide_weights=True, save_format=format)
+        except mx.base.MXNetError:
+            digraph = mx.viz.plot_network(self.symbol, hide_weights=True, save_format=format)
+        if filename is not None:
+            if shutil.which("dot") is None:
+                raise MissingDependencyError(
+                    "Rendering the graph to a file needs graphviz's `dot` program: install it with "
+                    "`sudo apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`."
+                )
+            return_path = digraph.render(filename=str(filename), cleanup=True)
+            logger.info("Graph written to %s", return_path)
+        return digraph
+
+    def __repr__(self) -> str:
+        layers = self.layer_names
+        return f"MXNetModelHandler({len(layers)} layers: {layers[0]} ... {layers[-1]})"
+
+
+# ---------------------------------------------------------------------- helpers
+def _node_output(symbol: Any, name: str, index: int = 0) -> Any:
+    internals = symbol.get_internals()
+    outputs = internals.list_outputs()
+    for candidate in ([f"{name}_output"] if index == 0 else []) + [f"{name}_output{index}"]:
+        if candidate in outputs:
+            return internals[outputs.index(candidate)]
+    raise ModelError(f"Layer {name!r} has no output {index} to read.")
+
+
+def _declared_shape_problems(graph: _Graph, shapes: dict[str, tuple]) -> list[str]:
+    """Parameter shapes that contradict their layer's declared sizes (checkable without input)."""
+    problems = []
+    for node in graph.nodes:
+        attrs = node.get("attrs", {})
+        params = [graph.nodes[i]["name"] for i, _, _ in node["inputs"] if graph.nodes[i]["op"] == "null"]
+        declared: dict[str, int] = {}
+        if node["op"] == "FullyConnected" and "num_hidden" in attrs:
+            declared = {"_weight": int(attrs["num_hidden"]), "_bias": int(attrs["num_hidden"])}
+        elif node["op"] in ("Convolution", "Deconvolution") and "num_filter" in attrs:
+            declared = {"_bias": int(attrs["num_filter"])}
+            if node["op"] == "Convolution":
+                declared["_weight"] = int(attrs["num_filter"])
+        for name in params:
+            for suffix, size in declared.items():
+                if name.endswith(suffix) and name in shapes and shapes[name][0] != size:
+                    problems.append(
+                        f"{name} has shape {shapes[name]} but layer {node['name']!r} declares {size} outputs"
+                    )
+        if node["op"] == "BatchNorm":
+            sizes = {shapes[name] for name in params if name in shapes}
+            if len(sizes) > 1:
+                problems.append(f"the parameters of BatchNorm layer {node['name']!r} have shapes {sorted(sizes)}")
+    return problems
+
+
+def _with_global_stats(symbol: Any, batchnorm_layers: Iterable[str]) -> Any:
+    layers = set(batchnorm_layers)
+    if not layers:
+        return symbol
+    graph = _Graph(symbol)
+    for node in graph.nodes:
+        if node["name"] in layers:
+            node.setdefault("attrs", {})["use_global_stats"] = "True"
+    return mx.sym.load_json(json.dumps(graph.json))
+
+
+@contextlib.contextmanager
+def _subgraph_fusion_disabled(disabled: bool = True):
+    """Bind with ``MXNET_SUBGRAPH_BACKEND=NONE`` (read by MXNet at bind time), without its log line."""
+    if not disabled:
+        yield
+        return
+    previous = os.environ.get("MXNET_SUBGRAPH_BACKEND")
+    os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"
+    saved_stderr = None
+    try:
+        sys.stderr.flush()
+        saved_stderr = os.dup(2)
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)  # MXNet logs "...=NONE is detected" from C++ on each bind
+    except OSError:
+        saved_stderr = None
+    try:
+        yield
+    finally:
+        if saved_stderr is not None:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+        if previous is None:
+            os.environ.pop("MXNET_SUBGRAPH_BACKEND", None)
+        else:
+            os.environ["MXNET_SUBGRAPH_BACKEND"] = previous
+
+
+def _progress(iterable: Any, verbose: bool, description: str) -> Any:
+    if not verbose:
+        return iterable
+    from tqdm.auto import tqdm
+
+    try:
+        total = len(iterable)
+    except TypeError:
+        total = None
+    return tqdm(iterable, total=total, desc=description, unit="batch")
+
+
+def _load_checkpoint_files(prefix: str, epoch: int) -> tuple[Any, dict, dict]:
+    symbol_file = f"{prefix}-symbol.json"
+    params_file = f"{prefix}-{int(epoch):04d}.params"
+    for path in (symbol_file, params_file):
+        if not os.path.isfile(path):
+            raise ModelFileNotFoundError(
+                f"Model file {path!r} does not exist: check the prefix {prefix!r} and epoch {epoch}."
+            )
+    try:
+        symbol = mx.sym.load(symbol_file)
+    except mx.base.MXNetError as error:
+        raise SerializationError(f"{symbol_file!r} is not a valid MXNet symbol file: {_first_line(error)}") from None
+    try:
+        saved = mx.nd.load(params_file)
+    except mx.base.MXNetError as error:
+        raise SerializationError(
+            f"{params_file!r} is not a valid MXNet parameter file (corrupt or truncated): {_first_line(error)}"
+        ) from None
+    if not isinstance(saved, dict):
+        raise SerializationError(f"{params_file!r} holds unnamed arrays, not named parameters.")
+    args, auxs = {}, {}
+    for key, value in saved.items():
+        kind, _, name = key.partition(":")
+        if kind == "arg":
+            args[name] = value
+        elif kind == "aux":
+            auxs[name] = value
+        else:
+            raise SerializationError(f"{params_file!r} has a parameter {key!r} without 'arg:'/'aux:' prefix.")
+    return symbol, args, auxs
+
+
+__all__ = ["MXNetModelHandler"]

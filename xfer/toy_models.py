@@ -1,0 +1,74 @@
+"""Small source networks trained in seconds on scikit-learn's digits.
+
+They reproduce the toy task of Amazon's Xfer (a CNN trained on digits 0-4, repurposed for 5-9)
+and serve unit tests, the quick demo and benchmarks. Real pretrained models live in
+:mod:`xfer.zoo`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from xfer._mxnet import mx
+
+
+def digits_cnn_symbol(num_classes: int = 5, with_batchnorm: bool = True):
+    """The toy CNN: ``conv1 [bn1] relu1 pool1 conv2 relu2 flatten fc1(64) relu3 fc2 softmax``.
+
+    Input: ``N x 1 x 8 x 8`` digits scaled to [0, 1].
+    """
+    net = mx.sym.var("data")
+    net = mx.sym.Convolution(net, num_filter=16, kernel=(3, 3), pad=(1, 1), name="conv1")
+    if with_batchnorm:
+        net = mx.sym.BatchNorm(net, fix_gamma=False, name="bn1")
+    net = mx.sym.Activation(net, act_type="relu", name="relu1")
+    net = mx.sym.Pooling(net, kernel=(2, 2), stride=(2, 2), pool_type="max", name="pool1")
+    net = mx.sym.Convolution(net, num_filter=32, kernel=(3, 3), pad=(1, 1), name="conv2")
+    net = mx.sym.Activation(net, act_type="relu", name="relu2")
+    net = mx.sym.Flatten(net, name="flatten")
+    net = mx.sym.FullyConnected(net, num_hidden=64, name="fc1")
+    net = mx.sym.Activation(net, act_type="relu", name="relu3")
+    net = mx.sym.FullyConnected(net, num_hidden=num_classes, name="fc2")
+    return mx.sym.SoftmaxOutput(net, name="softmax")
+
+
+def load_digit_images(classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn digits as ``N x 1 x 8 x 8`` float32 in [0, 1] and int labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None]
+    labels = digits.target
+    if classes is not None:
+        keep = np.isin(labels, list(classes))
+        images, labels = images[keep], labels[keep]
+    return images, labels
+
+
+def train_digits_cnn(
+    classes: Sequence[int] = (0, 1, 2, 3, 4),
+    num_epochs: int = 10,
+    batch_size: int = 32,
+    seed: int = 0,
+    with_batchnorm: bool = True,
+):
+    """Train the toy CNN on the digits of ``classes`` (relabelled 0..K-1); returns a bound Module."""
+    images, labels = load_digit_images(classes)
+    targets = np.searchsorted(np.asarray(sorted(classes)), labels).astype(np.float32)
+    mx.random.seed(seed)
+    np.random.seed(seed)
+    train = mx.io.NDArrayIter(images, targets, batch_size, shuffle=True, label_name="softmax_label")
+    module = mx.mod.Module(digits_cnn_symbol(len(classes), with_batchnorm), context=mx.cpu())
+    module.fit(
+        train,
+        num_epoch=num_epochs,
+        optimizer="adam",
+        optimizer_params={"learning_rate": 0.01},
+        initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2),
+    )
+    return module
+
+
+__all__ = ["digits_cnn_symbol", "load_digit_images", "train_digits_cnn"]
