@@ -1,5 +1,23 @@
 """xfer: transfer learning for pretrained MXNet and PyTorch networks."""
 
 from xfer._version import __version__
+from xfer.repurposers import (
+    BnnRepurposer,
+    GpRepurposer,
+    LrRepurposer,
+    MetaModelRepurposer,
+    Repurposer,
+    SvmRepurposer,
+)
+from xfer.serialization import load
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "Repurposer",
+    "MetaModelRepurposer",
+    "LrRepurposer",
+    "SvmRepurposer",
+    "GpRepurposer",
+    "BnnRepurposer",
+    "load",
+]

@@ -1,0 +1,121 @@
+"""SvmRepurposer: the shared battery for linear/kernel SVMs, with and without probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+from xfer import SvmRepurposer
+from xfer.exceptions import ProbabilityEstimatesDisabledError
+from xfer.testing import RepurposerTestCase, make_blob_features
+
+
+class TestSvmLinear(RepurposerTestCase):
+    has_predict_proba = False
+
+    def create_repurposer(self, source_model=None, feature_layer_names=None, **kwargs):
+        return SvmRepurposer(source_model, feature_layer_names, random_state=0, **kwargs)
+
+
+class TestSvmLinearProbabilities(RepurposerTestCase):
+    def create_repurposer(self, source_model=None, feature_layer_names=None, **kwargs):
+        return SvmRepurposer(
+            source_model,
+            feature_layer_names,
+            enable_probability_estimates=True,
+            random_state=0,
+            **kwargs,
+        )
+
+
+class TestSvmRbfProbabilities(RepurposerTestCase):
+    def create_repurposer(self, source_model=None, feature_layer_names=None, **kwargs):
+        return SvmRepurposer(
+            source_model,
+            feature_layer_names,
+            kernel="rbf",
+            enable_probability_estimates=True,
+            random_state=0,
+            **kwargs,
+        )
+
+
+class TestSvmPolyBinary(RepurposerTestCase):
+    has_predict_proba = False
+    n_classes = 2
+
+    def create_repurposer(self, source_model=None, feature_layer_names=None, **kwargs):
+        return SvmRepurposer(
+            source_model, feature_layer_names, kernel="poly", random_state=0, **kwargs
+        )
+
+
+def _reference(kernel, probability, X, y):
+    scaled = StandardScaler().fit_transform(X.astype(np.float64))
+    if kernel == "linear":
+        base = LinearSVC(dual="auto", max_iter=10000, random_state=0)
+    else:
+        base = SVC(kernel=kernel, gamma=1.0 / X.shape[1], random_state=0)
+    if probability:
+        model = CalibratedClassifierCV(base, method="sigmoid", cv=5, ensemble=False).fit(scaled, y)
+        return model.predict_proba(scaled)
+    return base.fit(scaled, y).decision_function(scaled)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf", "poly", "sigmoid"])
+@pytest.mark.parametrize("probability", [False, True])
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_equal_to_scikit_learn(kernel, probability, n_classes):
+    X, y = make_blob_features(25, n_classes, 8, seed=7)
+    X = X + np.random.RandomState(0).normal(0, 3, X.shape)
+    repurposer = SvmRepurposer(
+        None, None, kernel=kernel, enable_probability_estimates=probability, random_state=0
+    ).fit(X, y)
+    reference = _reference(kernel, probability, X, y)
+    ours = repurposer.predict_proba(X) if probability else repurposer.decision_function_features(X)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-10)
+
+
+def test_probabilities_disabled_is_a_value_error():
+    X, y = make_blob_features()
+    repurposer = SvmRepurposer(None, None).fit(X, y)
+    assert not hasattr(repurposer, "predict_proba")  # scikit-learn's convention (like SVC)
+    with pytest.raises(ValueError, match="enable_probability_estimates=True"):
+        repurposer.predict_probability(X)
+    with pytest.raises(ProbabilityEstimatesDisabledError):
+        repurposer.predict_proba_features(X)
+
+
+def test_probabilities_need_two_examples_per_class():
+    X, y = make_blob_features(5, 3, 4)
+    y[0] = 9
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        SvmRepurposer(None, None, enable_probability_estimates=True).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"kernel": "precomputed"}, "kernel must be"), ({"kernel": "rbf", "gamma": -1}, "gamma")],
+)
+def test_bad_parameters(params, message):
+    X, y = make_blob_features()
+    with pytest.raises(ValueError, match=message):
+        SvmRepurposer(None, None, **params).fit(X, y)
+
+
+def test_linear_scales_to_ten_thousand_examples():
+    import time
+
+    rng = np.random.RandomState(0)
+    centres = rng.normal(0, 1, (10, 64))
+    y = rng.randint(0, 10, 10_000)
+    X = centres[y] + rng.normal(0, 1.5, (10_000, 64))
+    start = time.perf_counter()
+    repurposer = SvmRepurposer(None, None, enable_probability_estimates=True, random_state=0).fit(
+        X, y
+    )
+    assert time.perf_counter() - start < 30
+    assert repurposer.score(X, y) > 0.9

@@ -1,0 +1,18 @@
+"""Repurposers: turn a source model into a predictor for a target task."""
+
+from xfer.repurposers.base import Repurposer
+from xfer.repurposers.bnn import BnnRepurposer
+from xfer.repurposers.gp import GpRepurposer
+from xfer.repurposers.lr import LrRepurposer
+from xfer.repurposers.meta_model import MetaModelData, MetaModelRepurposer
+from xfer.repurposers.svm import SvmRepurposer
+
+__all__ = [
+    "Repurposer",
+    "MetaModelData",
+    "MetaModelRepurposer",
+    "LrRepurposer",
+    "SvmRepurposer",
+    "GpRepurposer",
+    "BnnRepurposer",
+]

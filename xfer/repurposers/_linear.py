@@ -1,0 +1,122 @@
+"""Array-only prediction for fitted linear and kernel models.
+
+Fitted scikit-learn models are kept as plain arrays (scaler statistics, coefficients, support
+vectors, calibration parameters) and predicted from here, so a saved model needs no pickle and
+does not depend on the scikit-learn version that trained it. Each function reproduces the
+scikit-learn computation it replaces (tests check equality to 1e-10).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit, softmax
+
+
+def standardize(features: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``StandardScaler.transform`` in float64."""
+    return (np.asarray(features, dtype=np.float64) - mean) / scale
+
+
+def linear_decision(features: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """``X @ coef.T + intercept``; shape [N] for a binary model (one row of ``coef``)."""
+    scores = features @ coef.T + intercept
+    return scores.ravel() if coef.shape[0] == 1 else scores
+
+
+def logistic_proba(decision: np.ndarray) -> np.ndarray:
+    """Probabilities of a logistic model: logistic for binary, softmax for multinomial."""
+    if decision.ndim == 1:
+        positive = expit(decision)
+        return np.column_stack([1.0 - positive, positive])
+    return softmax(decision, axis=1)
+
+
+def kernel_matrix(
+    features: np.ndarray,
+    support_vectors: np.ndarray,
+    kernel: str,
+    gamma: float,
+    degree: int,
+    coef0: float,
+) -> np.ndarray:
+    """libsvm's kernels between rows of ``features`` and ``support_vectors``."""
+    if kernel == "linear":
+        return features @ support_vectors.T
+    if kernel == "rbf":
+        squared = (
+            np.sum(features**2, axis=1)[:, None]
+            + np.sum(support_vectors**2, axis=1)[None, :]
+            - 2.0 * features @ support_vectors.T
+        )
+        return np.exp(-gamma * np.maximum(squared, 0.0))
+    if kernel == "poly":
+        return (gamma * features @ support_vectors.T + coef0) ** degree
+    if kernel == "sigmoid":
+        return np.tanh(gamma * features @ support_vectors.T + coef0)
+    raise ValueError(f"unknown kernel {kernel!r}")
+
+
+def svc_decision(
+    kernel_values: np.ndarray,
+    dual_coef: np.ndarray,
+    intercept: np.ndarray,
+    n_support: np.ndarray,
+) -> np.ndarray:
+    """``SVC.decision_function`` (``decision_function_shape='ovr'``) from its public arrays.
+
+    For two classes: ``dual_coef @ K + intercept``, shape [N]. For more: the one-vs-one values of
+    every pair, turned into one-vs-rest scores (votes plus scaled confidences) as scikit-learn does.
+    """
+    n_classes = len(n_support)
+    if n_classes == 2:
+        return kernel_values @ dual_coef[0] + intercept[0]
+    starts = np.concatenate([[0], np.cumsum(n_support)])
+    pairwise = np.empty((kernel_values.shape[0], n_classes * (n_classes - 1) // 2))
+    pair = 0
+    for i in range(n_classes):
+        for j in range(i + 1, n_classes):
+            rows_i = slice(starts[i], starts[i + 1])
+            rows_j = slice(starts[j], starts[j + 1])
+            pairwise[:, pair] = (
+                kernel_values[:, rows_i] @ dual_coef[j - 1, rows_i]
+                + kernel_values[:, rows_j] @ dual_coef[i, rows_j]
+                + intercept[pair]
+            )
+            pair += 1
+    return ovr_from_ovo(pairwise < 0, -pairwise, n_classes)
+
+
+def ovr_from_ovo(predictions: np.ndarray, confidences: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's one-vs-one to one-vs-rest transform (votes + confidences in (-1/3, 1/3))."""
+    n_samples = predictions.shape[0]
+    votes = np.zeros((n_samples, n_classes))
+    sum_of_confidences = np.zeros((n_samples, n_classes))
+    pair = 0
+    for i in range(n_classes):
+        for j in range(i + 1, n_classes):
+            sum_of_confidences[:, i] -= confidences[:, pair]
+            sum_of_confidences[:, j] += confidences[:, pair]
+            votes[predictions[:, pair] == 0, i] += 1
+            votes[predictions[:, pair] == 1, j] += 1
+            pair += 1
+    transformed = sum_of_confidences / (3 * (np.abs(sum_of_confidences) + 1))
+    return votes + transformed
+
+
+def sigmoid_calibrated_proba(decision: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``CalibratedClassifierCV(method='sigmoid')`` probabilities from decision values.
+
+    Binary: one calibrator on the decision of the positive class. Multiclass: one calibrator per
+    class (one-vs-rest), normalised; rows where every calibrator gives 0 become uniform.
+    """
+    if decision.ndim == 1:
+        positive = expit(-(a[0] * decision + b[0]))
+        proba = np.column_stack([1.0 - positive, positive])
+    else:
+        n_classes = decision.shape[1]
+        proba = expit(-(decision * a[None, :] + b[None, :]))
+        denominator = np.sum(proba, axis=1)[:, None]
+        uniform = np.full_like(proba, 1.0 / n_classes)
+        proba = np.divide(proba, denominator, out=uniform, where=denominator != 0)
+    proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
+    return proba

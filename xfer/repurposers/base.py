@@ -1,0 +1,407 @@
+"""The contract every repurposer follows, and the plumbing they share.
+
+:class:`Repurposer` gives both spellings of the API (Xfer's ``repurpose`` / ``predict_label`` /
+``predict_probability`` / ``save_repurposer`` and scikit-learn's ``fit`` / ``predict`` /
+``predict_proba`` / ``score``), label encoding (labels come back as the user gave them), the
+per-call ``context`` with the constructor's value as default, and saving/loading through
+:mod:`xfer.serialization`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import accuracy_score
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
+
+from xfer import serialization
+from xfer._mxnet import mx
+from xfer._version import __version__
+from xfer.context import Device, devices_from_function, resolve_context
+from xfer.exceptions import (
+    DeviceUnavailableError,
+    InvalidArgumentError,
+    ModelFileNotFoundError,
+    NotFittedError,
+    SerializationError,
+)
+
+logger = logging.getLogger("xfer.repurposers")
+
+#: Suffix of the source-model checkpoint saved beside a repurposer (Xfer's ``P_source``).
+SOURCE_SUFFIX = "_source"
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    try:
+        return bool(mx.runtime.Features().is_enabled("CUDA")) and mx.context.num_gpus() > 0
+    except Exception:  # pragma: no cover - defensive: a broken MXNet build has no GPU
+        return False
+
+
+class Repurposer(ClassifierMixin, BaseEstimator):
+    """Base class of every repurposer: turns a source model into a predictor for a target task.
+
+    Subclasses implement :meth:`fit`, :meth:`predict_proba` and the state hooks
+    :meth:`_get_fitted_state` / :meth:`_set_fitted_state`; everything else (Xfer spellings,
+    scoring, label decoding, saving and loading) is shared.
+
+    Parameters
+    ----------
+    source_model : mx.mod.Module, ModelHandler, (symbol, arg_params, aux_params) or None
+        The pretrained network.
+    context_function : callable, str, mx.Context or torch.device, default=mx.cpu
+        Default device for computations (Xfer's ``context_function``); each call can override it
+        with ``context=``.
+    num_devices : int, default=1
+        Number of devices of the kind ``context_function`` makes.
+
+    Notes
+    -----
+    ``__init__`` only stores the arguments (scikit-learn convention): invalid values are reported
+    by ``fit``. Fitted attributes end in ``_`` (``classes_``).
+    """
+
+    #: Registry key written into saved manifests (set by :func:`~xfer.serialization.register_repurposer`).
+    serialization_key: ClassVar[str | None] = None
+    #: Whether ``save_repurposer(..., save_source_model=None)`` saves the source model.
+    _save_source_model_default: ClassVar[bool] = True
+
+    def __init__(self, source_model: Any, context_function: Any = mx.cpu, num_devices: int = 1):
+        self.source_model = source_model
+        self.context_function = context_function
+        self.num_devices = num_devices
+
+    # ---------------------------------------------------------------- Xfer spellings
+    def repurpose(self, train_iterator: Any, context: Any = None) -> Repurposer:
+        """Train the target model on ``train_iterator`` (Xfer spelling of :meth:`fit`)."""
+        return self.fit(train_iterator, context=context)
+
+    def predict_label(self, test_iterator: Any, context: Any = None) -> np.ndarray:
+        """Predicted labels, in the user's label values (Xfer spelling of :meth:`predict`)."""
+        return self.predict(test_iterator, context=context)
+
+    def predict_probability(self, test_iterator: Any, context: Any = None) -> np.ndarray:
+        """Class probabilities ``[N, n_classes]`` (Xfer spelling of :meth:`predict_proba`)."""
+        return self.predict_proba(test_iterator, context=context)
+
+    # ---------------------------------------------------------------- scikit-learn spellings
+    def fit(self, X: Any, y: Any = None, context: Any = None) -> Repurposer:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict_proba(self, X: Any, context: Any = None) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict(self, X: Any, context: Any = None) -> np.ndarray:
+        """Predicted labels: ``classes_[argmax(predict_proba(X))]``."""
+        probabilities = self.predict_proba(X, context=context)
+        return self.classes_[np.argmax(probabilities, axis=1)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None, context: Any = None) -> float:
+        """Mean accuracy of :meth:`predict` on ``X`` against ``y``."""
+        return float(
+            accuracy_score(y, self.predict(X, context=context), sample_weight=sample_weight)
+        )
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "classes_")
+
+    def _check_fitted(self) -> None:
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet: call fit(X, y) or "
+                "repurpose(train_iterator) first."
+            )
+
+    # ---------------------------------------------------------------- labels
+    def _encode_labels(self, y: Any) -> np.ndarray:
+        """Set ``classes_`` from ``y`` and return ``y`` as int codes ``0..K-1``."""
+        y = column_or_1d(np.asarray(y), warn=True)
+        check_classification_targets(y)
+        try:
+            classes, encoded = np.unique(y, return_inverse=True)
+        except TypeError as error:
+            raise InvalidArgumentError(
+                f"Labels must be all numbers or all strings, not a mixture ({error})."
+            ) from error
+        if len(classes) < 2:
+            raise InvalidArgumentError(
+                f"A classifier needs at least 2 classes in the training labels; got 1 class "
+                f"({classes[0]!r}). Check the labels passed to fit."
+            )
+        self.classes_ = classes
+        return encoded.astype(np.int64, copy=False)
+
+    def _decode_labels(self, encoded: np.ndarray) -> np.ndarray:
+        return self.classes_[np.asarray(encoded, dtype=np.int64)]
+
+    # ---------------------------------------------------------------- context
+    def _default_devices(self) -> list[Device]:
+        return devices_from_function(self.context_function, self.num_devices)
+
+    def _resolve_devices(self, context: Any) -> list[Device]:
+        """The devices for this call: ``context`` if given, else the constructor's."""
+        if context is None:
+            return self._default_devices()
+        return resolve_context(context)
+
+    @staticmethod
+    def _require_available(devices: list[Device]) -> None:
+        """Raise :class:`DeviceUnavailableError` when a GPU is asked for and none exists."""
+        gpus = [str(d) for d in devices if d.kind == "gpu"]
+        if gpus and not _gpu_available():
+            raise DeviceUnavailableError(
+                f"Context {', '.join(gpus)} asks for a GPU, but neither torch nor MXNet sees a "
+                "usable CUDA GPU on this machine. Use context='cpu', or install the CUDA builds "
+                "of torch/MXNet on a machine with an NVIDIA GPU."
+            )
+
+    @contextmanager
+    def _using_devices(self, devices: list[Device]) -> Iterator[None]:
+        """Make ``devices`` visible to the hooks (``self._call_devices``) for one call."""
+        previous = getattr(self, "_call_devices", None)
+        self._call_devices = devices
+        try:
+            yield
+        finally:
+            self._call_devices = previous
+
+    def _current_devices(self) -> list[Device]:
+        devices = getattr(self, "_call_devices", None)
+        return devices if devices is not None else self._default_devices()
+
+    # ---------------------------------------------------------------- saving
+    def save(self, path: str | os.PathLike, save_source_model: bool | None = None) -> None:
+        """Save to the path prefix ``path`` (files ``path.json``, ``path.npz``, ``path_source-*``).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Path prefix of the files; directories are created.
+        save_source_model : bool, optional
+            Also save the source model (default: the class's choice, True for meta-model
+            repurposers as in Xfer).
+        """
+        prefix = Path(path)
+        self._save_to_prefix(prefix, save_source_model)
+
+    def save_repurposer(
+        self,
+        model_name: str,
+        model_directory: str | os.PathLike = "",
+        save_source_model: bool | None = None,
+    ) -> None:
+        """Save to ``model_directory/model_name`` (Xfer spelling; load with :func:`xfer.load`)."""
+        self._save_to_prefix(
+            serialization.model_prefix(model_name, model_directory), save_source_model
+        )
+
+    def _save_to_prefix(self, prefix: Path, save_source_model: bool | None) -> None:
+        if self.serialization_key is None or serialization.registered_repurposers().get(
+            self.serialization_key
+        ) is not type(self):
+            raise SerializationError(
+                f"{type(self).__qualname__} is not registered for saving: decorate the class with "
+                "@xfer.serialization.register_repurposer so that xfer.load can find it again."
+            )
+        if save_source_model is None:
+            save_source_model = self._save_source_model_default
+        manifest: dict[str, Any] = {
+            "format": serialization.FORMAT_NAME,
+            "format_version": serialization.FORMAT_VERSION,
+            "class_key": self.serialization_key,
+            "xfer_version": __version__,
+            "params": self._params_for_manifest(),
+            "fitted": self.__sklearn_is_fitted__(),
+        }
+        arrays: dict[str, np.ndarray] = {}
+        if manifest["fitted"]:
+            manifest["classes"] = serialization.encode_classes(self.classes_)
+            state, arrays = self._get_fitted_state()
+            manifest["state"] = state
+        serialization.to_strict_json(manifest)  # fail before writing anything
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        arrays_path = prefix.with_name(prefix.name + ".npz")
+        serialization.atomic_write_bytes(arrays_path, serialization.arrays_to_npz_bytes(arrays))
+        manifest["arrays_file"] = arrays_path.name
+        manifest["arrays_sha256"] = serialization.sha256_of(arrays_path)
+        manifest["source_model"] = None
+        if save_source_model and self.source_model is not None:
+            manifest["source_model"] = self._save_source_model(prefix)
+        # The manifest goes last: until it is in place, nothing here loads.
+        serialization.atomic_write_json(prefix.with_name(prefix.name + ".json"), manifest)
+        logger.info("Saved %s to %s.json", type(self).__name__, prefix)
+
+    def _save_source_model(self, prefix: Path) -> dict[str, Any]:
+        handler = self._get_model_handler()
+        source_prefix = prefix.with_name(prefix.name + SOURCE_SUFFIX)
+        handler.save_checkpoint(str(source_prefix))
+        files = sorted(
+            p.name
+            for p in source_prefix.parent.glob(source_prefix.name + "-*")
+            if p.name in {source_prefix.name + "-symbol.json", source_prefix.name + "-0000.params"}
+        )
+        return {
+            "prefix_suffix": SOURCE_SUFFIX,
+            "files": {name: serialization.sha256_of(source_prefix.parent / name) for name in files},
+        }
+
+    def _get_model_handler(self) -> Any:
+        """A ModelHandler of ``source_model`` (built once per source model object)."""
+        from xfer.model_handler import ModelHandler
+
+        if isinstance(self.source_model, ModelHandler):
+            return self.source_model
+        cache = getattr(self, "_handler_cache", None)
+        if cache is not None and cache[0] is self.source_model:
+            return cache[1]
+        handler = ModelHandler(
+            self.source_model, context_function=self.context_function, num_devices=self.num_devices
+        )
+        self._handler_cache = (self.source_model, handler)
+        return handler
+
+    def _params_for_manifest(self) -> dict[str, Any]:
+        params = self.get_params(deep=False)
+        params.pop("source_model", None)
+        clean: dict[str, Any] = {}
+        for name, value in params.items():
+            clean[name] = self._json_param(name, value)
+        return clean
+
+    @staticmethod
+    def _json_param(name: str, value: Any) -> Any:
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, (np.integer, int)):
+            return int(value)
+        if isinstance(value, (np.floating, float)):
+            return float(value)
+        if isinstance(value, np.random.RandomState):
+            warnings.warn(
+                f"Parameter {name} is a RandomState, which cannot be saved; it is saved as None. "
+                "Pass an int random_state for reproducible, saveable models.",
+                stacklevel=4,
+            )
+            return None
+        if isinstance(value, (list, tuple)):
+            return [Repurposer._json_param(name, v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): Repurposer._json_param(name, v) for k, v in value.items()}
+        if "context" in name or callable(value) or hasattr(value, "device_type"):
+            try:
+                return serialization.context_to_json(value)
+            except Exception as error:
+                raise SerializationError(
+                    f"Cannot save parameter {name}={value!r}: it is not a device description."
+                ) from error
+        raise SerializationError(
+            f"Cannot save parameter {name}={value!r} (type {type(value).__name__}): saved "
+            "parameters must be numbers, strings, booleans, None, devices or lists of those."
+        )
+
+    def _get_fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The fitted state as (JSON-safe config, arrays). Subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement saving.")
+
+    def _set_fitted_state(self, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Restore the state written by :meth:`_get_fitted_state`. Subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement loading.")
+
+    @classmethod
+    def _from_manifest(
+        cls,
+        manifest: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        prefix: Path,
+        source_model: Any = None,
+    ) -> Repurposer:
+        manifest_path = prefix.with_name(prefix.name + ".json")
+        params = manifest["params"]
+        if not isinstance(params, dict):
+            raise SerializationError(f"{manifest_path}: 'params' must be an object.")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(params) - accepted)
+        if unknown:
+            raise SerializationError(
+                f"{manifest_path} has parameters {unknown} that {cls.__qualname__} does not take; "
+                "the file was written by a different version of this class."
+            )
+        if source_model is None and manifest.get("source_model"):
+            source_model = cls._load_source_model(manifest["source_model"], prefix, manifest_path)
+        repurposer = cls(source_model=source_model, **params)
+        if manifest.get("fitted"):
+            try:
+                repurposer.classes_ = serialization.decode_classes(
+                    manifest.get("classes"), manifest_path
+                )
+                repurposer._set_fitted_state(manifest.get("state") or {}, arrays)
+            except SerializationError:
+                raise
+            except (KeyError, ValueError, TypeError, IndexError) as error:
+                raise SerializationError(
+                    f"{manifest_path}: the saved state does not match {cls.__qualname__} "
+                    f"({type(error).__name__}: {error}). Save the repurposer again."
+                ) from error
+        return repurposer
+
+    @staticmethod
+    def _load_source_model(info: Any, prefix: Path, manifest_path: Path) -> Any:
+        if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
+            raise SerializationError(f"{manifest_path}: 'source_model' entry is malformed.")
+        suffix = info.get("prefix_suffix", SOURCE_SUFFIX)
+        if suffix != SOURCE_SUFFIX:
+            raise SerializationError(f"{manifest_path}: unexpected source model suffix {suffix!r}.")
+        source_prefix = prefix.with_name(prefix.name + SOURCE_SUFFIX)
+        for name, digest in info["files"].items():
+            path = source_prefix.parent / str(name)
+            if os.path.basename(str(name)) != str(name):
+                raise SerializationError(
+                    f"{manifest_path}: source file {name!r} is not a plain name."
+                )
+            if not path.is_file():
+                raise ModelFileNotFoundError(
+                    f"The source model file {path} of {manifest_path} is missing. Copy it next to "
+                    "the manifest, or pass source_model= to xfer.load."
+                )
+            if serialization.sha256_of(path) != digest:
+                raise SerializationError(
+                    f"The source model file {path} does not match {manifest_path} (checksum "
+                    "differs): it is corrupt or from another save. Save the repurposer again, or "
+                    "pass source_model= to xfer.load."
+                )
+        import xfer.model_handler as model_handler
+
+        # ModelHandler.load_checkpoint where the facade has it; the MXNet backend otherwise.
+        loader = getattr(model_handler.ModelHandler, "load_checkpoint", None)
+        if loader is None:
+            loader = model_handler.MXNetModelHandler.load_checkpoint
+        try:
+            return loader(str(source_prefix))
+        except (ModelFileNotFoundError, SerializationError):
+            raise
+        except Exception as error:
+            raise SerializationError(
+                f"Cannot read the source model saved with {manifest_path} ({type(error).__name__}: "
+                f"{error}). Save the repurposer again, or pass source_model= to xfer.load."
+            ) from error
+
+
+__all__ = ["Repurposer", "SOURCE_SUFFIX"]

@@ -1,0 +1,207 @@
+"""Logistic regression on standardised features of the source model."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from xfer._mxnet import mx
+from xfer.exceptions import InvalidArgumentError
+from xfer.repurposers import _linear
+from xfer.repurposers.meta_model import MetaModelRepurposer
+from xfer.serialization import register_repurposer
+
+logger = logging.getLogger("xfer.repurposers.lr")
+
+
+def _thread_limit(n_jobs: Any) -> int | None:
+    """``n_jobs`` as a BLAS/OpenMP thread limit (``-1``/``None``: no limit)."""
+    if n_jobs is None or n_jobs == -1:
+        return None
+    if (
+        isinstance(n_jobs, bool)
+        or not isinstance(n_jobs, numbers.Integral)
+        or n_jobs == 0
+        or n_jobs < -1
+    ):
+        raise InvalidArgumentError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}.")
+    return int(n_jobs)
+
+
+def _check_positive(name: str, value: Any, integer: bool = False) -> None:
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+        what = "a positive integer" if integer else "a positive number"
+        raise InvalidArgumentError(f"{name} must be {what}, got {value!r}.")
+
+
+class LogisticModel:
+    """A fitted (standardise -> logistic regression) model kept as arrays.
+
+    Predicts exactly what ``make_pipeline(StandardScaler(), LogisticRegression())`` predicted,
+    without scikit-learn objects.
+    """
+
+    def __init__(
+        self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: np.ndarray
+    ):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self.intercept = np.asarray(intercept, dtype=np.float64)
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        scaled = _linear.standardize(features, self.mean, self.scale)
+        return _linear.linear_decision(scaled, self.coef, self.intercept)
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return _linear.logistic_proba(self.decision_function(features))
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        arrays = {
+            "mean": self.mean,
+            "scale": self.scale,
+            "coef": self.coef,
+            "intercept": self.intercept,
+        }
+        return {"model": "logistic"}, arrays
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> LogisticModel:
+        return cls(arrays["mean"], arrays["scale"], arrays["coef"], arrays["intercept"])
+
+
+@register_repurposer(key="xfer.LrRepurposer")
+class LrRepurposer(MetaModelRepurposer):
+    """Logistic regression on standardised features (Xfer's ``LrRepurposer``).
+
+    Features are standardised (zero mean, unit variance per column), then a multinomial
+    (binary: logistic) L2-regularised ``LogisticRegression`` is fitted with L-BFGS. Training runs
+    to convergence: if ``max_iter`` is reached, the cap is raised tenfold once, and a
+    ``ConvergenceWarning`` is issued only if that does not converge either.
+
+    Parameters
+    ----------
+    source_model : mx.mod.Module, ModelHandler or None
+        Source network; ``None`` means ``fit``/``predict`` take feature arrays.
+    feature_layer_names : list of str
+        Layers whose outputs are the features.
+    context_function : callable or device, default=mx.cpu
+        Default device for feature extraction.
+    num_devices : int, default=1
+        Number of devices for feature extraction.
+    tol : float, default=1e-4
+        Stopping tolerance of the solver.
+    c : float, default=1.0
+        Inverse regularisation strength (scikit-learn's ``C``).
+    n_jobs : int, default=-1
+        Most threads used by the solver's linear algebra (``-1``: all). scikit-learn >= 1.8 no
+        longer parallelises ``LogisticRegression`` over classes, so this is a thread limit.
+    max_iter : int, default=1000
+        Iteration cap of the solver (raised automatically once if not converged).
+    random_state : int, optional
+        Kept for the common contract (L-BFGS is deterministic).
+    extraction_batch_size : int, optional
+        Batch size for feature extraction.
+    verbose : bool, default=False
+        Progress bars and log messages.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Labels seen in ``fit``, in the order of ``predict_proba``'s columns.
+    target_model_ : LogisticModel
+        The fitted model as arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xfer import LrRepurposer
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.r_[rng.normal(0, 1, (20, 3)), rng.normal(3, 1, (20, 3))]
+    >>> y = np.array(["cat"] * 20 + ["dog"] * 20)
+    >>> rep = LrRepurposer(None, None).fit(X, y)   # source_model=None: X are features
+    >>> rep.predict(X[:2])
+    array(['cat', 'cat'], dtype='<U3')
+    """
+
+    def __init__(
+        self,
+        source_model: Any,
+        feature_layer_names: list[str] | None,
+        context_function: Any = mx.cpu,
+        num_devices: int = 1,
+        tol: float = 1e-4,
+        c: float = 1.0,
+        n_jobs: int = -1,
+        *,
+        max_iter: int = 1000,
+        random_state: int | None = None,
+        extraction_batch_size: int | None = None,
+        verbose: bool = False,
+    ):
+        super().__init__(
+            source_model,
+            feature_layer_names,
+            context_function=context_function,
+            num_devices=num_devices,
+            extraction_batch_size=extraction_batch_size,
+            verbose=verbose,
+        )
+        self.tol = tol
+        self.c = c
+        self.n_jobs = n_jobs
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _train_model_from_features(
+        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+    ) -> LogisticModel:
+        _check_positive("c", self.c)
+        _check_positive("tol", self.tol)
+        _check_positive("max_iter", self.max_iter, integer=True)
+        features = np.asarray(features, dtype=np.float64)
+        with threadpool_limits(limits=_thread_limit(self.n_jobs)):
+            scaler = StandardScaler().fit(features)
+            scaled = scaler.transform(features)
+            classifier = LogisticRegression(
+                C=self.c, tol=self.tol, max_iter=self.max_iter, random_state=self.random_state
+            )
+            for attempt, cap in enumerate((self.max_iter, 10 * self.max_iter)):
+                classifier.set_params(max_iter=cap, warm_start=attempt > 0)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ConvergenceWarning)
+                    classifier.fit(scaled, labels)
+                if not any(issubclass(w.category, ConvergenceWarning) for w in caught):
+                    break
+                logger.info(
+                    "LogisticRegression did not converge in %d iterations; continuing.", cap
+                )
+            else:
+                warnings.warn(
+                    f"LrRepurposer: logistic regression did not converge in {10 * self.max_iter} "
+                    f"iterations (tol={self.tol}). Increase max_iter or tol, or lower c.",
+                    ConvergenceWarning,
+                    stacklevel=4,
+                )
+        self.n_iter_ = int(np.max(classifier.n_iter_))
+        return LogisticModel(scaler.mean_, scaler.scale_, classifier.coef_, classifier.intercept_)
+
+    def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
+        return self.target_model_.predict_proba(features)
+
+    def _set_target_model_state(
+        self, config: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> None:
+        self.target_model_ = LogisticModel.from_state(config, arrays)
+
+
+__all__ = ["LrRepurposer", "LogisticModel"]

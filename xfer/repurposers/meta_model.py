@@ -1,0 +1,461 @@
+"""Meta-model repurposers: features from layers of the source model -> a separate classifier.
+
+A :class:`MetaModelRepurposer` extracts the outputs of ``feature_layer_names`` once per dataset
+(concatenated in the order given), trains a target model on them, and predicts through the same
+extraction. Users who cache features call :meth:`~MetaModelRepurposer.fit_features` and
+:meth:`~MetaModelRepurposer.predict_proba_features` directly.
+
+Writing your own head
+---------------------
+Subclass :class:`MetaModelRepurposer`, decorate it with
+:func:`xfer.serialization.register_repurposer`, and override Xfer's hooks:
+
+``_train_model_from_features(features, labels, feature_indices_per_layer)``
+    Train and return the target model (stored as ``target_model_``). ``labels`` are **int codes
+    0..K-1** (``classes_[labels]`` are the user's labels); ``len(self.classes_)`` is K.
+``_predict_probability_from_features(features)``
+    Return float probabilities ``[N, K]`` in the order of ``classes_``.
+``_predict_label_from_features(features)``
+    Return int codes; the default is the argmax of the probabilities, which keeps
+    ``predict == classes_[argmax(predict_proba)]``.
+``_get_target_model_state()`` / ``_set_target_model_state(config, arrays)``
+    The target model as (JSON-safe dict, dict of numeric arrays) and back, for saving.
+
+The device of the current call is ``self._head_device()`` (a :class:`xfer.context.Device`) or
+``self._torch_device()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import numpy as np
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_consistent_length, validate_data
+
+from xfer._mxnet import mx
+from xfer.context import Device, format_context, to_torch
+from xfer.exceptions import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    layer_not_found,
+)
+from xfer.repurposers.base import Repurposer
+
+logger = logging.getLogger("xfer.repurposers.meta_model")
+
+
+class MetaModelData(NamedTuple):
+    """Features extracted from a source model (Xfer's ``MetaModelData``).
+
+    Attributes
+    ----------
+    features : ndarray of shape (n_samples, n_features)
+        Outputs of the feature layers, concatenated in the order of ``feature_layer_names``.
+    feature_indices_per_layer : list of ndarray
+        Column indices of ``features`` that came from each layer.
+    labels : ndarray or None
+        Labels read from the data iterator, when it had them.
+    """
+
+    features: np.ndarray
+    feature_indices_per_layer: list
+    labels: np.ndarray | None
+
+
+def _is_data_iterator(data: Any) -> bool:
+    return isinstance(data, mx.io.DataIter)
+
+
+class MetaModelRepurposer(Repurposer):
+    """Base class of repurposers that train a classifier on features of the source model.
+
+    Parameters
+    ----------
+    source_model : mx.mod.Module, ModelHandler, (symbol, arg_params, aux_params) or None
+        The pretrained network. ``None`` means the inputs given to ``fit``/``predict`` are
+        already features (arrays ``[N, D]``): the repurposer is then a plain scikit-learn
+        classifier.
+    feature_layer_names : list of str
+        Layers whose outputs are the features, concatenated in this order.
+    context_function : callable, str, mx.Context or torch.device, default=mx.cpu
+        Default device (Xfer's ``context_function``); ``context=`` on each call overrides it.
+    num_devices : int, default=1
+        Number of devices for feature extraction.
+    extraction_batch_size : int, optional
+        Batch size for feature extraction from arrays (default: the ModelHandler's).
+    verbose : bool, default=False
+        Progress bars and log messages.
+    """
+
+    _save_source_model_default = True
+
+    def __init__(
+        self,
+        source_model: Any,
+        feature_layer_names: list[str] | None,
+        context_function: Any = mx.cpu,
+        num_devices: int = 1,
+        *,
+        extraction_batch_size: int | None = None,
+        verbose: bool = False,
+    ):
+        super().__init__(source_model, context_function=context_function, num_devices=num_devices)
+        self.feature_layer_names = feature_layer_names
+        self.extraction_batch_size = extraction_batch_size
+        self.verbose = verbose
+
+    # ---------------------------------------------------------------- Xfer attribute
+    @property
+    def target_model(self) -> Any:
+        """The fitted target model (Xfer's attribute name; also ``target_model_``)."""
+        self._check_fitted()
+        return self.target_model_
+
+    # ---------------------------------------------------------------- features
+    def _validated_layer_names(self) -> list[str]:
+        names = self.feature_layer_names
+        if not isinstance(names, list):
+            raise InvalidTypeError(
+                f"feature_layer_names must be a list of layer names, got {type(names).__name__} "
+                f"({names!r}); for one layer write ['{names}']."
+            )
+        if not names:
+            raise InvalidArgumentError(
+                "feature_layer_names is empty: give at least one layer name."
+            )
+        if not all(isinstance(name, str) for name in names):
+            raise InvalidTypeError(f"feature_layer_names must hold strings, got {names!r}.")
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError(f"feature_layer_names repeats a layer: {names!r}.")
+        return names
+
+    def get_features_from_source_model(
+        self, data_iterator: Any, context: Any = None
+    ) -> MetaModelData:
+        """Extract features of ``data_iterator`` (array or ``mx.io.DataIter``) from the source model.
+
+        Parameters
+        ----------
+        data_iterator : ndarray or mx.io.DataIter
+            Inputs of the source model.
+        context : optional
+            Device(s) for extraction (default: the constructor's).
+
+        Returns
+        -------
+        MetaModelData
+        """
+        devices = self._resolve_devices(context)
+        return self._extract(data_iterator, devices)
+
+    def _extract(self, data: Any, devices: list[Device]) -> MetaModelData:
+        if self.source_model is None:
+            raise InvalidArgumentError(
+                "This repurposer has no source model (source_model=None), so it cannot extract "
+                "features: pass feature arrays, or construct it with a source model."
+            )
+        names = self._validated_layer_names()
+        handler = self._get_model_handler()
+        known = set(handler.layer_names)
+        for name in names:
+            if name not in known:
+                raise layer_not_found(name, handler.layer_names)
+        outputs, labels = handler.get_layer_output(
+            data,
+            names,
+            context=format_context(devices),
+            batch_size=self.extraction_batch_size,
+            verbose=bool(self.verbose),
+        )
+        arrays = [np.asarray(outputs[name]) for name in names]
+        arrays = [a.reshape(a.shape[0], -1) for a in arrays]
+        features = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+        indices, start = [], 0
+        for array in arrays:
+            indices.append(np.arange(start, start + array.shape[1]))
+            start += array.shape[1]
+        return MetaModelData(features, indices, labels)
+
+    @staticmethod
+    def _check_feature_indices(indices: Any, n_features: int) -> list[np.ndarray]:
+        if indices is None:
+            return [np.arange(n_features)]
+        if not isinstance(indices, (list, tuple)) or not indices:
+            raise InvalidTypeError(
+                "feature_indices_per_layer must be a non-empty list of index arrays."
+            )
+        checked = []
+        for layer_indices in indices:
+            array = np.asarray(layer_indices)
+            if array.ndim != 1 or array.dtype.kind not in "iu" or array.size == 0:
+                raise InvalidArgumentError(
+                    "Each entry of feature_indices_per_layer must be a non-empty 1-D integer array."
+                )
+            if array.min() < 0 or array.max() >= n_features:
+                raise InvalidArgumentError(
+                    f"feature_indices_per_layer refers to column {int(array.max())}, but the "
+                    f"features have {n_features} columns."
+                )
+            checked.append(array.astype(np.int64))
+        return checked
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, X: Any, y: Any = None, context: Any = None) -> MetaModelRepurposer:
+        """Extract features of ``X`` once and train the target model on them.
+
+        Parameters
+        ----------
+        X : ndarray or mx.io.DataIter
+            Source-model inputs (or, when ``source_model`` is None, features ``[N, D]``). An
+            iterator supplies its own labels.
+        y : array-like of shape (n_samples,), optional
+            Labels of any values (ints, strings); required unless ``X`` is an iterator with labels.
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for this call (default: the constructor's ``context_function``).
+
+        Returns
+        -------
+        self
+        """
+        devices = self._resolve_devices(context)
+        if self.source_model is None:
+            if _is_data_iterator(X):
+                raise InvalidArgumentError(
+                    "A data iterator needs a source model to extract features from; this "
+                    "repurposer has source_model=None and takes feature arrays."
+                )
+            features, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+            return self._fit_checked(features, y, None, devices, needs_source_model=False)
+        data = self._extract(X, devices)
+        labels = data.labels
+        if y is not None:
+            labels = y
+        if labels is None:
+            raise InvalidArgumentError(
+                "fit needs labels: pass y, or an mx.io.DataIter that provides labels."
+            )
+        check_consistent_length(data.features, labels)
+        return self._fit_checked(
+            data.features, labels, data.feature_indices_per_layer, devices, needs_source_model=True
+        )
+
+    def fit_features(
+        self,
+        features: Any,
+        labels: Any,
+        feature_indices_per_layer: list | None = None,
+        context: Any = None,
+    ) -> MetaModelRepurposer:
+        """Train on features you extracted yourself (e.g. cached ``get_layer_output`` results).
+
+        Parameters
+        ----------
+        features : array-like of shape (n_samples, n_features)
+        labels : array-like of shape (n_samples,)
+            Labels of any values.
+        feature_indices_per_layer : list of int arrays, optional
+            Columns of ``features`` from each layer (default: one layer).
+        context : optional
+            Device for the head (GP/BNN).
+
+        Returns
+        -------
+        self
+        """
+        devices = self._resolve_devices(context)
+        features = self._as_feature_array(features)
+        check_consistent_length(features, labels)
+        return self._fit_checked(
+            features,
+            labels,
+            feature_indices_per_layer,
+            devices,
+            needs_source_model=self.source_model is not None,
+        )
+
+    def _fit_checked(
+        self,
+        features: np.ndarray,
+        labels: Any,
+        feature_indices_per_layer: list | None,
+        devices: list[Device],
+        needs_source_model: bool,
+    ) -> MetaModelRepurposer:
+        self._require_available(devices)
+        for attribute in ("classes_", "target_model_"):
+            self.__dict__.pop(attribute, None)
+        indices = self._check_feature_indices(feature_indices_per_layer, features.shape[1])
+        encoded = self._encode_labels(labels)
+        with self._using_devices(devices):
+            logger.info(
+                "%s: training on %d examples x %d features, %d classes.",
+                type(self).__name__,
+                features.shape[0],
+                features.shape[1],
+                len(self.classes_),
+            )
+            try:
+                target_model = self._train_model_from_features(features, encoded, indices)
+            except BaseException:
+                del self.classes_  # a failed fit leaves the repurposer unfitted
+                raise
+        self.target_model_ = target_model
+        self.feature_indices_per_layer_ = indices
+        self.n_meta_features_ = int(features.shape[1])
+        self._needs_source_model = needs_source_model
+        return self
+
+    # ---------------------------------------------------------------- predict
+    def _as_feature_array(self, features: Any) -> np.ndarray:
+        if _is_data_iterator(features):
+            raise InvalidTypeError(
+                "Expected a feature array [N, D], got a data iterator; use fit/predict for "
+                "source-model inputs."
+            )
+        return check_array(features, dtype=[np.float64, np.float32])
+
+    def _prediction_features(self, X: Any, devices: list[Device]) -> np.ndarray:
+        self._check_fitted()
+        if self.source_model is None:
+            if getattr(self, "_needs_source_model", False):
+                raise InvalidArgumentError(
+                    f"This {type(self).__name__} was trained on source-model features but has no "
+                    "source model (it was saved or loaded without one). Pass source_model= to "
+                    "xfer.load, or give features to predict_proba_features/predict_features."
+                )
+            if _is_data_iterator(X):
+                raise InvalidArgumentError(
+                    "A data iterator needs a source model to extract features from; this "
+                    "repurposer has source_model=None and takes feature arrays."
+                )
+            return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return self._extract(X, devices).features
+
+    def _check_prediction_features(self, features: np.ndarray) -> np.ndarray:
+        if features.shape[1] != self.n_meta_features_:
+            raise InvalidArgumentError(
+                f"X has {features.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_meta_features_} features as input (the width of the training features)."
+            )
+        return features
+
+    def _proba_from_features(self, features: np.ndarray, devices: list[Device]) -> np.ndarray:
+        self._check_prediction_features(features)
+        self._require_available(devices)
+        with self._using_devices(devices):
+            probabilities = self._predict_probability_from_features(features)
+        return np.asarray(probabilities, dtype=np.float64)
+
+    def _labels_from_features(self, features: np.ndarray, devices: list[Device]) -> np.ndarray:
+        self._check_prediction_features(features)
+        self._require_available(devices)
+        with self._using_devices(devices):
+            encoded = self._predict_label_from_features(features)
+        return self._decode_labels(encoded)
+
+    def predict_proba(self, X: Any, context: Any = None) -> np.ndarray:
+        """Class probabilities ``[N, n_classes]`` in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : ndarray or mx.io.DataIter
+            Source-model inputs (labels, if any, are ignored), or features when
+            ``source_model`` is None.
+        context : optional
+            Device(s) for this call.
+        """
+        devices = self._resolve_devices(context)
+        return self._proba_from_features(self._prediction_features(X, devices), devices)
+
+    def predict(self, X: Any, context: Any = None) -> np.ndarray:
+        """Predicted labels in the user's label values."""
+        devices = self._resolve_devices(context)
+        return self._labels_from_features(self._prediction_features(X, devices), devices)
+
+    def predict_proba_features(self, features: Any, context: Any = None) -> np.ndarray:
+        """Class probabilities from features you extracted yourself."""
+        self._check_fitted()
+        devices = self._resolve_devices(context)
+        return self._proba_from_features(self._as_feature_array(features), devices)
+
+    def predict_features(self, features: Any, context: Any = None) -> np.ndarray:
+        """Predicted labels (user's values) from features you extracted yourself."""
+        self._check_fitted()
+        devices = self._resolve_devices(context)
+        return self._labels_from_features(self._as_feature_array(features), devices)
+
+    # ---------------------------------------------------------------- hooks (Xfer's names)
+    def _train_model_from_features(
+        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+    ) -> Any:
+        """Train and return the target model. ``labels`` are int codes ``0..K-1``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _train_model_from_features."
+        )
+
+    def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
+        """Probabilities ``[N, K]`` from ``self.target_model_``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _predict_probability_from_features."
+        )
+
+    def _predict_label_from_features(self, features: np.ndarray) -> np.ndarray:
+        """Int label codes; the default is the argmax of the probabilities."""
+        return np.argmax(self._predict_probability_from_features(features), axis=1)
+
+    # ---------------------------------------------------------------- devices for heads
+    def _head_device(self) -> Device:
+        """The device the head computes on in the current call (first of the call's devices)."""
+        return self._current_devices()[0]
+
+    def _torch_device(self) -> Any:
+        return to_torch(self._head_device())
+
+    # ---------------------------------------------------------------- state
+    def _get_target_model_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The target model as (JSON-safe config, numeric arrays). Heads override this."""
+        get_state = getattr(self.target_model_, "get_state", None)
+        if get_state is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement _get_target_model_state to be saved."
+            )
+        return get_state()
+
+    def _set_target_model_state(
+        self, config: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> None:
+        """Rebuild ``target_model_`` from :meth:`_get_target_model_state` output."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _set_target_model_state to be loaded."
+        )
+
+    def _get_fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        config, head_arrays = self._get_target_model_state()
+        arrays = {f"head.{name}": np.asarray(value) for name, value in head_arrays.items()}
+        for i, layer_indices in enumerate(self.feature_indices_per_layer_):
+            arrays[f"meta.feature_indices.{i}"] = layer_indices
+        state = {
+            "head": config,
+            "n_meta_features": self.n_meta_features_,
+            "n_feature_layers": len(self.feature_indices_per_layer_),
+            "needs_source_model": bool(getattr(self, "_needs_source_model", False)),
+            "n_features_in": int(self.n_features_in_) if hasattr(self, "n_features_in_") else None,
+        }
+        return state, arrays
+
+    def _set_fitted_state(self, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        n_layers = int(config["n_feature_layers"])
+        self.feature_indices_per_layer_ = [
+            arrays[f"meta.feature_indices.{i}"] for i in range(n_layers)
+        ]
+        self.n_meta_features_ = int(config["n_meta_features"])
+        self._needs_source_model = bool(config["needs_source_model"])
+        if config.get("n_features_in") is not None:
+            self.n_features_in_ = int(config["n_features_in"])
+        head_arrays = {k[len("head.") :]: v for k, v in arrays.items() if k.startswith("head.")}
+        self._set_target_model_state(config["head"], head_arrays)
+
+
+__all__ = ["MetaModelData", "MetaModelRepurposer"]
