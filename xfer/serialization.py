@@ -145,6 +145,12 @@ def _lookup(key: Any, manifest_path: Path) -> type:
 # --------------------------------------------------------------------------------------------
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and :func:`os.replace`."""
     path = Path(path)
@@ -155,6 +161,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(
+            tmp, 0o666 & ~_current_umask()
+        )  # mkstemp makes 0600; saved models are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -277,6 +277,7 @@ class SvmRepurposer(MetaModelRepurposer):
             arrays["dual_coef"] = estimator.dual_coef_
             arrays["intercept"] = estimator.intercept_
             arrays["n_support"] = estimator.n_support_.astype(np.int64)
+        self.n_iter_ = int(np.max(estimator.n_iter_))
         config["probability"] = bool(self.enable_probability_estimates)
         return SvmModel(config, arrays)
 
