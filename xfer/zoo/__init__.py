@@ -1,10 +1,13 @@
 """Real pretrained source models, loaded offline from installed packages.
 
-============================  ===============================================================
-``efficientnet_lite0``        ImageNet EfficientNet-Lite0, MXNet symbolic graph or PyTorch module
-``efficientnet_lite0_preprocess``  images -> the float32 N x 3 x S x S input both backends expect
-``minilm``                    all-MiniLM-L6-v2 sentence encoder (PyTorch, takes a list of strings)
-============================  ===============================================================
+- ``efficientnet_lite0(backend="mxnet"|"torch", image_size=224)``: ImageNet EfficientNet-Lite0,
+  an MXNet symbolic graph with readable layer names or the PyTorch module.
+- ``efficientnet_lite0_preprocess(images, image_size=224)``: images -> the float32
+  N x 3 x S x S input both backends expect (grey images replicated to RGB).
+- ``minilm(max_length=128)``: the all-MiniLM-L6-v2 sentence encoder, a PyTorch module that takes
+  a list of strings.
+- ``torch_to_mxnet(model, input_shape)``: your own PyTorch CNN -> an MXNet symbolic graph with
+  its weights (through ``torch.fx``; see :mod:`xfer.zoo.convert`).
 
 The model packages are optional: ``bash scripts/setup.sh`` installs them (see
 ``requirements/assets.txt`` and ``requirements/assets-nodeps.txt``). A missing one raises
@@ -13,6 +16,7 @@ The model packages are optional: ``bash scripts/setup.sh`` installs them (see
 
 from __future__ import annotations
 
+from xfer.zoo.convert import torch_to_mxnet, torch_to_mxnet_symbol
 from xfer.zoo.efficientnet import (
     efficientnet_lite0,
     efficientnet_lite0_params,
@@ -42,4 +46,6 @@ __all__ = [
     "minilm",
     "same_padding",
     "to_rgb",
+    "torch_to_mxnet",
+    "torch_to_mxnet_symbol",
 ]

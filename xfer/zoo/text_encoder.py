@@ -312,9 +312,10 @@ def minilm(max_length: int = 128) -> MiniLM:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     _check_max_length(max_length, int(config["max_position_embeddings"]))
     tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
-    model = MiniLM(config, tokenizer, max_length=max_length)
+    with torch.device("meta"):  # no random initialisation: the checkpoint's tensors are used as is
+        model = MiniLM(config, tokenizer, max_length=max_length)
     state_dict = safetensors_torch.load_file(str(folder / "model.safetensors"), device="cpu")
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("pooler.")}
     state_dict.pop("embeddings.position_ids", None)
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval()
