@@ -28,7 +28,7 @@ class TestLrBinary(TestLrRepurposer):
 def test_probabilities_equal_scikit_learn(n_classes):
     X, y = make_blob_features(30, n_classes, 10, seed=3)
     X = X + np.random.RandomState(0).normal(0, 3, X.shape)  # overlapping classes
-    repurposer = LrRepurposer(None, None, c=0.5, tol=1e-6).fit(X, y)
+    repurposer = LrRepurposer(None, None, c=0.5, tol=1e-6, standardize="column").fit(X, y)
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, tol=1e-6, max_iter=1000))
     reference.fit(X.astype(np.float64), y)
     np.testing.assert_allclose(
@@ -74,3 +74,25 @@ def test_xfer_signature_defaults():
         -1,
         1,
     )
+
+
+def test_layer_standardisation_keeps_relative_scale_within_a_layer():
+    from xfer.repurposers import _linear
+
+    rng = np.random.RandomState(0)
+    features = np.c_[
+        rng.normal(0, 1, (50, 2)), rng.normal(0, 10, (50, 1)), rng.normal(5, 3, (50, 2))
+    ]
+    layers = [np.arange(3), np.arange(3, 5)]
+    mean, scale = _linear.fit_standardizer(features, layers, "layer")
+    np.testing.assert_allclose(mean, features.mean(0))
+    assert scale[0] == scale[1] == scale[2] and scale[3] == scale[4]
+    np.testing.assert_allclose(scale[0], np.sqrt(features[:, :3].var(0).mean()))
+    mean, scale = _linear.fit_standardizer(features, layers, "none")
+    assert not mean.any() and (scale == 1).all()
+
+
+def test_unknown_standardize_mode():
+    X, y = make_blob_features()
+    with pytest.raises(ValueError, match="standardize must be one of"):
+        LrRepurposer(None, None, standardize="minmax").fit(X, y)

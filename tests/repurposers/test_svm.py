@@ -72,7 +72,12 @@ def test_equal_to_scikit_learn(kernel, probability, n_classes):
     X, y = make_blob_features(25, n_classes, 8, seed=7)
     X = X + np.random.RandomState(0).normal(0, 3, X.shape)
     repurposer = SvmRepurposer(
-        None, None, kernel=kernel, enable_probability_estimates=probability, random_state=0
+        None,
+        None,
+        kernel=kernel,
+        enable_probability_estimates=probability,
+        random_state=0,
+        standardize="column",
     ).fit(X, y)
     reference = _reference(kernel, probability, X, y)
     ours = repurposer.predict_proba(X) if probability else repurposer.decision_function_features(X)

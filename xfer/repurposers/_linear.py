@@ -120,3 +120,30 @@ def sigmoid_calibrated_proba(decision: np.ndarray, a: np.ndarray, b: np.ndarray)
         proba = np.divide(proba, denominator, out=uniform, where=denominator != 0)
     proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
     return proba
+
+
+STANDARDIZE_MODES = ("layer", "column", "none")
+
+
+def fit_standardizer(
+    features: np.ndarray, feature_indices_per_layer: list[np.ndarray], mode: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column ``(mean, scale)`` for :func:`standardize`.
+
+    ``"column"``: scikit-learn's ``StandardScaler`` (z-score every column). ``"layer"``: centre
+    every column and divide each layer's block by one scale, the root-mean-square of its column
+    standard deviations, which keeps the relative scale of a layer's units. ``"none"``: identity.
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    n_features = features.shape[1]
+    if mode == "none":
+        return np.zeros(n_features), np.ones(n_features)
+    scaler = StandardScaler().fit(features)
+    if mode == "column":
+        return scaler.mean_, scaler.scale_
+    scale = np.ones(n_features)
+    for columns in feature_indices_per_layer:
+        rms = float(np.sqrt(np.mean(scaler.var_[columns])))
+        scale[columns] = rms if rms > 0 else 1.0
+    return scaler.mean_, scale

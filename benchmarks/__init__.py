@@ -1,0 +1,1 @@
+"""Benchmarks (run as scripts, e.g. ``python -m benchmarks.xfer_digits``); not part of the tests."""
