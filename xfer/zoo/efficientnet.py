@@ -305,8 +305,12 @@ def efficientnet_lite0(
         this size, so feed images of exactly this size (see
         :func:`xfer.zoo.efficientnet_lite0_preprocess`).
     batch_size : int, default=1
-        MXNet only: the batch size the module is bound with (``Module.reshape`` or
-        ``ModelHandler`` re-bind it for other sizes).
+        MXNet only: the batch size the module is bound with. MXNet 1.9.1 cannot re-shape a
+        ``SoftmaxOutput`` graph from the data shape alone, so for another batch size give the
+        label shape too (``module.reshape([("data", (n, 3, S, S))], [("softmax_label", (n,))])``),
+        feed iterators that provide a ``softmax_label`` (``mx.io.NDArrayIter(x, np.zeros(len(x)),
+        batch_size, label_name="softmax_label")`` for ``module.predict``), or bind a new module
+        from ``module.symbol`` and ``module.get_params()``.
     context : str, mx.Context or list, optional
         MXNet only: where the module is bound (default ``"cpu"``).
 
