@@ -643,20 +643,9 @@ class MXNetModelHandler(ModelHandler):
                 f"A batch of {batches.batch_size} cannot be split over {len(contexts)} devices: use a "
                 "larger batch_size or fewer devices."
             )
-        outputs = mx.sym.Group([_node_output(self.symbol, name) for name in layer_names])
         data_shape = (batches.batch_size, *batches.sample_shape)
-        self._check_shapes_for_input(outputs, data_shape)
-        label_names = [a for a in outputs.list_arguments() if a.endswith("_label")]
-        module = mx.mod.Module(outputs, data_names=[self.data_name], label_names=label_names, context=contexts)
-        label_shapes = None
-        if label_names:
-            arg_shapes, _, _ = outputs.infer_shape(**{self.data_name: data_shape})
-            shapes = dict(zip(outputs.list_arguments(), arg_shapes))
-            label_shapes = [(name, shapes[name]) for name in label_names]
-        # MXNet 1.9.1's MKLDNN subgraph fusion (conv+bn+relu, fc+relu) returns wrong values for a
-        # fused layer that is also read as an output, so it is off when several layers are read.
-        with _subgraph_fusion_disabled(len(layer_names) > 1):
-            module.bind(data_shapes=[(self.data_name, data_shape)], label_shapes=label_shapes, for_training=False)
+        module = self._inference_module(layer_names, data_shape, contexts)
+        # Parameters are copied in on every call: the handler's arg_params may have changed.
         module.set_params(self.arg_params, self.aux_params, allow_missing=False, allow_extra=True)
 
         results: list[np.ndarray] | None = None
@@ -689,6 +678,32 @@ class MXNetModelHandler(ModelHandler):
         self.input_shape = tuple(batches.sample_shape)
         label_array = np.concatenate(labels) if labels and batches.has_labels else None
         return OrderedDict(zip(layer_names, results)), label_array
+
+    def _inference_module(self, layer_names: list[str], data_shape: tuple, contexts: list) -> Any:
+        """A Module of the graph pruned to ``layer_names``, bound for inference.
+
+        The last one is kept: binding (and MKLDNN's first-run set-up of a new executor) costs as
+        much as a few batches, and users extract train and test features with the same call.
+        """
+        key = (self.symbol.tojson(), tuple(layer_names), data_shape, tuple(str(c) for c in contexts))
+        cached = getattr(self, "_bound_inference", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        outputs = mx.sym.Group([_node_output(self.symbol, name) for name in layer_names])
+        self._check_shapes_for_input(outputs, data_shape)
+        label_names = [a for a in outputs.list_arguments() if a.endswith("_label")]
+        module = mx.mod.Module(outputs, data_names=[self.data_name], label_names=label_names, context=contexts)
+        label_shapes = None
+        if label_names:
+            arg_shapes, _, _ = outputs.infer_shape(**{self.data_name: data_shape})
+            shapes = dict(zip(outputs.list_arguments(), arg_shapes))
+            label_shapes = [(name, shapes[name]) for name in label_names]
+        # MXNet 1.9.1's MKLDNN subgraph fusion (conv+bn+relu, fc+relu) returns wrong values for a
+        # fused layer that is also read as an output, so it is off when several layers are read.
+        with _subgraph_fusion_disabled(len(layer_names) > 1):
+            module.bind(data_shapes=[(self.data_name, data_shape)], label_shapes=label_shapes, for_training=False)
+        self._bound_inference = (key, module)
+        return module
 
     # ------------------------------------------------------------------ training module
     def get_module(
