@@ -1,0 +1,145 @@
+"""The tutorials run top to bottom and print their key figures; the documentation site builds.
+
+Each notebook in ``docs/tutorials`` is executed with nbclient in a fresh ``python3`` kernel of
+this interpreter, in a temporary working directory. The Sphinx site is built with warnings as
+errors and with the notebooks *not* executed by Sphinx (``nb_execution_mode = "off"``).
+
+Set ``XFER_EXECUTED_NOTEBOOKS=<folder>`` to keep the executed notebooks (with outputs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+TUTORIALS = DOCS / "tutorials"
+CELL_TIMEOUT_S = 300
+
+# Lines every notebook must print (regular expressions over the text of all its outputs).
+NUMBER = r"\d+\.\d+"
+KEY_LINES: dict[str, list[str]] = {
+    "01_overview": [
+        rf"ImageNet model: mean top-1 probability {NUMBER}",
+        rf"^LR\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$",
+        rf"^GP\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$",
+        rf"held-out class: LR {NUMBER} vs GP {NUMBER}",
+        r"the loaded GP predicts the same: True",
+    ],
+    "02_model_handler": [
+        r"conv1 .*Convolution",
+        r"parameters of conv1: \['conv1_weight', 'conv1_bias'\]",
+        r"frozen: \['conv1', 'bn1'",
+        rf"best layer: \w+ \(accuracy {NUMBER}\)",
+        rf"^raw pixels\s+{NUMBER}",
+    ],
+    "04_uncertainty": [
+        rf"^LR\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
+        rf"^SVM\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
+        rf"^GP\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
+        rf"^BNN\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
+    ],
+    "06_own_repurposer": [
+        rf"kNN accuracy {NUMBER}",
+        r"registered as 'tutorial\.KnnRepurposer'",
+        r"the loaded kNN head predicts the same: True",
+    ],
+}
+# Notebooks whose point is a figure: at least this many images in their outputs.
+MIN_FIGURES = {"01_overview": 3, "02_model_handler": 2, "04_uncertainty": 1}
+
+
+def _notebooks() -> list[str]:
+    return sorted(path.stem for path in TUTORIALS.glob("[0-9]*.ipynb"))
+
+
+def test_every_notebook_has_key_lines():
+    missing = [name for name in _notebooks() if name not in KEY_LINES]
+    assert not missing, f"add the key output lines of {missing} to KEY_LINES"
+
+
+def _output_text(notebook) -> tuple[str, int]:
+    texts: list[str] = []
+    images = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                texts.append(output.get("text", ""))
+            elif output.get("output_type") in ("execute_result", "display_data"):
+                data = output.get("data", {})
+                texts.append(data.get("text/plain", ""))
+                images += any(key.startswith("image/") for key in data)
+    return "".join(texts), images
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+@pytest.mark.parametrize("name", _notebooks())
+def test_notebook_executes(name, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    # The kernelspec runs `python`: make it this interpreter, and make `import xfer` this checkout.
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+
+    notebook = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+    seconds = time.perf_counter() - start
+    print(f"{name}: executed in {seconds:.1f} s")
+
+    keep = os.environ.get("XFER_EXECUTED_NOTEBOOKS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, Path(keep) / f"{name}.ipynb")
+
+    text, images = _output_text(notebook)
+    assert "Traceback" not in text
+    for pattern in KEY_LINES[name]:
+        assert re.search(pattern, text, flags=re.M), f"{name} did not print {pattern!r}:\n{text}"
+    assert images >= MIN_FIGURES.get(name, 0), f"{name} shows {images} figures"
+
+
+@pytest.mark.slow
+def test_sphinx_site_builds(tmp_path):
+    pytest.importorskip("sphinx")
+    pytest.importorskip("myst_nb")
+    pytest.importorskip("pydata_sphinx_theme")
+    pytest.importorskip("numpydoc")
+    env = dict(os.environ, XFER_DOCS_EXECUTE="off", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+         "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = tmp_path / "html"
+    for page in [
+        "index.html",
+        "tutorials/index.html",
+        "api/repurposers.html",
+        "api/model_handler.html",
+    ]:
+        assert (html / page).is_file(), f"{page} was not built"
+    for name in _notebooks():
+        assert (html / "tutorials" / f"{name}.html").is_file(), (
+            f"tutorial {name} is not on the site"
+        )
+    # The API pages really document the code (autodoc imported it).
+    assert "GpRepurposer" in (html / "api" / "repurposers.html").read_text()
+    assert "get_layer_output" in (html / "api" / "model_handler.html").read_text()
