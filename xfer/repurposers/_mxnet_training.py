@@ -379,24 +379,26 @@ def _run_epoch(
     progress: Any,
 ) -> tuple[float, float]:
     """Train one epoch; returns (mean loss, accuracy) over the real (non-wrapped) examples."""
-    context = module._context[0]
-    loss_sum = mx.nd.zeros((1,), ctx=context)
-    correct_sum = mx.nd.zeros((1,), ctx=context)
+    # One gather per epoch, then cheap views per batch (as NDArrayIter does after its shuffle).
+    epoch_data = mx.nd.array(data[order], dtype=data.dtype)
+    epoch_labels = labels[order]
+    epoch_labels_nd = mx.nd.array(epoch_labels)
+    loss_sum, correct = 0.0, 0
     for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch_labels = mx.nd.array(labels[indices])
-        batch = mx.io.DataBatch(data=[mx.nd.array(data[indices])], label=[batch_labels])
+        stop = start + batch_size
+        batch = mx.io.DataBatch(data=[epoch_data[start:stop]], label=[epoch_labels_nd[start:stop]])
         module.forward_backward(batch)
         module.update()
         real = min(batch_size, num_real - start)
-        probabilities = module.get_outputs()[0][:real]
-        target = batch_labels[:real].as_in_context(probabilities.context)
-        picked = mx.nd.pick(probabilities, target, axis=1)
-        loss_sum += -mx.nd.log(mx.nd.maximum(picked, 1e-12)).sum().as_in_context(context)
-        correct_sum += (mx.nd.argmax(probabilities, axis=1) == target).sum().as_in_context(context)
+        # Reading the outputs syncs once per batch, as Module.fit's accuracy metric does.
+        probabilities = module.get_outputs()[0].asnumpy()[:real]
+        target = epoch_labels[start : start + real].astype(np.int64)
+        picked = probabilities[np.arange(real), target]
+        loss_sum += float(-np.log(np.maximum(picked, 1e-12)).sum())
+        correct += int((probabilities.argmax(axis=1) == target).sum())
         if progress is not None:
             progress.update(1)
-    return float(loss_sum.asscalar()) / num_real, float(correct_sum.asscalar()) / num_real
+    return loss_sum / num_real, correct / num_real
 
 
 def evaluate(
