@@ -464,6 +464,7 @@ def test_gpu_context_is_a_clear_error_without_gpu(digits_source_model, small_dig
 
 
 # ------------------------------------------------------------------------------------ saving
+@pytest.mark.filterwarnings("ignore:Data provided by label_shapes")  # bound without labels
 def test_save_load_round_trip(digits_source_model, small_digits, tmp_path):
     X, y, X_test, _ = small_digits
     names = np.array(["five", "six", "seven", "eight", "nine"])
@@ -497,6 +498,7 @@ def test_save_load_round_trip(digits_source_model, small_digits, tmp_path):
         xfer.load("ft", str(tmp_path))
 
 
+@pytest.mark.filterwarnings("ignore:Data provided by label_shapes")  # bound without labels
 def test_save_unfitted_and_target_model_attribute(digits_source_model, small_digits, tmp_path):
     X, y, X_test, _ = small_digits
     repurposer = NeuralNetworkRandomFreezeRepurposer(digits_source_model, 5, ["conv1"], [], **FAST)
