@@ -228,14 +228,15 @@ class TorchModelHandler(ModelHandler):
 
     Examples
     --------
+    >>> import numpy as np
     >>> from torch import nn
     >>> mh = ModelHandler(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
     >>> mh.layer_names
     ['0', '1', '2']
     >>> mh.drop_layer_top(1)
     >>> mh.add_layer_top([nn.Linear(8, 5)])
-    >>> features, labels = mh.get_layer_output(np.ones((2, 4), np.float32), ["1", "3"])
-    >>> features["3"].shape
+    >>> features, labels = mh.get_layer_output(np.ones((2, 4), np.float32), ["1", "2"])
+    >>> features["2"].shape
     (2, 5)
     """
 
