@@ -1,0 +1,142 @@
+"""Tests of the variational Bayesian-neural-network classification core."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from xfer.exceptions import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    NotFittedError,
+    SerializationError,
+)
+from xfer.repurposers._bnn_core import BnnClassifierCore, annealing_weight
+
+CPU = torch.device("cpu")
+FAST = {"num_epochs": 60, "learning_rate": 3e-3, "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def digits5():
+    features, labels = load_digits(return_X_y=True)
+    keep = labels < 5
+    features, labels = features[keep], labels[keep]
+    order = np.random.RandomState(0).permutation(len(labels))
+    features, labels = features[order], labels[order]
+    return features[:150], labels[:150], features[150:], labels[150:]
+
+
+@pytest.fixture(scope="module")
+def bnn(digits5):
+    x_train, y_train, _, _ = digits5
+    return BnnClassifierCore(**FAST).fit(x_train, y_train, 5, CPU)
+
+
+def test_fit_predict_shapes_and_accuracy(bnn, digits5):
+    _, _, x_test, y_test = digits5
+    probs = bnn.predict_proba(x_test, CPU)
+    assert probs.shape == (len(x_test), 5) and probs.dtype == np.float64
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    assert np.mean(probs.argmax(axis=1) == y_test) > 0.9
+
+
+def test_prediction_deterministic_unquantised_and_batch_independent(bnn, digits5):
+    _, _, x_test, _ = digits5
+    first = bnn.predict_proba(x_test, CPU)
+    np.testing.assert_array_equal(first, bnn.predict_proba(x_test, CPU))
+    np.testing.assert_allclose(first, bnn.predict_proba(x_test, CPU, batch_size=13), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(first[3:7], bnn.predict_proba(x_test[3:7], CPU), rtol=0, atol=1e-12)
+    scaled = first * bnn.num_samples_mc_prediction
+    assert not np.allclose(scaled, np.round(scaled))  # averages of probabilities, not label votes
+
+
+def test_same_seed_same_fit_and_refit_restarts_annealing(bnn, digits5):
+    x_train, y_train, x_test, _ = digits5
+    expected = bnn.predict_proba(x_test, CPU)
+    core = BnnClassifierCore(**FAST)
+    core.fit(x_train, y_train, 5, CPU)
+    core.fit(x_train, y_train, 5, CPU)  # Xfer kept accumulating the KL weight here
+    np.testing.assert_array_equal(core.predict_proba(x_test, CPU), expected)
+    assert core.annealing_weights_[0] == 0.0 and core.annealing_weights_[-1] == 1.0
+    assert len(core.annealing_weights_) == FAST["num_epochs"]
+
+
+def test_annealing_schedule_follows_xfer_defaults():
+    core = BnnClassifierCore(num_epochs=200)
+    assert core.annealing_window() == (20, 40)
+    assert annealing_weight(20, 20, 40) == 0.0
+    assert annealing_weight(30, 20, 40) == 0.5
+    assert annealing_weight(100, 20, 40) == 1.0
+
+
+@pytest.mark.parametrize("num_layers", [0, 2])
+def test_other_depths(num_layers, digits5):
+    x_train, y_train, x_test, y_test = digits5
+    core = BnnClassifierCore(num_layers=num_layers, n_hidden=16, num_epochs=30, learning_rate=3e-3, random_state=1)
+    probs = core.fit(x_train, y_train, 5, CPU).predict_proba(x_test, CPU)
+    assert np.mean(probs.argmax(axis=1) == y_test) > 0.85
+    config, arrays = core.get_state()
+    assert sum(k.endswith("weight_mu") for k in arrays) == num_layers + 1
+
+
+def test_state_round_trip_is_exact_and_json_safe(bnn, digits5):
+    _, _, x_test, _ = digits5
+    config, arrays = bnn.get_state()
+    text = json.dumps(config, allow_nan=False)
+    for name, array in arrays.items():
+        assert isinstance(array, np.ndarray) and array.dtype.kind in "biuf", name
+    loaded = BnnClassifierCore.from_state(json.loads(text), {k: v.copy() for k, v in arrays.items()})
+    np.testing.assert_array_equal(bnn.predict_proba(x_test, CPU), loaded.predict_proba(x_test, CPU))
+
+
+def test_large_data_enlarges_the_minibatch():
+    rng = np.random.RandomState(0)
+    features = rng.normal(size=(2000, 5))
+    labels = (features[:, 0] > 0).astype(np.int64)
+    core = BnnClassifierCore(num_epochs=5, learning_rate=1e-2, random_state=0).fit(features, labels, 2, CPU)
+    assert core.effective_batch_size_ == 40  # 2000 rows / 50 steps per epoch
+    assert np.mean(core.predict_proba(features, CPU).argmax(axis=1) == labels) > 0.9
+
+
+def test_bad_arguments_raise_clear_errors(bnn, digits5):
+    x_train, y_train, x_test, _ = digits5
+    with pytest.raises(InvalidArgumentError, match="start_annealing must be smaller than the number of epochs"):
+        BnnClassifierCore(num_epochs=10, start_annealing=10)
+    with pytest.raises(InvalidArgumentError, match="end_annealing must be greater than start_annealing"):
+        BnnClassifierCore(num_epochs=10, start_annealing=5, end_annealing=5)
+    with pytest.raises(InvalidArgumentError, match="end_annealing must not exceed"):
+        BnnClassifierCore(num_epochs=10, end_annealing=11)
+    with pytest.raises(InvalidArgumentError, match="sigma must be a positive"):
+        BnnClassifierCore(sigma=0.0)
+    with pytest.raises(InvalidTypeError, match="n_hidden must be an integer"):
+        BnnClassifierCore(n_hidden=2.5)
+    with pytest.raises(InvalidArgumentError, match="labels must lie in 0..3"):
+        BnnClassifierCore(num_epochs=2).fit(x_train, y_train, 4, CPU)
+    with pytest.raises(InvalidArgumentError, match="fitted on 64"):
+        bnn.predict_proba(x_test[:, :5], CPU)
+    with pytest.raises(InvalidTypeError, match="torch.device"):
+        bnn.predict_proba(x_test, "cpu")
+    with pytest.raises(NotFittedError):
+        BnnClassifierCore().predict_proba(x_test, CPU)
+
+
+def test_corrupt_state_raises_serialization_error(bnn):
+    config, arrays = bnn.get_state()
+    broken = dict(arrays)
+    broken["layer0.weight_mu"] = broken["layer0.weight_mu"][:3]
+    with pytest.raises(SerializationError, match="layer0.weight_mu"):
+        BnnClassifierCore.from_state(config, broken)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_and_cpu_probabilities_agree(bnn, digits5):
+    _, _, x_test, _ = digits5
+    cpu_probs = bnn.predict_proba(x_test, CPU)
+    cuda_probs = bnn.predict_proba(x_test, torch.device("cuda", 0))
+    np.testing.assert_allclose(cpu_probs, cuda_probs, atol=1e-10)
+    np.testing.assert_array_equal(cpu_probs, bnn.predict_proba(x_test, CPU))

@@ -1,0 +1,668 @@
+"""Numerical core of the Bayesian-neural-network classification head (used by ``BnnRepurposer``).
+
+:class:`BnnClassifierCore` is a mean-field Gaussian variational BNN ("Bayes by backprop",
+Blundell et al., 2015) written directly in PyTorch:
+
+* ``num_layers`` hidden ReLU layers of ``n_hidden`` units, then a linear output layer with one unit
+  per class (Xfer's meaning: ``num_layers=1`` is one hidden layer; ``num_layers=0`` is Bayesian
+  multinomial logistic regression).
+* Every weight and bias ``w`` has the prior ``N(0, sigma^2)`` (Xfer's ``sigma`` is the prior
+  standard deviation) and the posterior ``N(mu, softplus(rho)^2)``.
+* Training maximises the ELBO with the *local reparameterisation trick* (Kingma et al., 2015):
+  pre-activations are sampled from their Gaussian given the inputs, which is cheaper and has lower
+  variance than sampling weights. ``num_samples_mc`` samples per step are drawn in one batched
+  computation. The loss per step is ``mean NLL + beta(epoch) * KL / N``.
+* KL annealing: ``beta`` grows linearly from 0 to 1 between epochs ``start_annealing`` and
+  ``end_annealing`` (Xfer's schedule) and restarts at 0 on every :meth:`~BnnClassifierCore.fit`.
+* Prediction samples ``num_samples_mc_prediction`` complete weight sets from a generator seeded by
+  ``prediction_seed`` on the CPU, shares them across all rows, and averages the softmax
+  probabilities (not labels), in float64: deterministic, independent of batching, identical after
+  :meth:`~BnnClassifierCore.from_state`, and not quantised to ``1 / num_samples``.
+
+How the parameters interact with ``N``: one epoch is one pass over the data in minibatches of
+``batch_size`` rows, so an epoch takes ``ceil(N / batch_size)`` optimiser steps. To keep large data
+sets affordable, an epoch is capped at ``max_steps_per_epoch`` steps (default 50) by enlarging the
+minibatch to ``ceil(N / max_steps_per_epoch)`` rows; for ``N <= batch_size * max_steps_per_epoch``
+(1,000 rows with the defaults) ``batch_size`` is used as given. Total steps are therefore at most
+``num_epochs * max_steps_per_epoch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xfer.exceptions import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    NotFittedError,
+    SerializationError,
+)
+
+_LOGGER = logging.getLogger("xfer.repurposers.bnn")
+
+STATE_FORMAT_VERSION = 1
+
+
+def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidTypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}.")
+
+
+def _check_positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(float(value)) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value!r}.")
+
+
+def _check_features(features: Any, n_features: int | None = None) -> np.ndarray:
+    if not isinstance(features, np.ndarray):
+        raise InvalidTypeError(
+            f"features must be a numpy array of shape (n_samples, n_features), got {type(features).__name__}."
+        )
+    if features.ndim != 2:
+        raise InvalidArgumentError(f"features must be 2-D (n_samples, n_features), got shape {features.shape}.")
+    if features.shape[0] == 0:
+        raise InvalidArgumentError("features is empty: give at least one row.")
+    if not np.issubdtype(features.dtype, np.number) or np.issubdtype(features.dtype, np.complexfloating):
+        raise InvalidTypeError(f"features must be a real numeric array, got dtype {features.dtype}.")
+    if n_features is not None and features.shape[1] != n_features:
+        raise InvalidArgumentError(
+            f"features has {features.shape[1]} columns but the model was fitted on {n_features}."
+        )
+    if not np.all(np.isfinite(features)):
+        raise InvalidArgumentError("features contains NaN or infinite values.")
+    return features
+
+
+def _check_device(device: Any) -> torch.device:
+    if isinstance(device, str):
+        raise InvalidTypeError(
+            f"device must be a torch.device (resolve strings such as {device!r} with "
+            "xfer.context.to_torch first)."
+        )
+    if not isinstance(device, torch.device):
+        raise InvalidTypeError(f"device must be a torch.device, got {type(device).__name__}.")
+    return device
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads (``None``: leave unchanged)."""
+    if num_threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def annealing_weight(epoch: int, start: int, end: int) -> float:
+    """KL weight of ``epoch`` (0-based): 0 up to ``start``, linear to 1 at ``end``, then 1.
+
+    Parameters
+    ----------
+    epoch : int
+        Current epoch, counted from 0 within one :meth:`BnnClassifierCore.fit` call.
+    start, end : int
+        Annealing window (``start < end``).
+
+    Returns
+    -------
+    float
+        The weight in ``[0, 1]``.
+    """
+    return float(min(max(epoch - start, 0), end - start)) / float(end - start)
+
+
+class BnnClassifierCore:
+    """Mean-field Gaussian variational BNN classifier on feature arrays.
+
+    Parameters
+    ----------
+    sigma : float, default=100.0
+        Standard deviation of the Gaussian prior ``N(0, sigma^2)`` of every weight and bias.
+    num_layers : int, default=1
+        Number of hidden ReLU layers (0: Bayesian multinomial logistic regression).
+    n_hidden : int, default=10
+        Units per hidden layer.
+    num_samples_mc : int, default=3
+        Monte Carlo samples of the ELBO per optimiser step (drawn in one batch).
+    learning_rate : float, default=1e-3
+        Adam learning rate.
+    batch_size : int, default=20
+        Minibatch size (enlarged for large data sets, see ``max_steps_per_epoch``).
+    num_epochs : int, default=200
+        Passes over the training data.
+    start_annealing : int or None, default=None
+        Epoch at which the KL weight starts to grow from 0; ``None`` means ``int(0.1 * num_epochs)``.
+    end_annealing : int or None, default=None
+        Epoch at which the KL weight reaches 1; ``None`` means
+        ``start_annealing + max(int(0.1 * num_epochs), 1)``.
+    num_samples_mc_prediction : int, default=100
+        Weight samples averaged at prediction.
+    verbose : int, default=0
+        ``> 0``: tqdm bar over epochs and loss/accuracy logged every epoch to
+        ``xfer.repurposers.bnn``.
+    random_state : int or None, default=None
+        Seed of initialisation, minibatch order and training noise; ``None`` draws a fresh seed
+        from NumPy's global generator at each fit.
+    max_steps_per_epoch : int, default=50
+        Cap on optimiser steps per epoch; above it the minibatch grows to
+        ``ceil(N / max_steps_per_epoch)`` rows.
+    prediction_seed : int, default=0
+        Seed of the prediction weight samples (saved with the model).
+    num_threads : int or None, default=None
+        torch intra-op threads during fit and predict; ``None`` picks 1 thread when a step's
+        work is tiny (where threading overhead dominates), else leaves torch's setting.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``start_annealing >= num_epochs``, ``end_annealing > num_epochs``,
+        ``end_annealing <= start_annealing``, or a non-positive size/rate.
+    InvalidTypeError
+        An option of the wrong type.
+    """
+
+    def __init__(
+        self,
+        *,
+        sigma: float = 100.0,
+        num_layers: int = 1,
+        n_hidden: int = 10,
+        num_samples_mc: int = 3,
+        learning_rate: float = 1e-3,
+        batch_size: int = 20,
+        num_epochs: int = 200,
+        start_annealing: int | None = None,
+        end_annealing: int | None = None,
+        num_samples_mc_prediction: int = 100,
+        verbose: int = 0,
+        random_state: int | None = None,
+        max_steps_per_epoch: int = 50,
+        prediction_seed: int = 0,
+        num_threads: int | None = None,
+    ) -> None:
+        self.sigma = sigma
+        self.num_layers = num_layers
+        self.n_hidden = n_hidden
+        self.num_samples_mc = num_samples_mc
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.num_epochs = num_epochs
+        self.start_annealing = start_annealing
+        self.end_annealing = end_annealing
+        self.num_samples_mc_prediction = num_samples_mc_prediction
+        self.verbose = verbose
+        self.random_state = random_state
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.prediction_seed = prediction_seed
+        self.num_threads = num_threads
+        self._validate_options()
+        self._reset_fitted()
+
+    # ------------------------------------------------------------------ options
+    def annealing_window(self) -> tuple[int, int]:
+        """The ``(start, end)`` epochs of KL annealing after applying the defaults.
+
+        Returns
+        -------
+        tuple of int
+            ``start < end <= num_epochs``.
+        """
+        start = int(0.1 * self.num_epochs) if self.start_annealing is None else int(self.start_annealing)
+        if self.end_annealing is None:
+            end = start + max(int(0.1 * self.num_epochs), 1)
+        else:
+            end = int(self.end_annealing)
+        return start, end
+
+    def _validate_options(self) -> None:
+        _check_positive_float("sigma", self.sigma)
+        _check_int("num_layers", self.num_layers, 0)
+        _check_int("n_hidden", self.n_hidden, 1)
+        _check_int("num_samples_mc", self.num_samples_mc, 1)
+        _check_positive_float("learning_rate", self.learning_rate)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("num_epochs", self.num_epochs, 1)
+        _check_int("start_annealing", self.start_annealing, 0, allow_none=True)
+        _check_int("end_annealing", self.end_annealing, 1, allow_none=True)
+        _check_int("num_samples_mc_prediction", self.num_samples_mc_prediction, 1)
+        _check_int("verbose", int(self.verbose) if isinstance(self.verbose, bool) else self.verbose, 0)
+        _check_int("random_state", self.random_state, 0, allow_none=True)
+        _check_int("max_steps_per_epoch", self.max_steps_per_epoch, 1)
+        _check_int("prediction_seed", self.prediction_seed, 0)
+        _check_int("num_threads", self.num_threads, 1, allow_none=True)
+        if self.start_annealing is not None and self.start_annealing >= self.num_epochs:
+            raise InvalidArgumentError(
+                "start_annealing must be smaller than the number of epochs: got "
+                f"start_annealing={self.start_annealing}, num_epochs={self.num_epochs}."
+            )
+        start, end = self.annealing_window()
+        if self.end_annealing is not None and end > self.num_epochs:
+            raise InvalidArgumentError(
+                "end_annealing must not exceed the number of epochs: got "
+                f"end_annealing={end}, num_epochs={self.num_epochs}."
+            )
+        if end <= start:
+            raise InvalidArgumentError(
+                "end_annealing must be greater than start_annealing: got "
+                f"start_annealing={start}, end_annealing={end}."
+            )
+
+    def _option_dict(self) -> dict[str, Any]:
+        return {
+            "sigma": float(self.sigma),
+            "num_layers": int(self.num_layers),
+            "n_hidden": int(self.n_hidden),
+            "num_samples_mc": int(self.num_samples_mc),
+            "learning_rate": float(self.learning_rate),
+            "batch_size": int(self.batch_size),
+            "num_epochs": int(self.num_epochs),
+            "start_annealing": None if self.start_annealing is None else int(self.start_annealing),
+            "end_annealing": None if self.end_annealing is None else int(self.end_annealing),
+            "num_samples_mc_prediction": int(self.num_samples_mc_prediction),
+            "verbose": int(self.verbose),
+            "random_state": None if self.random_state is None else int(self.random_state),
+            "max_steps_per_epoch": int(self.max_steps_per_epoch),
+            "prediction_seed": int(self.prediction_seed),
+            "num_threads": None if self.num_threads is None else int(self.num_threads),
+        }
+
+    def _reset_fitted(self) -> None:
+        self.n_classes_: int | None = None
+        self.n_features_: int | None = None
+        self.feature_mean_: np.ndarray | None = None
+        self.feature_scale_: np.ndarray | None = None
+        # Per layer: weight_mu (in, out), weight_rho (in, out), bias_mu (out,), bias_rho (out,).
+        self.params_: list[dict[str, torch.Tensor]] | None = None
+        self.loss_history_: list[float] = []
+        self.annealing_weights_: list[float] = []
+        self.effective_batch_size_: int | None = None
+        self._prediction_noise: dict[tuple[str, int | None], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    # -------------------------------------------------------------- internals
+    def _layer_sizes(self) -> list[int]:
+        return [self.n_features_] + [int(self.n_hidden)] * int(self.num_layers) + [self.n_classes_]
+
+    def _transform(self, features: np.ndarray) -> np.ndarray:
+        return (features.astype(np.float64) - self.feature_mean_) / self.feature_scale_
+
+    def _threads(self, work_per_step: float) -> int | None:
+        if self.num_threads is not None:
+            return int(self.num_threads)
+        return 1 if work_per_step < 5e6 else None
+
+    def _layout(self) -> list[tuple[int, int, int, int]]:
+        """``(fan_in, fan_out, weight_offset, bias_offset)`` of each layer in the flat parameter vector."""
+        sizes = self._layer_sizes()
+        layout = []
+        offset = 0
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            layout.append((fan_in, fan_out, offset, offset + fan_in * fan_out))
+            offset += fan_in * fan_out + fan_out
+        return layout
+
+    def _num_params(self) -> int:
+        fan_in, fan_out, _, bias_offset = self._layout()[-1]
+        return bias_offset + fan_out
+
+    def _unflatten(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views ``(weight (in, out), bias (out,))`` of each layer into a flat vector."""
+        views = []
+        for fan_in, fan_out, weight_offset, bias_offset in self._layout():
+            weight = flat[weight_offset:bias_offset].view(fan_in, fan_out)
+            bias = flat[bias_offset : bias_offset + fan_out]
+            views.append((weight, bias))
+        return views
+
+    def _init_flat(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial posterior means (He-uniform weights, zero biases) and softplus-inverse stds."""
+        mu = torch.zeros(self._num_params())
+        rho = torch.zeros(self._num_params())
+        layout = self._layout()
+        for index, (fan_in, fan_out, weight_offset, bias_offset) in enumerate(layout):
+            gain = 3.0 if index == len(layout) - 1 else 6.0  # ReLU gain on hidden layers
+            bound = math.sqrt(gain / fan_in)
+            mu[weight_offset:bias_offset] = (torch.rand(fan_in * fan_out, generator=generator) * 2.0 - 1.0) * bound
+            # Initial posterior std: a tenth of the initial weight scale, so pre-activation noise
+            # starts at about 10% of the signal whatever the width.
+            init_std = 0.1 / math.sqrt(fan_in)
+            rho[weight_offset : bias_offset + fan_out] = math.log(math.expm1(init_std))
+        return mu, rho
+
+    def _kl(self, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """Closed-form KL(q || N(0, sigma^2)) summed over all weights and biases."""
+        prior_var = float(self.sigma) ** 2
+        return (
+            math.log(float(self.sigma)) * mu.numel()
+            - torch.log(std).sum()
+            + (std.pow(2).sum() + mu.pow(2).sum()) / (2.0 * prior_var)
+            - 0.5 * mu.numel()
+        )
+
+    def _sample_logits_local(
+        self, mu: torch.Tensor, var: torch.Tensor, x: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Logits ``(S, B, K)`` by local reparameterisation, S = ``num_samples_mc``."""
+        n_samples = int(self.num_samples_mc)
+        means = self._unflatten(mu)
+        variances = self._unflatten(var)
+        h = x  # (B, D) for the first layer, then (S, B, H)
+        last = len(means) - 1
+        for index, ((w_mu, b_mu), (w_var, b_var)) in enumerate(zip(means, variances)):
+            mean = torch.addmm(b_mu, h, w_mu) if h.dim() == 2 else h @ w_mu + b_mu
+            act_var = torch.addmm(b_var, h * h, w_var) if h.dim() == 2 else (h * h) @ w_var + b_var
+            shape = (n_samples, *mean.shape) if index == 0 else mean.shape
+            noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+            h = torch.addcmul(mean, act_var.sqrt(), noise)
+            if index < last:
+                h = torch.relu(h)
+        return h
+
+    # --------------------------------------------------------------------- fit
+    def fit(
+        self, features: np.ndarray, labels: np.ndarray, n_classes: int, device: torch.device
+    ) -> BnnClassifierCore:
+        """Train the variational posterior from scratch (the KL schedule restarts).
+
+        Parameters
+        ----------
+        features : numpy.ndarray
+            Float array of shape ``(N, D)``.
+        labels : numpy.ndarray
+            Integer class indices in ``0..n_classes-1``, shape ``(N,)``.
+        n_classes : int
+            Number of classes ``K >= 2`` (classes missing from ``labels`` are allowed).
+        device : torch.device
+            Device to train on.
+
+        Returns
+        -------
+        BnnClassifierCore
+            ``self``.
+
+        Raises
+        ------
+        InvalidArgumentError
+            Bad options, shapes, label values or non-finite features.
+        InvalidTypeError
+            Arguments of the wrong type.
+        """
+        self._validate_options()
+        features = _check_features(features)
+        _check_int("n_classes", n_classes, 2)
+        if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
+            raise InvalidTypeError("labels must be an integer numpy array of class indices 0..n_classes-1.")
+        if labels.shape != (features.shape[0],):
+            raise InvalidArgumentError(f"labels must have shape ({features.shape[0]},), got {labels.shape}.")
+        if labels.min() < 0 or labels.max() >= n_classes:
+            raise InvalidArgumentError(
+                f"labels must lie in 0..{n_classes - 1} (n_classes={n_classes}); got values from "
+                f"{labels.min()} to {labels.max()}."
+            )
+        device = _check_device(device)
+
+        self._reset_fitted()
+        self.n_classes_ = int(n_classes)
+        self.n_features_ = int(features.shape[1])
+        mean = features.mean(axis=0, dtype=np.float64)
+        std = features.std(axis=0, dtype=np.float64)
+        positive = std[std > 0]
+        # Floor tiny standard deviations so near-constant columns are not blown up into noise.
+        floor = 1e-2 * (float(np.sqrt(np.mean(positive**2))) if positive.size else 1.0)
+        self.feature_mean_ = mean
+        self.feature_scale_ = np.maximum(std, floor)
+
+        n = features.shape[0]
+        batch = int(self.batch_size)
+        if math.ceil(n / batch) > int(self.max_steps_per_epoch):
+            batch = math.ceil(n / int(self.max_steps_per_epoch))
+            _LOGGER.info(
+                "%d rows: minibatch enlarged from %d to %d rows (max_steps_per_epoch=%d).",
+                n, self.batch_size, batch, self.max_steps_per_epoch,
+            )
+        batch = min(batch, n)
+        self.effective_batch_size_ = batch
+
+        seed = (
+            int(np.random.randint(0, 2**31 - 1)) if self.random_state is None else int(self.random_state)
+        )
+        work = batch * float(self.num_samples_mc) * (self.n_features_ + self.n_hidden * self.num_layers) * max(
+            self.n_hidden, self.n_classes_
+        )
+        with _torch_threads(self._threads(work)):
+            self._train(features, labels, device, batch, seed)
+        return self
+
+    def _train(self, features: np.ndarray, labels: np.ndarray, device: torch.device, batch: int, seed: int) -> None:
+        x_all = torch.as_tensor(self._transform(features), dtype=torch.float32, device=device)
+        y_all = torch.as_tensor(labels.astype(np.int64), device=device)
+        n = x_all.shape[0]
+        init_generator = torch.Generator(device="cpu").manual_seed(seed)
+        mu0, rho0 = self._init_flat(init_generator)
+        mu = mu0.to(device).requires_grad_(True)
+        rho = rho0.to(device).requires_grad_(True)
+        noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+        optimizer = torch.optim.Adam([mu, rho], lr=float(self.learning_rate))
+        start, end = self.annealing_window()
+        steps_per_epoch = math.ceil(n / batch)
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=int(self.num_epochs), desc="BNN", leave=False)
+        for epoch in range(int(self.num_epochs)):
+            beta = annealing_weight(epoch, start, end)
+            self.annealing_weights_.append(beta)
+            permutation = torch.randperm(n, generator=init_generator).to(device)
+            epoch_loss = torch.zeros((), device=device)
+            for step in range(steps_per_epoch):
+                idx = permutation[step * batch : (step + 1) * batch]
+                std = F.softplus(rho)
+                logits = self._sample_logits_local(mu, std * std, x_all[idx], noise_generator)
+                target = y_all[idx].repeat(logits.shape[0])
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
+                if beta > 0:
+                    loss = loss + (beta / n) * self._kl(mu, std)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                epoch_loss += loss.detach()
+            value = float(epoch_loss) / steps_per_epoch
+            self.loss_history_.append(value)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", kl_weight=f"{beta:.2f}")
+            if self.verbose:
+                _LOGGER.info("epoch %d: loss %.5f, KL weight %.3f", epoch, value, beta)
+        if bar is not None:
+            bar.close()
+        mu = mu.detach()
+        rho = rho.detach()
+        self.params_ = [
+            {"weight_mu": w_mu, "weight_rho": w_rho, "bias_mu": b_mu, "bias_rho": b_rho}
+            for (w_mu, b_mu), (w_rho, b_rho) in zip(self._unflatten(mu), self._unflatten(rho))
+        ]
+
+    # ----------------------------------------------------------------- predict
+    def _check_fitted(self) -> None:
+        if self.params_ is None:
+            raise NotFittedError("This BnnClassifierCore is not fitted yet: call fit first.")
+
+    def _weight_samples(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``num_samples_mc_prediction`` weight and bias sets per layer, float64, on ``device``.
+
+        Drawn on the CPU from ``prediction_seed`` so every device and every call sees the same set.
+        """
+        key = (device.type, device.index)
+        if key in self._prediction_noise:
+            return self._prediction_noise[key]
+        generator = torch.Generator(device="cpu").manual_seed(int(self.prediction_seed))
+        n_samples = int(self.num_samples_mc_prediction)
+        samples = []
+        for layer in self.params_:
+            w_mu = layer["weight_mu"].detach().cpu().to(torch.float64)
+            w_std = F.softplus(layer["weight_rho"].detach().cpu().to(torch.float64))
+            b_mu = layer["bias_mu"].detach().cpu().to(torch.float64)
+            b_std = F.softplus(layer["bias_rho"].detach().cpu().to(torch.float64))
+            w = w_mu + w_std * torch.randn((n_samples, *w_mu.shape), generator=generator, dtype=torch.float64)
+            b = b_mu + b_std * torch.randn((n_samples, *b_mu.shape), generator=generator, dtype=torch.float64)
+            samples.append((w.to(device), b.to(device)))
+        self._prediction_noise = {key: samples}  # keep one device's copy
+        return samples
+
+    def predict_proba(self, features: np.ndarray, device: torch.device, batch_size: int = 4096) -> np.ndarray:
+        """Posterior predictive class probabilities (Monte Carlo average of softmax), deterministic.
+
+        Parameters
+        ----------
+        features : numpy.ndarray
+            Shape ``(N, D)``.
+        device : torch.device
+            Device to compute on.
+        batch_size : int, default=4096
+            Rows per batch (all Monte Carlo samples of a batch are computed at once).
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 array of shape ``(N, K)`` whose rows sum to one.
+
+        Raises
+        ------
+        NotFittedError
+            Called before :meth:`fit`.
+        InvalidArgumentError
+            Wrong number of columns or non-finite values.
+        """
+        self._check_fitted()
+        features = _check_features(features, self.n_features_)
+        device = _check_device(device)
+        _check_int("batch_size", batch_size, 1)
+        x_np = self._transform(features)
+        samples = self._weight_samples(device)
+        out = []
+        with torch.no_grad():
+            for start in range(0, x_np.shape[0], batch_size):
+                h = torch.as_tensor(x_np[start : start + batch_size], dtype=torch.float64, device=device)
+                for index, (w, b) in enumerate(samples):
+                    h = torch.matmul(h, w) + b.unsqueeze(-2)  # (S, B, out)
+                    if index < len(samples) - 1:
+                        h = torch.relu(h)
+                probs = torch.softmax(h, dim=-1).mean(dim=0)
+                out.append(probs / probs.sum(dim=-1, keepdim=True))
+        return torch.cat(out).cpu().numpy()
+
+    # ------------------------------------------------------------------- state
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The fitted model as a strict-JSON config and plain numeric arrays.
+
+        Returns
+        -------
+        config : dict
+            Options, sizes and training summary (JSON-safe).
+        arrays : dict of str to numpy.ndarray
+            ``feature_mean``, ``feature_scale`` and ``layer{i}.{weight,bias}_{mu,rho}``
+            (float32); no training data.
+        """
+        self._check_fitted()
+        arrays: dict[str, np.ndarray] = {
+            "feature_mean": np.asarray(self.feature_mean_, dtype=np.float64),
+            "feature_scale": np.asarray(self.feature_scale_, dtype=np.float64),
+        }
+        for index, layer in enumerate(self.params_):
+            for name, tensor in layer.items():
+                arrays[f"layer{index}.{name}"] = tensor.detach().cpu().numpy().copy()
+        final_loss = self.loss_history_[-1] if self.loss_history_ else None
+        config = {
+            "format_version": STATE_FORMAT_VERSION,
+            "class": "BnnClassifierCore",
+            "options": self._option_dict(),
+            "n_classes": int(self.n_classes_),
+            "n_features": int(self.n_features_),
+            "effective_batch_size": None if self.effective_batch_size_ is None else int(self.effective_batch_size_),
+            "final_loss": final_loss if final_loss is not None and math.isfinite(final_loss) else None,
+        }
+        return config, arrays
+
+    @classmethod
+    def from_state(cls, config: dict, arrays: dict[str, np.ndarray]) -> BnnClassifierCore:
+        """Rebuild a fitted classifier from :meth:`get_state`'s output.
+
+        Parameters
+        ----------
+        config : dict
+            The config returned by :meth:`get_state`.
+        arrays : dict of str to numpy.ndarray
+            The arrays returned by :meth:`get_state`.
+
+        Returns
+        -------
+        BnnClassifierCore
+            A fitted classifier whose predictions equal the saved one's.
+
+        Raises
+        ------
+        SerializationError
+            A config or arrays that do not describe a fitted BNN classifier.
+        """
+        try:
+            if not isinstance(config, dict) or config.get("class") != "BnnClassifierCore":
+                raise SerializationError("Not a BnnClassifierCore state (config 'class' key).")
+            if int(config["format_version"]) > STATE_FORMAT_VERSION:
+                raise SerializationError(
+                    f"BNN state format {config['format_version']} is newer than this library "
+                    f"supports ({STATE_FORMAT_VERSION}); upgrade xfer."
+                )
+            core = cls(**config["options"])
+            core.n_classes_ = int(config["n_classes"])
+            core.n_features_ = int(config["n_features"])
+            core.effective_batch_size_ = config.get("effective_batch_size")
+            core.feature_mean_ = np.asarray(arrays["feature_mean"], dtype=np.float64)
+            core.feature_scale_ = np.asarray(arrays["feature_scale"], dtype=np.float64)
+            if core.feature_mean_.shape != (core.n_features_,) or core.feature_scale_.shape != (core.n_features_,):
+                raise SerializationError("feature_mean/feature_scale do not match n_features.")
+            sizes = core._layer_sizes()
+            params = []
+            for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+                layer = {}
+                for name, shape in (
+                    ("weight_mu", (fan_in, fan_out)),
+                    ("weight_rho", (fan_in, fan_out)),
+                    ("bias_mu", (fan_out,)),
+                    ("bias_rho", (fan_out,)),
+                ):
+                    value = np.asarray(arrays[f"layer{index}.{name}"])
+                    if value.shape != shape or not np.issubdtype(value.dtype, np.floating):
+                        raise SerializationError(
+                            f"BNN array layer{index}.{name} has shape {value.shape} and dtype "
+                            f"{value.dtype}, expected {shape} floats."
+                        )
+                    layer[name] = torch.as_tensor(value.copy())
+                params.append(layer)
+            core.params_ = params
+        except SerializationError:
+            raise
+        except (KeyError, ValueError, TypeError) as error:
+            raise SerializationError(f"Corrupt or incompatible BNN state: {error!r}") from error
+        return core
+
+
+__all__ = ["BnnClassifierCore", "annealing_weight"]
