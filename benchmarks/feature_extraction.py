@@ -170,11 +170,12 @@ def memory(counts=(1000, 5000, 20000), image_size: int = 96, batch_size: int = 6
 def report(quick: bool = False) -> str:
     """Run both sections and return them as markdown."""
     if quick:
-        speed_rows = speed(image_sizes=(96,), batch_sizes=(32,), count=128, repeats=3)
-        memory_rows = memory(counts=(500, 2000))
-    else:
-        speed_rows = speed(count=256, repeats=3)
-        memory_rows = memory()
+        return report_rows(speed(image_sizes=(96,), batch_sizes=(32,), count=128, repeats=3), memory(counts=(500, 2000)))
+    return report_rows(speed(count=256, repeats=3), memory())
+
+
+def report_rows(speed_rows: list[dict], memory_rows: list[dict]) -> str:
+    """Markdown tables of :func:`speed` and :func:`memory` rows."""
     lines = [
         "### Feature extraction speed (EfficientNet-Lite0, MXNet, layer `global_pool`, CPU)",
         "",

@@ -445,3 +445,11 @@ class TestFiles:
         monkeypatch.setattr(mxnet_handler.shutil, "which", lambda name: None)
         with pytest.raises(MissingDependencyError, match="apt-get install graphviz"):
             handler.visualize_net(str(tmp_path / "graph"))
+
+
+def test_facade_load_checkpoint_picks_the_backend(handler, tmp_path):
+    handler.save_checkpoint(str(tmp_path / "toy"))
+    loaded = ModelHandler.load_checkpoint(str(tmp_path / "toy"))
+    assert isinstance(loaded, MXNetModelHandler) and loaded.layer_names == TOY_LAYERS
+    with pytest.raises(ModelFileNotFoundError, match="missing-symbol.json' does not exist"):
+        ModelHandler.load_checkpoint(str(tmp_path / "missing"))

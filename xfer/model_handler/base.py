@@ -54,5 +54,20 @@ class ModelHandler:
     def accepts(cls, model: Any) -> bool:  # pragma: no cover - overridden by backends
         return False
 
+    @classmethod
+    def load_checkpoint(cls, prefix: Any, epoch: int = 0, *, model: Any = None, **kwargs: Any) -> ModelHandler:
+        """Load a handler written by ``save_checkpoint``, picking the backend from the files.
+
+        MXNet: ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``. PyTorch:
+        ``<prefix>.safetensors``, loaded into ``model`` (the architecture: weights files cannot
+        hold code, so the network's class must come from you).
+        """
+        import os
+
+        backends = {backend.backend: backend for backend in _BACKENDS}
+        if model is not None or os.path.exists(f"{os.fspath(prefix)}.safetensors"):
+            return backends["torch"].load_checkpoint(prefix, model=model, **kwargs)
+        return backends["mxnet"].load_checkpoint(prefix, epoch, **kwargs)
+
 
 __all__ = ["ModelHandler", "register_backend"]

@@ -1,10 +1,16 @@
 """Repurposers: turn a source model into a predictor for a target task."""
 
+from xfer.repurposers._mxnet_training import History
 from xfer.repurposers.base import Repurposer
 from xfer.repurposers.bnn import BnnRepurposer
+from xfer.repurposers.fine_tune import (
+    NeuralNetworkFineTuneRepurposer,
+    NeuralNetworkRandomFreezeRepurposer,
+)
 from xfer.repurposers.gp import GpRepurposer
 from xfer.repurposers.lr import LrRepurposer
 from xfer.repurposers.meta_model import MetaModelData, MetaModelRepurposer
+from xfer.repurposers.neural_network import NeuralNetworkRepurposer, TargetNetwork
 from xfer.repurposers.svm import SvmRepurposer
 
 __all__ = [
@@ -15,4 +21,9 @@ __all__ = [
     "SvmRepurposer",
     "GpRepurposer",
     "BnnRepurposer",
+    "NeuralNetworkRepurposer",
+    "NeuralNetworkFineTuneRepurposer",
+    "NeuralNetworkRandomFreezeRepurposer",
+    "TargetNetwork",
+    "History",
 ]

@@ -317,6 +317,28 @@ class Repurposer(ClassifierMixin, BaseEstimator):
             "parameters must be numbers, strings, booleans, None, devices or lists of those."
         )
 
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters (scikit-learn).
+
+        ``deep`` descends only into scikit-learn estimators: an ``mx.mod.Module`` source model
+        has a ``get_params`` of its own that returns MXNet weights, not hyper-parameters.
+        """
+        params = super().get_params(deep=False)
+        if deep:
+            for name, value in list(params.items()):
+                if isinstance(value, BaseEstimator):
+                    params.update({f"{name}__{k}": v for k, v in value.get_params(deep=True).items()})
+        return params
+
+    def __sklearn_clone__(self) -> Repurposer:
+        """An unfitted copy with the same parameters; the source model is shared, not copied
+        (it is not a scikit-learn estimator, and copying its weights would be wasteful)."""
+        from sklearn.base import clone
+
+        params = self.get_params(deep=False)
+        source = params.pop("source_model")
+        return type(self)(source_model=source, **{k: clone(v, safe=False) for k, v in params.items()})
+
     def _get_fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The fitted state as (JSON-safe config, arrays). Subclasses implement it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement saving.")
@@ -389,12 +411,8 @@ class Repurposer(ClassifierMixin, BaseEstimator):
                 )
         import xfer.model_handler as model_handler
 
-        # ModelHandler.load_checkpoint where the facade has it; the MXNet backend otherwise.
-        loader = getattr(model_handler.ModelHandler, "load_checkpoint", None)
-        if loader is None:
-            loader = model_handler.MXNetModelHandler.load_checkpoint
         try:
-            return loader(str(source_prefix))
+            return model_handler.ModelHandler.load_checkpoint(str(source_prefix))
         except (ModelFileNotFoundError, SerializationError):
             raise
         except Exception as error:

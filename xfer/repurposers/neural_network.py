@@ -257,32 +257,6 @@ class NeuralNetworkRepurposer(Repurposer):
         self.random_state = random_state
         self.verbose = verbose
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor parameters (scikit-learn). ``deep`` descends only into scikit-learn
-        estimators: an ``mx.mod.Module`` source model has a ``get_params`` of its own that
-        returns MXNet weights, not hyper-parameters."""
-        from sklearn.base import BaseEstimator
-
-        params = super().get_params(deep=False)
-        if deep:
-            for name, value in list(params.items()):
-                if isinstance(value, BaseEstimator):
-                    params.update(
-                        {f"{name}__{k}": v for k, v in value.get_params(deep=True).items()}
-                    )
-        return params
-
-    def __sklearn_clone__(self) -> NeuralNetworkRepurposer:
-        """An unfitted copy with the same parameters; the source model is shared, not copied
-        (an ``mx.mod.Module`` is not a scikit-learn estimator, and copying weights is wasteful)."""
-        from sklearn.base import clone
-
-        params = self.get_params(deep=False)
-        source = params.pop("source_model")
-        return type(self)(
-            source_model=source, **{k: clone(v, safe=False) for k, v in params.items()}
-        )
-
     # ---------------------------------------------------------------- hooks
     def _create_target_network(
         self, handler: Any, output_name: str, num_classes: int

@@ -1,0 +1,28 @@
+"""Smoke test of the benchmark harness (no timing assertions: machines here are shared)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import feature_extraction, run
+
+
+@pytest.mark.slow
+def test_harness_writes_a_report(tmp_path, monkeypatch):
+    tiny = feature_extraction.speed(image_sizes=(32,), batch_sizes=(8,), count=16, repeats=1)
+    monkeypatch.setitem(run.SECTIONS, "extraction", lambda quick: feature_extraction.report_rows(tiny, []))
+    output = tmp_path / "benchmarks.md"
+    assert run.main(["--quick", "--only", "extraction", "--output", str(output)]) == 0
+    text = output.read_text()
+    assert "by `python -m benchmarks.run --quick --only extraction`" in text
+    assert "## extraction" in text and "| 32 | 8 |" in text
+
+
+def test_a_failing_section_is_reported_and_fails_the_run(tmp_path, monkeypatch):
+    def broken(quick):
+        raise RuntimeError("section exploded")
+
+    monkeypatch.setitem(run.SECTIONS, "heads", broken)
+    output = tmp_path / "benchmarks.md"
+    assert run.main(["--only", "heads", "--output", str(output)]) == 1
+    assert "Section failed" in output.read_text() and "section exploded" in output.read_text()
