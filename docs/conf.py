@@ -85,5 +85,26 @@ def _skip_generated_members(app, what, name, obj, skip, options):
     return None
 
 
+# Pages other tools generate into docs/ (benchmarks/run.py writes benchmarks.md): listed in the
+# site's table of contents when they exist, so the build never depends on them being there.
+OPTIONAL_PAGES = ["benchmarks"]
+
+
+def _add_optional_pages(app, docname, source):
+    if docname != "index":
+        return
+    present = [name for name in OPTIONAL_PAGES if (Path(app.srcdir) / f"{name}.md").is_file()]
+    if present:
+        source[0] = source[0].replace(
+            "api/index\n```", "api/index\n" + "\n".join(present) + "\n```", 1
+        )
+
+
+def _always_reread_index(app, env, added, changed, removed):
+    return ["index"]  # an optional page may have appeared or gone since the last build
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_generated_members)
+    app.connect("env-get-outdated", _always_reread_index)
+    app.connect("source-read", _add_optional_pages)
