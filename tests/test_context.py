@@ -89,3 +89,22 @@ def test_gpu_on_cpu_only_mxnet_names_the_missing_build():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_device_when_present():
     assert to_torch("gpu:0") == torch.device("cuda", 0)
+
+
+def test_torch_gets_its_threads_back_after_mxnet(monkeypatch):
+    """Importing MXNet sets OpenMP's thread count to 1; torch paths must not run on one core."""
+    import xfer.context as context_module
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(context_module, "_torch_threads_restored", False)
+    monkeypatch.setattr(context_module.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        to_torch("cpu")
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        to_torch("cpu")
+        assert torch.get_num_threads() == 1, "only once: a user's later choice stands"
+    finally:
+        torch.set_num_threads(previous)

@@ -1,4 +1,4 @@
-"""Inspect, edit and read features from pretrained networks (MXNet symbolic graphs; PyTorch next).
+"""Inspect, edit and read features from pretrained networks (MXNet symbolic graphs and PyTorch modules).
 
 ``ModelHandler(model)`` picks the backend from the model's type.
 """

@@ -44,9 +44,9 @@ class ModelHandler:
                 else:
                     raise InvalidTypeError(
                         f"Cannot build a ModelHandler from {type(model).__module__}."
-                        f"{type(model).__qualname__}: pass an mx.mod.Module, a (symbol, arg_params, "
-                        "aux_params) tuple, a (checkpoint_prefix, epoch) tuple, a hybridised Gluon "
-                        "HybridBlock, or a ModelHandler."
+                        f"{type(model).__qualname__}: pass a torch.nn.Module, an mx.mod.Module, a (symbol, "
+                        "arg_params, aux_params) tuple, a (checkpoint_prefix, epoch) tuple, a "
+                        "hybridised Gluon HybridBlock, or a ModelHandler."
                     )
         return super().__new__(cls)
 
