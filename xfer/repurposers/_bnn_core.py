@@ -457,10 +457,14 @@ class BnnClassifierCore:
         n = x_all.shape[0]
         init_generator = torch.Generator(device="cpu").manual_seed(seed)
         mu0, rho0 = self._init_flat(init_generator)
-        mu = mu0.to(device).requires_grad_(True)
-        rho = rho0.to(device).requires_grad_(True)
+        n_params = mu0.numel()
+        # One leaf vector [mu, rho] and a hand-written Adam (the update of torch.optim.Adam, without
+        # its per-step dispatch and profiling overhead, which dominated the tiny steps of this model).
+        theta = torch.cat([mu0, rho0]).to(device).requires_grad_(True)
+        adam_m = torch.zeros_like(theta, requires_grad=False)
+        adam_v = torch.zeros_like(theta, requires_grad=False)
+        beta1, beta2, eps, lr = 0.9, 0.999, 1e-8, float(self.learning_rate)
         noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
-        optimizer = torch.optim.Adam([mu, rho], lr=float(self.learning_rate))
         start, end = self.annealing_window()
         steps_per_epoch = math.ceil(n / batch)
         bar = None
@@ -468,6 +472,7 @@ class BnnClassifierCore:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=int(self.num_epochs), desc="BNN", leave=False)
+        adam_step = 0
         for epoch in range(int(self.num_epochs)):
             beta = annealing_weight(epoch, start, end)
             self.annealing_weights_.append(beta)
@@ -475,15 +480,21 @@ class BnnClassifierCore:
             epoch_loss = torch.zeros((), device=device)
             for step in range(steps_per_epoch):
                 idx = permutation[step * batch : (step + 1) * batch]
+                mu, rho = theta[:n_params], theta[n_params:]
                 std = F.softplus(rho)
                 logits = self._sample_logits_local(mu, std * std, x_all[idx], noise_generator)
                 target = y_all[idx].repeat(logits.shape[0])
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
                 if beta > 0:
                     loss = loss + (beta / n) * self._kl(mu, std)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                (grad,) = torch.autograd.grad(loss, theta)
+                with torch.no_grad():
+                    adam_step += 1
+                    adam_m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+                    adam_v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                    step_size = lr / (1.0 - beta1**adam_step)
+                    denom = (adam_v / (1.0 - beta2**adam_step)).sqrt_().add_(eps)
+                    theta.addcdiv_(adam_m, denom, value=-step_size)
                 epoch_loss += loss.detach()
             value = float(epoch_loss) / steps_per_epoch
             self.loss_history_.append(value)
@@ -494,8 +505,8 @@ class BnnClassifierCore:
                 _LOGGER.info("epoch %d: loss %.5f, KL weight %.3f", epoch, value, beta)
         if bar is not None:
             bar.close()
-        mu = mu.detach()
-        rho = rho.detach()
+        mu = theta[:n_params].detach().clone()
+        rho = theta[n_params:].detach().clone()
         self.params_ = [
             {"weight_mu": w_mu, "weight_rho": w_rho, "bias_mu": b_mu, "bias_rho": b_rho}
             for (w_mu, b_mu), (w_rho, b_rho) in zip(self._unflatten(mu), self._unflatten(rho))
