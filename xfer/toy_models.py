@@ -71,4 +71,62 @@ def train_digits_cnn(
     return module
 
 
-__all__ = ["digits_cnn_symbol", "load_digit_images", "train_digits_cnn"]
+def torch_digits_cnn(num_classes: int = 5, seed: int = 0):
+    """The toy CNN in PyTorch, with the same layer names as :func:`digits_cnn_symbol`.
+
+    ``conv1 bn1 relu1 pool1 conv2 relu2 flatten fc1 relu3 fc2 softmax`` (``softmax`` is an
+    ``nn.Softmax``: the model outputs probabilities). Untrained; see :func:`train_torch_digits_cnn`.
+    """
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 16, 3, padding=1),
+            bn1=nn.BatchNorm2d(16),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(16, 32, 3, padding=1),
+            relu2=nn.ReLU(),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(32 * 4 * 4, 64),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(64, num_classes),
+            softmax=nn.Softmax(dim=1),
+        )
+    )
+
+
+def train_torch_digits_cnn(
+    classes: Sequence[int] = (0, 1, 2, 3, 4), num_epochs: int = 10, batch_size: int = 32, seed: int = 0
+):
+    """Train :func:`torch_digits_cnn` on the digits of ``classes``; returns the model in eval mode."""
+    import torch
+
+    images, labels = load_digit_images(classes)
+    targets = torch.as_tensor(np.searchsorted(np.asarray(sorted(classes)), labels))
+    inputs = torch.as_tensor(images)
+    model = torch_digits_cnn(len(classes), seed)
+    body = model[:-1]  # train on logits; the softmax layer stays for users who read probabilities
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(num_epochs):
+        for batch in torch.randperm(len(inputs), generator=generator).split(batch_size):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(body(inputs[batch]), targets[batch])
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+__all__ = [
+    "digits_cnn_symbol",
+    "load_digit_images",
+    "train_digits_cnn",
+    "torch_digits_cnn",
+    "train_torch_digits_cnn",
+]

@@ -29,29 +29,13 @@ TOY_LAYERS = ["conv1", "bn1", "relu1", "pool1", "conv2", "relu2", "flatten", "fc
 
 
 def torch_digits_cnn(seed: int = 0):
-    """The toy CNN of :func:`xfer.toy_models.digits_cnn_symbol` in torch, same layer names.
-
-    BatchNorm statistics are made non-trivial by a few training-mode forwards on random data.
-    """
+    """The toy CNN in torch (:func:`xfer.toy_models.torch_digits_cnn`), BatchNorm statistics made
+    non-trivial by a few training-mode forwards on random data."""
     import torch
-    from torch import nn
 
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(1, 16, 3, padding=1),
-            bn1=nn.BatchNorm2d(16),
-            relu1=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
-            conv2=nn.Conv2d(16, 32, 3, padding=1),
-            relu2=nn.ReLU(),
-            flatten=nn.Flatten(),
-            fc1=nn.Linear(32 * 4 * 4, 64),
-            relu3=nn.ReLU(),
-            fc2=nn.Linear(64, 5),
-            softmax=nn.Softmax(dim=1),
-        )
-    )
+    from xfer.toy_models import torch_digits_cnn as build
+
+    model = build(5, seed)
     with torch.no_grad():
         for _ in range(3):
             model(torch.rand(16, 1, 8, 8) * 2 + 0.5)

@@ -411,6 +411,14 @@ class Repurposer(ClassifierMixin, BaseEstimator):
                 )
         import xfer.model_handler as model_handler
 
+        if source_prefix.with_name(source_prefix.name + ".safetensors").is_file():
+            raise InvalidArgumentError(
+                f"The source model saved with {manifest_path} is a PyTorch network: its weights "
+                f"are in {source_prefix.name}.safetensors, but its architecture is code, which "
+                "xfer never stores or unpickles. Pass the network to xfer.load(..., "
+                "source_model=<your torch.nn.Module>); to restore the saved weights into it, use "
+                f"ModelHandler.load_checkpoint({str(source_prefix)!r}, model=<the module>)."
+            )
         try:
             return model_handler.ModelHandler.load_checkpoint(str(source_prefix))
         except (ModelFileNotFoundError, SerializationError):
