@@ -214,10 +214,18 @@ class LayerwiseRBFKernel(gpytorch.kernels.Kernel):
         return lengthscale if self.ard else lengthscale[self._column_block]
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params: Any) -> torch.Tensor:
-        inverse = self._column_lengthscale().reciprocal()
-        x1 = x1 * inverse
-        x2 = x2 * inverse
         outputscale = self.outputscale
+        if diag and x1 is x2:  # k(x, x) = sum of outputscales: no pass over the data needed
+            return outputscale.sum().expand(x1.shape[:-1])
+        if self.ard:
+            inverse = self.lengthscale.reciprocal()
+            x1 = x1 * inverse
+            x2 = x2 * inverse
+            inverse_sq = [None] * len(self.block_sizes)
+        else:
+            # One lengthscale per block: scale the squared distances, not the (wide) inputs, so the
+            # data batch only enters one matrix product and its row norms.
+            inverse_sq = list(self.lengthscale.pow(-2).unbind())
         result = None
         start = 0
         for block, size in enumerate(self.block_sizes):
@@ -232,6 +240,8 @@ class LayerwiseRBFKernel(gpytorch.kernels.Kernel):
                     + b.pow(2).sum(-1).unsqueeze(-2)
                     - 2.0 * (a @ b.transpose(-1, -2))
                 ).clamp_min(0.0)
+            if inverse_sq[block] is not None:
+                sq_dist = sq_dist * inverse_sq[block]
             term = outputscale[block] * torch.exp(-0.5 * sq_dist)
             result = term if result is None else result + term
         return result
@@ -427,7 +437,7 @@ class GpClassifierCore:
         Adam learning rate of the sparse path.
     sparse_batch_size : int, default=1024
         Minibatch size of the sparse path.
-    max_sparse_steps : int, default=1500
+    max_sparse_steps : int, default=1000
         Cap on the total number of minibatch steps of the sparse path.
     num_likelihood_samples : int, default=8
         Monte Carlo samples of the softmax expected log-likelihood (sparse training); the noise
@@ -465,7 +475,7 @@ class GpClassifierCore:
         learning_rate: float = 0.1,
         sparse_learning_rate: float = 0.01,
         sparse_batch_size: int = 1024,
-        max_sparse_steps: int = 1500,
+        max_sparse_steps: int = 1000,
         num_likelihood_samples: int = 8,
         num_prediction_samples: int = 256,
         prediction_seed: int = 0,
