@@ -99,7 +99,7 @@ def test_large_data_enlarges_the_minibatch():
     features = rng.normal(size=(2000, 5))
     labels = (features[:, 0] > 0).astype(np.int64)
     core = BnnClassifierCore(num_epochs=5, learning_rate=1e-2, random_state=0).fit(features, labels, 2, CPU)
-    assert core.effective_batch_size_ == 40  # 2000 rows / 50 steps per epoch
+    assert core.effective_batch_size_ == 100  # 2000 rows / 20 steps per epoch
     assert np.mean(core.predict_proba(features, CPU).argmax(axis=1) == labels) > 0.9
 
 

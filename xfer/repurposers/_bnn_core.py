@@ -21,9 +21,9 @@ Blundell et al., 2015) written directly in PyTorch:
 
 How the parameters interact with ``N``: one epoch is one pass over the data in minibatches of
 ``batch_size`` rows, so an epoch takes ``ceil(N / batch_size)`` optimiser steps. To keep large data
-sets affordable, an epoch is capped at ``max_steps_per_epoch`` steps (default 50) by enlarging the
+sets affordable, an epoch is capped at ``max_steps_per_epoch`` steps (default 20) by enlarging the
 minibatch to ``ceil(N / max_steps_per_epoch)`` rows; for ``N <= batch_size * max_steps_per_epoch``
-(1,000 rows with the defaults) ``batch_size`` is used as given. Total steps are therefore at most
+(400 rows with the defaults) ``batch_size`` is used as given. Total steps are therefore at most
 ``num_epochs * max_steps_per_epoch``.
 """
 
@@ -162,7 +162,7 @@ class BnnClassifierCore:
     random_state : int or None, default=None
         Seed of initialisation, minibatch order and training noise; ``None`` draws a fresh seed
         from NumPy's global generator at each fit.
-    max_steps_per_epoch : int, default=50
+    max_steps_per_epoch : int, default=20
         Cap on optimiser steps per epoch; above it the minibatch grows to
         ``ceil(N / max_steps_per_epoch)`` rows.
     prediction_seed : int, default=0
@@ -195,7 +195,7 @@ class BnnClassifierCore:
         num_samples_mc_prediction: int = 100,
         verbose: int = 0,
         random_state: int | None = None,
-        max_steps_per_epoch: int = 50,
+        max_steps_per_epoch: int = 20,
         prediction_seed: int = 0,
         num_threads: int | None = None,
     ) -> None:
