@@ -40,6 +40,11 @@ KEY_LINES: dict[str, list[str]] = {
         rf"best layer: \w+ \(accuracy {NUMBER}\)",
         rf"^raw pixels\s+{NUMBER}",
     ],
+    "03_text_transfer": [
+        rf"MiniLM \+ LR accuracy {NUMBER}",
+        rf"TF-IDF \+ LR accuracy {NUMBER}",
+        rf"^8 per topic: MiniLM \+ LR {NUMBER}, TF-IDF \+ LR {NUMBER}",
+    ],
     "04_uncertainty": [
         rf"^LR\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
         rf"^SVM\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
@@ -53,7 +58,12 @@ KEY_LINES: dict[str, list[str]] = {
     ],
 }
 # Notebooks whose point is a figure: at least this many images in their outputs.
-MIN_FIGURES = {"01_overview": 3, "02_model_handler": 2, "04_uncertainty": 1}
+MIN_FIGURES = {
+    "01_overview": 3,
+    "02_model_handler": 2,
+    "03_text_transfer": 2,
+    "04_uncertainty": 2,
+}
 
 
 def _notebooks() -> list[str]:
@@ -113,6 +123,42 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     for pattern in KEY_LINES[name]:
         assert re.search(pattern, text, flags=re.M), f"{name} did not print {pattern!r}:\n{text}"
     assert images >= MIN_FIGURES.get(name, 0), f"{name} shows {images} figures"
+
+
+# Every script in examples/ runs, with small arguments where it has them (the full-size runs are
+# what the notebooks above execute).
+EXAMPLE_ARGS: dict[str, list[str]] = {
+    "demo": ["--image-size", "32", "--labels-per-class", "3", "--test-per-class", "3"],
+    "overview": ["--image-size", "32", "--labels-per-class", "3"],
+    "model_handler": [],
+    "uncertainty": ["--image-size", "32", "--labels-per-class", "3", "--test-per-class", "3",
+                    "--bnn-epochs", "5"],
+    "text_transfer": ["--corpus", "reuters-r8", "--labels-per-class", "2", "--test-per-class", "2",
+                      "--max-length", "32"],
+    "own_repurposer": [],
+}  # fmt: skip
+
+
+def _examples() -> list[str]:
+    return sorted(path.stem for path in (ROOT / "examples").glob("*.py"))
+
+
+def test_every_example_has_arguments():
+    missing = [name for name in _examples() if name not in EXAMPLE_ARGS]
+    assert not missing, f"add {missing} to EXAMPLE_ARGS"
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+@pytest.mark.parametrize("name", _examples())
+def test_example_runs(name, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / f"{name}.py"), *EXAMPLE_ARGS[name]],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
