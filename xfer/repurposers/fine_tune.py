@@ -21,7 +21,54 @@ FINE_TUNE_FC_NAME = "fc_from_fine_tune_repurposer"
 RANDOM_FREEZE_FC_NAME = "new_fully_connected_layer"
 
 
+#: Layer types that make a torch network's output probabilities (not a place to cut).
+TORCH_OUTPUT_TYPES = frozenset({"Softmax", "LogSoftmax", "Softmin"})
+
+
+def _is_torch(handler: Any) -> bool:
+    return getattr(handler, "backend", "mxnet") == "torch"
+
+
+def _free_torch_name(handler: Any, preferred: str) -> str:
+    """``preferred`` or, when the network already uses it, ``preferred_1``, ``preferred_2``..."""
+    model = handler.model
+    taken = {name.split("#")[0] for name in handler.layer_names}
+    taken |= {name for name, _ in model.named_modules()} | set(dir(model))
+    candidate, number = preferred, 1
+    while candidate in taken:
+        candidate, number = f"{preferred}_{number}", number + 1
+    return candidate
+
+
+def _new_torch_head(handler: Any, fc_name: str, num_classes: int) -> list[str]:
+    """Add ``Flatten`` + ``Linear(num_classes)`` (logits) on top of a torch network.
+
+    The input size of the new ``Linear`` is read by running one zero example of
+    ``handler.input_shape`` (the training examples' shape, set by the repurposer) through the
+    network.
+    """
+    import numpy as np
+    from torch import nn
+
+    if handler.input_shape is None:
+        raise ModelError("The shape of the training examples is needed to size the new layer.")
+    top = handler.layer_names[-1]
+    sample = np.zeros((1, *handler.input_shape), dtype=np.float32)
+    features, _ = handler.get_layer_output(sample, [top], context="cpu")
+    flatten_name = _free_torch_name(handler, f"{fc_name}_flatten")
+    fc_name = _free_torch_name(handler, fc_name)
+    handler.add_layer_top(
+        [
+            (flatten_name, nn.Flatten()),
+            (fc_name, nn.Linear(int(features[top].shape[1]), int(num_classes))),
+        ]
+    )
+    return [flatten_name, fc_name]
+
+
 def _new_head(handler: Any, fc_name: str, output_name: str, num_classes: int) -> list[str]:
+    if _is_torch(handler):
+        return _new_torch_head(handler, fc_name, num_classes)
     fc_name = free_output_name(handler, fc_name)
     output_name = free_output_name(handler, output_name)
     handler.add_layer_top(
@@ -31,6 +78,20 @@ def _new_head(handler: Any, fc_name: str, output_name: str, num_classes: int) ->
         ]
     )
     return [fc_name, output_name]
+
+
+def _cut_torch(handler: Any, layer_name: str) -> None:
+    """Drop the layers of a torch network above ``layer_name`` (its output becomes the top)."""
+    names = handler.layer_names
+    above = [n for n in names[names.index(layer_name) + 1 :] if n != "output"]
+    if above:
+        handler.drop_layer_top(len(above))
+    if handler.layer_names[-1] != layer_name:
+        raise ModelError(
+            f"Cutting the network at {layer_name!r} leaves {handler.layer_names[-1]!r} on top: the "
+            "layers above it are not a single chain. Cut at a layer that every path to the output "
+            "goes through."
+        )
 
 
 @register_repurposer(key="xfer.NeuralNetworkFineTuneRepurposer")
@@ -123,12 +184,17 @@ class NeuralNetworkFineTuneRepurposer(NeuralNetworkRepurposer):
         types = handler.layer_type_dict
         if name not in types:
             raise layer_not_found(name, types)
-        if types[name] in OUTPUT_LAYER_TYPES:
+        if types[name] in OUTPUT_LAYER_TYPES or (
+            _is_torch(handler) and types[name] in TORCH_OUTPUT_TYPES
+        ):
             raise ModelError(
                 f"transfer_layer_name {name!r} is the output layer ({types[name]}); choose a layer "
                 "below it, e.g. the input of the source network's classifier."
             )
-        handler.update_sym(layer_output_symbol(handler.symbol, name))
+        if _is_torch(handler):
+            _cut_torch(handler, name)
+        else:
+            handler.update_sym(layer_output_symbol(handler.symbol, name))
         new_layers = _new_head(handler, FINE_TUNE_FC_NAME, output_name, num_classes)
         return TargetNetwork(handler, output_layer=new_layers[-1], new_layers=new_layers)
 
@@ -232,7 +298,7 @@ class NeuralNetworkRandomFreezeRepurposer(NeuralNetworkRepurposer):
                 f"(the model's layers are {layers_before}); they cannot be fixed or re-initialised."
             )
         top = handler.layer_type_dict[handler.layer_names[-1]]
-        if top in OUTPUT_LAYER_TYPES:
+        if top in OUTPUT_LAYER_TYPES or (_is_torch(handler) and top in TORCH_OUTPUT_TYPES):
             raise ModelError(
                 f"After dropping {drop} layer(s) the model still ends in an output layer ({top}); "
                 "increase num_layers_to_drop."

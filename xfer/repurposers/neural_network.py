@@ -26,11 +26,13 @@ network is the model.
 from __future__ import annotations
 
 import contextvars
+import copy
 import hashlib
 import json
 import logging
 import math
 import numbers
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,19 @@ class TargetNetwork:
 
 def _is_data_iterator(data: Any) -> bool:
     return isinstance(data, mx.io.DataIter)
+
+
+def _is_torch_tensor(data: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(data, torch.Tensor)
+
+
+def _is_torch_data(data: Any) -> bool:
+    """A torch ``Dataset`` or ``DataLoader`` (read through :func:`xfer.data.as_batches`)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(
+        data, (torch.utils.data.Dataset, torch.utils.data.DataLoader)
+    )
 
 
 def _check_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
@@ -299,8 +314,13 @@ class NeuralNetworkRepurposer(Repurposer):
                 f"optimizer must be the name of an MXNet optimiser (e.g. 'sgd', 'adam'), got "
                 f"{type(self.optimizer).__name__}; pass its settings in optimizer_params."
             )
+        if self.source_model is None:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} needs a source model to fit: construct it with source_model=..."
+            )
+        torch_source = self._is_torch()
         registry = mx.optimizer.Optimizer.opt_registry
-        if self.optimizer.lower() not in registry:
+        if not torch_source and self.optimizer.lower() not in registry:
             raise InvalidArgumentError(
                 f"Unknown optimizer {self.optimizer!r}: MXNet has {sorted(registry)}."
             )
@@ -315,12 +335,17 @@ class NeuralNetworkRepurposer(Repurposer):
                     f"optimizer_params must not set {reserved!r}: the repurposer sets it "
                     "(use lr_schedule= for schedules)."
                 )
-        try:
-            mx.optimizer.create(self.optimizer, **params)
-        except (TypeError, ValueError) as error:
-            raise InvalidArgumentError(
-                f"optimizer_params {params!r} are not valid for optimizer {self.optimizer!r}: {error}"
-            ) from error
+        if torch_source:
+            from xfer.repurposers import _torch_training
+
+            _torch_training.torch_optimizer(self.optimizer, params)
+        else:
+            try:
+                mx.optimizer.create(self.optimizer, **params)
+            except (TypeError, ValueError) as error:
+                raise InvalidArgumentError(
+                    f"optimizer_params {params!r} are not valid for optimizer {self.optimizer!r}: {error}"
+                ) from error
         if self.validation_fraction is not None:
             _check_number("validation_fraction", self.validation_fraction, 0.0, 1.0, True, True)
         schedule = self.lr_schedule
@@ -332,6 +357,11 @@ class NeuralNetworkRepurposer(Repurposer):
             raise InvalidArgumentError(
                 f"lr_schedule must be None, one of {training.LR_SCHEDULES} or an "
                 f"mx.lr_scheduler.LRScheduler, got {schedule!r}."
+            )
+        if torch_source and isinstance(schedule, mx.lr_scheduler.LRScheduler):
+            raise InvalidArgumentError(
+                f"lr_schedule must be None or one of {training.LR_SCHEDULES} for a PyTorch source "
+                "(an mx.lr_scheduler object drives MXNet optimisers only)."
             )
         _check_number("transferred_lr_mult", self.transferred_lr_mult, 0.0)
         _check_number("unfreeze_lr_factor", self.unfreeze_lr_factor, 0.0, low_open=True)
@@ -356,10 +386,10 @@ class NeuralNetworkRepurposer(Repurposer):
                 raise InvalidTypeError(
                     f"random_state must be an int or None, got {self.random_state!r}."
                 )
-        if self.source_model is None:
-            raise InvalidArgumentError(
-                f"{type(self).__name__} needs a source model to fit: construct it with source_model=..."
-            )
+
+    def _is_torch(self) -> bool:
+        """Whether the source model is a PyTorch network (the torch training loop is used)."""
+        return getattr(self._get_model_handler(), "backend", "mxnet") == "torch"
 
     def _optimizer_params(self) -> dict:
         if self.optimizer_params is None:
@@ -376,13 +406,15 @@ class NeuralNetworkRepurposer(Repurposer):
     ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         """``X`` (array or DataIter) as a float32 array with its labels (and the iterator's label name)."""
         label_name = None
-        if _is_data_iterator(X):
+        torch_data = _is_torch_data(X)
+        if _is_data_iterator(X) or torch_data:
             if y is not None:
                 raise InvalidArgumentError(
-                    f"{what}: labels were passed together with an mx.io.DataIter; the iterator's "
-                    "own labels are used. Put the labels in the iterator, or pass arrays."
+                    f"{what}: labels were passed together with an "
+                    f"{'torch Dataset/DataLoader' if torch_data else 'mx.io.DataIter'}; its own "
+                    "labels are used. Put the labels in it, or pass arrays."
                 )
-            if X.provide_label:
+            if not torch_data and X.provide_label:
                 label_name = X.provide_label[0].name
             batches = as_batches(X)
             data_chunks, label_chunks = [], []
@@ -397,6 +429,10 @@ class NeuralNetworkRepurposer(Repurposer):
         else:
             if hasattr(X, "asnumpy") and not isinstance(X, np.ndarray):
                 X = X.asnumpy()
+            if _is_torch_tensor(X):
+                X = X.detach().cpu().numpy()
+            if _is_torch_tensor(y):
+                y = y.detach().cpu().numpy()
             if not isinstance(X, np.ndarray):
                 if isinstance(X, (list, tuple)):
                     X = np.asarray(X)
@@ -494,7 +530,7 @@ class NeuralNetworkRepurposer(Repurposer):
         self._validate_params()
         devices = self._resolve_devices(context)
         self._require_available(devices)
-        contexts = to_mxnet(devices)
+        contexts = self._torch_device(devices) if self._is_torch() else to_mxnet(devices)
         if not isinstance(resume, bool):
             raise InvalidTypeError(f"resume must be True or False, got {resume!r}.")
         if resume and self.checkpoint_dir is None:
@@ -591,6 +627,8 @@ class NeuralNetworkRepurposer(Repurposer):
         elif self.validation_fraction is not None:
             data, codes, validation = self._split(data, codes, seed)
 
+        if self._is_torch():
+            return self._fit_torch(data, codes, validation, devices, contexts, seed, resume)
         with self._using_devices(devices):
             network = self._build_network(iterator_label_name, num_classes, data, codes, contexts)
         phases = self._phases(network)
@@ -624,6 +662,58 @@ class NeuralNetworkRepurposer(Repurposer):
         self.n_training_examples_ = int(len(data))
         self.sample_shape_ = tuple(int(s) for s in data.shape[1:])
         return self
+
+    def _fit_torch(self, data, codes, validation, devices, contexts, seed, resume):
+        """Build the target network from a PyTorch source and train it with the torch loop."""
+        from xfer.repurposers import _torch_training
+
+        # The new layers are initialised from the seed (torch's global state is left alone).
+        with _torch_training.seeded(training._derived_seed(seed, 4)), self._using_devices(devices):
+            network = self._target_network(
+                None, len(self.classes_), preferred="softmax", sample_shape=data.shape[1:]
+            )
+        settings = training.Settings(
+            batch_size=int(min(self.batch_size, len(data))),
+            optimizer=self.optimizer.lower(),
+            optimizer_params=self._optimizer_params(),
+            contexts=contexts,
+            seed=seed,
+            lr_schedule=self.lr_schedule,
+            early_stopping_patience=self.early_stopping_patience,
+            checkpoint_dir=None if self.checkpoint_dir is None else Path(self.checkpoint_dir),
+            resume=resume,
+            fingerprint=self._fingerprint(data, codes, validation, 1),
+            verbose=bool(self.verbose),
+        )
+        result = _torch_training.train(
+            network.handler,
+            self._phases(network),
+            data,
+            codes,
+            validation,
+            settings,
+            epoch_end=getattr(self, "_epoch_end_hook", None),
+        )
+        self.target_handler_ = network.handler
+        self.output_layer_ = network.output_layer
+        self.new_layers_ = list(network.new_layers)
+        self.history_ = result.history
+        self.n_training_examples_ = int(len(data))
+        self.sample_shape_ = tuple(int(s) for s in data.shape[1:])
+        return self
+
+    @staticmethod
+    def _torch_device(devices) -> list:
+        """The one ``torch.device`` of a torch fit or prediction (several need torch.distributed)."""
+        from xfer.context import to_torch
+
+        if len(devices) > 1:
+            raise InvalidArgumentError(
+                f"A PyTorch source trains on one device per process, but {len(devices)} were given "
+                f"({[str(d) for d in devices]}). For several GPUs launch one process per GPU with "
+                "torchrun and pass each its own context (see docs/distributed_torch.md)."
+            )
+        return [to_torch(format_context(devices))]
 
     def _split(self, data, codes, seed):
         from sklearn.model_selection import train_test_split
@@ -669,6 +759,8 @@ class NeuralNetworkRepurposer(Repurposer):
                 params[name] = self._json_param(name, value)
         digest.update(json.dumps(params, sort_keys=True, default=str).encode())
         digest.update(str(num_contexts).encode())
+        if self._is_torch():  # a torch checkpoint never resumes an MXNet fit, nor the reverse
+            digest.update(b"torch")
         return digest.hexdigest()
 
     def _build_network(
@@ -711,14 +803,28 @@ class NeuralNetworkRepurposer(Repurposer):
         return self._target_network(None, num_classes, preferred=preferred)
 
     def _target_network(
-        self, label_name: str | None, num_classes: int, preferred: str | None = None
+        self,
+        label_name: str | None,
+        num_classes: int,
+        preferred: str | None = None,
+        sample_shape: tuple | None = None,
     ) -> TargetNetwork:
-        from xfer.model_handler import MXNetModelHandler
+        from xfer.model_handler import MXNetModelHandler, TorchModelHandler
 
         source = self._get_model_handler()
+        if isinstance(source, TorchModelHandler):
+            handler = TorchModelHandler(source)  # edits build new containers, sharing tensors
+            handler.input_shape = None if sample_shape is None else tuple(sample_shape)
+            network = self._create_target_network(handler, preferred or "softmax", num_classes)
+            if not isinstance(network, TargetNetwork):
+                raise InvalidTypeError("_create_target_network must return a TargetNetwork.")
+            # Training writes into the target network: it must own its tensors, not the source's.
+            network.handler.update_sym(copy.deepcopy(network.handler.model))
+            return network
         if not isinstance(source, MXNetModelHandler):
             raise InvalidTypeError(
-                f"{type(self).__name__} fine-tunes MXNet models; got a {type(source).__name__}."
+                f"{type(self).__name__} fine-tunes MXNet or PyTorch models; got a "
+                f"{type(source).__name__}."
             )
         handler = MXNetModelHandler(source)  # a copy: the source model is never edited
         if preferred is None:
@@ -735,11 +841,14 @@ class NeuralNetworkRepurposer(Repurposer):
     def _phases(self, network: TargetNetwork) -> list[training.Phase]:
         handler = network.handler
         new_layers = set(network.new_layers)
-        all_parameters = [
-            p
-            for p in handler.symbol.list_arguments() + handler.symbol.list_auxiliary_states()
-            if p != handler.data_name and not p.endswith("_label")
-        ]
+        if getattr(handler, "backend", "mxnet") == "torch":
+            all_parameters = list(handler.arg_params) + list(handler.aux_params)
+        else:
+            all_parameters = [
+                p
+                for p in handler.symbol.list_arguments() + handler.symbol.list_auxiliary_states()
+                if p != handler.data_name and not p.endswith("_label")
+            ]
         new_parameters = set(
             handler.get_layer_parameters([n for n in handler.layer_names if n in new_layers])
         )
@@ -794,21 +903,30 @@ class NeuralNetworkRepurposer(Repurposer):
                     f"X has examples of shape {X.shape[1:]}, but {type(self).__name__} was trained on "
                     f"examples of shape {self.sample_shape_}."
                 )
+        torch_target = getattr(self.target_handler_, "backend", "mxnet") == "torch"
         outputs, _ = self.target_handler_.get_layer_output(
             X,
             [self.output_layer_],
-            context=format_context(devices),
+            context=self._torch_device(devices)[0] if torch_target else format_context(devices),
             batch_size=int(self.batch_size),
             verbose=bool(self.verbose),
         )
-        return np.asarray(outputs[self.output_layer_], dtype=np.float64)
+        values = np.asarray(outputs[self.output_layer_], dtype=np.float64)
+        if torch_target:  # the torch target network gives logits
+            values = np.exp(values - values.max(axis=1, keepdims=True))
+            values /= values.sum(axis=1, keepdims=True)
+        return values
 
     # ---------------------------------------------------------------- Xfer attribute, history
     @property
     def target_model(self) -> Any:
-        """The trained target network as an unbound ``mx.mod.Module`` with its parameters set."""
+        """The trained target network: an unbound ``mx.mod.Module`` with its parameters set, or,
+        for a PyTorch source, the ``torch.nn.Module`` (it returns logits; softmax gives
+        ``predict_proba``)."""
         self._check_fitted()
         handler = self.target_handler_
+        if getattr(handler, "backend", "mxnet") == "torch":
+            return handler.model
         module = mx.mod.Module(
             handler.symbol,
             data_names=[handler.data_name],
@@ -848,10 +966,16 @@ class NeuralNetworkRepurposer(Repurposer):
     def _save_to_prefix(self, prefix: Path, save_source_model: bool | None) -> None:
         if self.__sklearn_is_fitted__():
             prefix.parent.mkdir(parents=True, exist_ok=True)
-            self.target_handler_.save_checkpoint(str(prefix), 0)
+            if getattr(self.target_handler_, "backend", "mxnet") == "torch":
+                self.target_handler_.save_checkpoint(str(_torch_target_prefix(prefix)))
+                names = tuple(
+                    f"{prefix.name}{TORCH_TARGET_SUFFIX}{e}" for e in (".json", ".safetensors")
+                )
+            else:
+                self.target_handler_.save_checkpoint(str(prefix), 0)
+                names = (f"{prefix.name}-symbol.json", f"{prefix.name}-0000.params")
             self._target_files = {
-                name: serialization.sha256_of(prefix.parent / name)
-                for name in (f"{prefix.name}-symbol.json", f"{prefix.name}-0000.params")
+                name: serialization.sha256_of(prefix.parent / name) for name in names
             }
         try:
             super()._save_to_prefix(prefix, save_source_model)
@@ -867,6 +991,19 @@ class NeuralNetworkRepurposer(Repurposer):
             "target_files": dict(self._target_files),
             "data_name": self.target_handler_.data_name,
         }
+        if getattr(self.target_handler_, "backend", "mxnet") == "torch":
+            # The architecture is code: loading re-applies these edits to a fresh source model.
+            handler = self.target_handler_
+            state["backend"] = "torch"
+            state["target_network"] = {
+                "layer_names": handler.layer_names,
+                "new_layers": list(getattr(self, "new_layers_", [])),
+                "new_parameters": {
+                    name: list(handler.arg_params[name].shape)
+                    for name in handler.get_layer_parameters(list(getattr(self, "new_layers_", [])))
+                    if name in handler.arg_params
+                },
+            }
         return state, {}
 
     @classmethod
@@ -877,6 +1014,20 @@ class NeuralNetworkRepurposer(Repurposer):
         prefix: Path,
         source_model: Any = None,
     ) -> Repurposer:
+        state = manifest.get("state") if isinstance(manifest.get("state"), dict) else {}
+        if (
+            manifest.get("fitted")
+            and state.get("backend") == "torch"
+            and source_model is None
+            and not manifest.get("source_model")
+        ):
+            raise InvalidArgumentError(
+                f"{prefix}.json holds a network fine-tuned from a PyTorch source. Its weights are "
+                "saved, but its architecture is code, which xfer never stores or unpickles: pass "
+                "the source network, freshly built, to xfer.load(..., source_model=<the torch.nn."
+                "Module>); the edits recorded in the manifest are re-applied to it and the saved "
+                "weights loaded."
+            )
         token = _LOADING_PREFIX.set(Path(prefix))
         try:
             return super()._from_manifest(manifest, arrays, prefix, source_model=source_model)
@@ -906,17 +1057,56 @@ class NeuralNetworkRepurposer(Repurposer):
                     f"The target network file {path} does not match {prefix}.json (checksum differs): "
                     "it is corrupt or from another save."
                 )
-        self.target_handler_ = MXNetModelHandler.load_checkpoint(
-            str(prefix),
-            0,
-            context_function=self.context_function,
-            num_devices=self.num_devices,
-            data_name=config.get("data_name", "data"),
-        )
-        self.output_layer_ = str(config["output_layer"])
         self.sample_shape_ = tuple(int(s) for s in config["sample_shape"])
+        if config.get("backend") == "torch":
+            self._load_torch_target(prefix, config)
+        else:
+            self.target_handler_ = MXNetModelHandler.load_checkpoint(
+                str(prefix),
+                0,
+                context_function=self.context_function,
+                num_devices=self.num_devices,
+                data_name=config.get("data_name", "data"),
+            )
+        self.output_layer_ = str(config["output_layer"])
         self.n_training_examples_ = int(config["n_training_examples"])
         self.history_ = training.History.from_dict(config["history"])
+
+    def _load_torch_target(self, prefix: Path, config: dict[str, Any]) -> None:
+        """Rebuild the target network from the source model and load the saved weights into it."""
+        from xfer.model_handler import TorchModelHandler
+        from xfer.repurposers import _torch_training
+
+        if self.source_model is None or not self._is_torch():
+            raise InvalidArgumentError(
+                f"{prefix}.json was fine-tuned from a PyTorch source: pass that network, freshly "
+                "built, as xfer.load(..., source_model=<the torch.nn.Module>)."
+            )
+        saved = config["target_network"]
+        with _torch_training.seeded(0):
+            network = self._target_network(
+                None, len(self.classes_), preferred="softmax", sample_shape=self.sample_shape_
+            )
+        if network.handler.layer_names != list(saved["layer_names"]):
+            raise SerializationError(
+                f"The source model given to xfer.load does not rebuild the saved target network "
+                f"of {prefix}.json (layers {network.handler.layer_names} instead of "
+                f"{saved['layer_names']}): pass the source network the repurposer was fitted on."
+            )
+        self.target_handler_ = TorchModelHandler.load_checkpoint(
+            str(_torch_target_prefix(prefix)),
+            model=network.handler,
+            context_function=self.context_function,
+        )
+        self.new_layers_ = list(saved["new_layers"])
+
+
+#: Suffix of the files of a torch target network (``P-target.safetensors``, ``P-target.json``).
+TORCH_TARGET_SUFFIX = "-target"
+
+
+def _torch_target_prefix(prefix: Path) -> Path:
+    return prefix.with_name(prefix.name + TORCH_TARGET_SUFFIX)
 
 
 def _check_layer_list(name: str, value: Any, handler: Any) -> list[str]:
