@@ -199,6 +199,24 @@ def distributed_world() -> tuple[int, int] | None:
     return None
 
 
+def shared_seed(seed: int) -> int:
+    """Rank 0's ``seed`` on every rank under ``torch.distributed`` (``seed`` itself otherwise).
+
+    A fit without ``random_state`` draws its seed at random; the ranks must agree on it (same
+    validation split, same shuffling order, same initial head).
+    """
+    import torch
+
+    if distributed_world() is None:
+        return seed
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(seed)], dtype=torch.int64, device=device)
+    dist.broadcast(value, src=0)
+    return int(value.item())
+
+
 # --------------------------------------------------------------------------------------------
 # Epochs
 # --------------------------------------------------------------------------------------------
@@ -661,6 +679,7 @@ __all__ = [
     "torch_optimizer",
     "seeded",
     "distributed_world",
+    "shared_seed",
     "evaluate",
     "train",
 ]

@@ -564,6 +564,14 @@ class NeuralNetworkRepurposer(Repurposer):
             raise
 
     def _seed(self, resume: bool) -> int:
+        seed = self._draw_seed(resume)
+        if self._is_torch():  # under torch.distributed every process takes rank 0's seed
+            from xfer.repurposers import _torch_training
+
+            seed = _torch_training.shared_seed(seed)
+        return seed
+
+    def _draw_seed(self, resume: bool) -> int:
         if isinstance(self.random_state, numbers.Integral):
             return int(self.random_state) & 0x7FFFFFFF
         if resume:
