@@ -105,8 +105,9 @@ class NeuralNetworkFineTuneRepurposer(NeuralNetworkRepurposer):
 
     Parameters
     ----------
-    source_model : mx.mod.Module, ModelHandler or (symbol, arg_params, aux_params)
-        The pretrained network.
+    source_model : mx.mod.Module, torch.nn.Module, ModelHandler or (symbol, arg_params, aux_params)
+        The pretrained network. For a torch network the new head is ``Flatten`` + ``Linear``
+        (logits) and layer names are module names (``"relu2"``, ``"features.3"``).
     transfer_layer_name : str
         Last layer kept from the source network (e.g. the layer before its classifier).
     target_class_count : int or None
@@ -205,8 +206,9 @@ class NeuralNetworkRandomFreezeRepurposer(NeuralNetworkRepurposer):
 
     Parameters
     ----------
-    source_model : mx.mod.Module, ModelHandler or (symbol, arg_params, aux_params)
-        The pretrained network.
+    source_model : mx.mod.Module, torch.nn.Module, ModelHandler or (symbol, arg_params, aux_params)
+        The pretrained network. For a torch network the new head is ``Flatten`` + ``Linear``
+        (logits) and layer names are module names (``"relu2"``, ``"features.3"``).
     target_class_count : int or None
         Number of target classes (None: from the labels).
     fixed_layers : list of str

@@ -21,6 +21,21 @@ Saved files (``P = model_directory/model_name``): ``P.json`` (manifest), ``P.npz
 ``P-symbol.json`` and ``P-0000.params`` (the target network, loadable with
 ``mx.mod.Module.load(P, 0)``). The source model is not saved by default (as in Xfer): the target
 network is the model.
+
+PyTorch sources
+---------------
+A ``torch.nn.Module`` source takes the same parameters and gives the same ``history_``; the
+:mod:`~xfer.repurposers._torch_training` loop trains it on one device per call (``context=``),
+or under ``torch.distributed`` with DistributedDataParallel (``docs/distributed_torch.md``).
+``optimizer`` is one of ``'sgd'``, ``'nag'``, ``'adam'``, ``'adamw'``, ``'rmsprop'``,
+``'adagrad'`` with MXNet-style ``optimizer_params`` (``learning_rate``, ``momentum``, ``wd``,
+``beta1``...), mapped to ``torch.optim``; ``lr_schedule`` is a name. The new head is
+``Flatten`` + ``Linear`` giving logits (``target_model`` is that ``torch.nn.Module``;
+``predict_proba`` is their softmax). Saved files: ``P.json``, ``P.npz``, ``P-target.safetensors``
+and ``P-target.json`` (weights and layer list). The architecture is code and is not saved: the
+manifest records the edits, and ``xfer.load(P, source_model=<a fresh source module>)`` re-applies
+them to the given network and loads the saved weights; without ``source_model`` it raises
+:class:`~xfer.exceptions.InvalidArgumentError`.
 """
 
 from __future__ import annotations
@@ -170,8 +185,8 @@ class NeuralNetworkRepurposer(Repurposer):
 
     Parameters
     ----------
-    source_model : mx.mod.Module, ModelHandler or (symbol, arg_params, aux_params)
-        The pretrained network.
+    source_model : mx.mod.Module, torch.nn.Module, ModelHandler or (symbol, arg_params, aux_params)
+        The pretrained network (see "PyTorch sources" in the module documentation).
     context_function : callable, str, mx.Context or list, default=mx.cpu
         Default device(s) (Xfer's ``context_function``); ``context=`` on each call overrides it.
         A list of devices trains data-parallel through MXNet's kvstore.
