@@ -29,16 +29,15 @@ minibatch to ``ceil(N / max_steps_per_epoch)`` rows; for ``N <= batch_size * max
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xfer.context import torch_num_threads
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -98,18 +97,6 @@ def _check_device(device: Any) -> torch.device:
     return device
 
 
-@contextlib.contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (``None``: leave unchanged)."""
-    if num_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(num_threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def annealing_weight(epoch: int, start: int, end: int) -> float:
@@ -447,7 +434,7 @@ class BnnClassifierCore:
         work = batch * float(self.num_samples_mc) * (self.n_features_ + self.n_hidden * self.num_layers) * max(
             self.n_hidden, self.n_classes_
         )
-        with _torch_threads(self._threads(work)):
+        with torch_num_threads(self._threads(work)):
             self._train(features, labels, device, batch, seed)
         return self
 

@@ -39,6 +39,7 @@ import gpytorch
 import numpy as np
 import torch
 
+from xfer.context import torch_num_threads
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -708,7 +709,10 @@ class GpClassifierCore:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _gp_settings():
             torch.manual_seed(seed)
             if self.mode_ == "exact":
-                self._fit_exact(x_np, labels, device, rng)
+                # K batched N x N Cholesky factorisations: below ~1e9 flops one thread is fastest.
+                work = self.n_classes_ * float(x_np.shape[0]) ** 3
+                with torch_num_threads(1 if work < 1e9 and device.type == "cpu" else None):
+                    self._fit_exact(x_np, labels, device, rng)
             else:
                 self._fit_sparse(x_np, labels, device, rng, seed)
         self.model_.eval()
