@@ -85,26 +85,28 @@ def _skip_generated_members(app, what, name, obj, skip, options):
     return None
 
 
-# Pages other tools generate into docs/ (benchmarks/run.py writes benchmarks.md): listed in the
-# site's table of contents when they exist, so the build never depends on them being there.
-OPTIONAL_PAGES = ["benchmarks"]
+# Pages other engineers or tools add at the top of docs/ (benchmarks/run.py writes
+# benchmarks.md, for instance) join the site's table of contents by themselves, after the
+# tutorials and the API reference, so the build never depends on which of them exist.
+def _extra_pages(srcdir: str | Path) -> list[str]:
+    return sorted(path.stem for path in Path(srcdir).glob("*.md") if path.stem != "index")
 
 
-def _add_optional_pages(app, docname, source):
+def _add_extra_pages(app, docname, source):
     if docname != "index":
         return
-    present = [name for name in OPTIONAL_PAGES if (Path(app.srcdir) / f"{name}.md").is_file()]
-    if present:
+    extra = _extra_pages(app.srcdir)
+    if extra:
         source[0] = source[0].replace(
-            "api/index\n```", "api/index\n" + "\n".join(present) + "\n```", 1
+            "api/index\n```", "api/index\n" + "\n".join(extra) + "\n```", 1
         )
 
 
 def _always_reread_index(app, env, added, changed, removed):
-    return ["index"]  # an optional page may have appeared or gone since the last build
+    return ["index"]  # an extra page may have appeared or gone since the last build
 
 
 def setup(app):
     app.connect("autodoc-skip-member", _skip_generated_members)
     app.connect("env-get-outdated", _always_reread_index)
-    app.connect("source-read", _add_optional_pages)
+    app.connect("source-read", _add_extra_pages)

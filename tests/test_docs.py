@@ -55,6 +55,8 @@ KEY_LINES: dict[str, list[str]] = {
         rf"kNN accuracy {NUMBER}",
         r"registered as 'tutorial\.KnnRepurposer'",
         r"the loaded kNN head predicts the same: True",
+        rf"MLP head accuracy {NUMBER}",
+        r"the loaded MLP head predicts the same: True",
     ],
 }
 # Notebooks whose point is a figure: at least this many images in their outputs.
