@@ -193,3 +193,12 @@ def test_cuda_and_cpu_probabilities_agree(which, request, digits5):
     cuda_probs = core.predict_proba(x_test, torch.device("cuda", 0))
     np.testing.assert_allclose(cpu_probs, cuda_probs, atol=1e-5)
     np.testing.assert_array_equal(cpu_probs, core.predict_proba(x_test, CPU))
+
+
+def test_repeated_training_points_fit():
+    """Duplicated rows make the noise-free prior covariance singular (iris has duplicates)."""
+    from sklearn.datasets import load_iris
+
+    features, labels = load_iris(return_X_y=True)
+    core = GpClassifierCore(random_state=0).fit(features, labels, 3, None, torch.device("cpu"))
+    assert (core.predict_proba(features, torch.device("cpu")).argmax(1) == labels).mean() > 0.9

@@ -36,6 +36,7 @@ import math
 from typing import Any
 
 import gpytorch
+from linear_operator.operators import DenseLinearOperator
 import numpy as np
 import torch
 
@@ -271,7 +272,9 @@ class _ExactDirichletGP(gpytorch.models.ExactGP):
         mean = self.mean_module(x).expand(self.n_classes, n)
         # Evaluate the shared kernel once; expanding a lazy kernel would evaluate it K times.
         covar = self.covar_module(x).to_dense().expand(self.n_classes, n, n)
-        return gpytorch.distributions.MultivariateNormal(mean, covar)
+        # As a linear operator: a dense tensor would make torch factorise the noise-free prior
+        # covariance, which is singular when training points repeat (iris has duplicates).
+        return gpytorch.distributions.MultivariateNormal(mean, DenseLinearOperator(covar))
 
 
 class _SparseSoftmaxGP(gpytorch.Module):
