@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +30,7 @@ from xfer.exceptions import (
 )
 from xfer.model_handler.base import ModelHandler, register_backend
 from xfer.model_handler.consts import FORBIDDEN_NAME_PARTS, OUTPUT_LAYER_TYPES, LayerType
+from xfer.serialization import atomic_write
 
 logger = logging.getLogger("xfer.model_handler.mxnet")
 
@@ -41,26 +41,6 @@ _XAVIER = dict(rnd_type="gaussian", factor_type="in", magnitude=2)
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return next((line for line in text if line.strip() and "Traceback" not in line), str(error))
-
-
-def _atomic_path(path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(handle)
-    return temp
-
-
-def _write_atomically(path: str, write) -> None:
-    """Call ``write(temp_path)`` then rename over ``path``: a crash never leaves half a file."""
-    temp = _atomic_path(path)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
 
 
 class _Graph:
@@ -793,12 +773,12 @@ class MXNetModelHandler(ModelHandler):
         """Write ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``, each atomically."""
         params = {f"arg:{k}": v for k, v in self.arg_params.items()}
         params.update({f"aux:{k}": v for k, v in self.aux_params.items()})
-        _write_atomically(f"{prefix}-{int(epoch):04d}.params", lambda p: mx.nd.save(p, params))
+        atomic_write(f"{prefix}-{int(epoch):04d}.params", lambda p: mx.nd.save(p, params))
         self.save_symbol(prefix)
 
     def save_symbol(self, model_name: str) -> None:
         """Write the graph to ``<model_name>-symbol.json`` (atomically)."""
-        _write_atomically(f"{model_name}-symbol.json", self.symbol.save)
+        atomic_write(f"{model_name}-symbol.json", self.symbol.save)
 
     def visualize_net(self, filename: str | None = None, format: str = "pdf") -> Any:
         """The graph as a ``graphviz.Digraph``; with ``filename``, also rendered to a file.

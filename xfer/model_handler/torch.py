@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +63,7 @@ from xfer.exceptions import (
 )
 from xfer.model_handler.base import ModelHandler, register_backend
 from xfer.model_handler.consts import LayerType
+from xfer.serialization import atomic_write
 
 logger = logging.getLogger("xfer.model_handler.torch")
 
@@ -173,22 +173,6 @@ def _get_submodule(model: Any, path: str) -> Any:
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
-
-
-# ---------------------------------------------------------------------- files
-def _write_atomically(path: str, write: Any) -> None:
-    """Call ``write(temp_path)`` then rename over ``path``: a crash never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
 
 
 @register_backend
@@ -968,8 +952,8 @@ class TorchModelHandler(ModelHandler):
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
             "tensors": {name: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for name, v in state.items()},
         }
-        _write_atomically(f"{prefix}.safetensors", lambda path: save_file(state, path, metadata={"format": "pt"}))
-        _write_atomically(
+        atomic_write(f"{prefix}.safetensors", lambda path: save_file(state, path, metadata={"format": "pt"}))
+        atomic_write(
             f"{prefix}.json",
             lambda path: open(path, "w", encoding="utf-8").write(json.dumps(manifest, indent=1, allow_nan=False)),
         )

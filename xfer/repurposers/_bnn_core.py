@@ -44,59 +44,11 @@ from xfer.exceptions import (
     NotFittedError,
     SerializationError,
 )
+from xfer.repurposers._checks import check_device, check_features, check_int, check_positive_float
 
 _LOGGER = logging.getLogger("xfer.repurposers.bnn")
 
 STATE_FORMAT_VERSION = 1
-
-
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidTypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}.")
-
-
-def _check_positive_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
-    if not math.isfinite(float(value)) or value <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value!r}.")
-
-
-def _check_features(features: Any, n_features: int | None = None) -> np.ndarray:
-    if not isinstance(features, np.ndarray):
-        raise InvalidTypeError(
-            f"features must be a numpy array of shape (n_samples, n_features), got {type(features).__name__}."
-        )
-    if features.ndim != 2:
-        raise InvalidArgumentError(f"features must be 2-D (n_samples, n_features), got shape {features.shape}.")
-    if features.shape[0] == 0:
-        raise InvalidArgumentError("features is empty: give at least one row.")
-    if not np.issubdtype(features.dtype, np.number) or np.issubdtype(features.dtype, np.complexfloating):
-        raise InvalidTypeError(f"features must be a real numeric array, got dtype {features.dtype}.")
-    if n_features is not None and features.shape[1] != n_features:
-        raise InvalidArgumentError(
-            f"features has {features.shape[1]} columns but the model was fitted on {n_features}."
-        )
-    if not np.all(np.isfinite(features)):
-        raise InvalidArgumentError("features contains NaN or infinite values.")
-    return features
-
-
-def _check_device(device: Any) -> torch.device:
-    if isinstance(device, str):
-        raise InvalidTypeError(
-            f"device must be a torch.device (resolve strings such as {device!r} with "
-            "xfer.context.to_torch first)."
-        )
-    if not isinstance(device, torch.device):
-        raise InvalidTypeError(f"device must be a torch.device, got {type(device).__name__}.")
-    return device
-
-
 
 
 def annealing_weight(epoch: int, start: int, end: int) -> float:
@@ -221,21 +173,21 @@ class BnnClassifierCore:
         return start, end
 
     def _validate_options(self) -> None:
-        _check_positive_float("sigma", self.sigma)
-        _check_int("num_layers", self.num_layers, 0)
-        _check_int("n_hidden", self.n_hidden, 1)
-        _check_int("num_samples_mc", self.num_samples_mc, 1)
-        _check_positive_float("learning_rate", self.learning_rate)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("num_epochs", self.num_epochs, 1)
-        _check_int("start_annealing", self.start_annealing, 0, allow_none=True)
-        _check_int("end_annealing", self.end_annealing, 1, allow_none=True)
-        _check_int("num_samples_mc_prediction", self.num_samples_mc_prediction, 1)
-        _check_int("verbose", int(self.verbose) if isinstance(self.verbose, bool) else self.verbose, 0)
-        _check_int("random_state", self.random_state, 0, allow_none=True)
-        _check_int("max_steps_per_epoch", self.max_steps_per_epoch, 1)
-        _check_int("prediction_seed", self.prediction_seed, 0)
-        _check_int("num_threads", self.num_threads, 1, allow_none=True)
+        check_positive_float("sigma", self.sigma)
+        check_int("num_layers", self.num_layers, 0)
+        check_int("n_hidden", self.n_hidden, 1)
+        check_int("num_samples_mc", self.num_samples_mc, 1)
+        check_positive_float("learning_rate", self.learning_rate)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("num_epochs", self.num_epochs, 1)
+        check_int("start_annealing", self.start_annealing, 0, allow_none=True)
+        check_int("end_annealing", self.end_annealing, 1, allow_none=True)
+        check_int("num_samples_mc_prediction", self.num_samples_mc_prediction, 1)
+        check_int("verbose", int(self.verbose) if isinstance(self.verbose, bool) else self.verbose, 0)
+        check_int("random_state", self.random_state, 0, allow_none=True)
+        check_int("max_steps_per_epoch", self.max_steps_per_epoch, 1)
+        check_int("prediction_seed", self.prediction_seed, 0)
+        check_int("num_threads", self.num_threads, 1, allow_none=True)
         if self.start_annealing is not None and self.start_annealing >= self.num_epochs:
             raise InvalidArgumentError(
                 "start_annealing must be smaller than the number of epochs: got "
@@ -393,8 +345,8 @@ class BnnClassifierCore:
             Arguments of the wrong type.
         """
         self._validate_options()
-        features = _check_features(features)
-        _check_int("n_classes", n_classes, 2)
+        features = check_features(features)
+        check_int("n_classes", n_classes, 2)
         if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
             raise InvalidTypeError("labels must be an integer numpy array of class indices 0..n_classes-1.")
         if labels.shape != (features.shape[0],):
@@ -404,7 +356,7 @@ class BnnClassifierCore:
                 f"labels must lie in 0..{n_classes - 1} (n_classes={n_classes}); got values from "
                 f"{labels.min()} to {labels.max()}."
             )
-        device = _check_device(device)
+        device = check_device(device)
 
         self._reset_fitted()
         self.n_classes_ = int(n_classes)
@@ -551,9 +503,9 @@ class BnnClassifierCore:
             Wrong number of columns or non-finite values.
         """
         self._check_fitted()
-        features = _check_features(features, self.n_features_)
-        device = _check_device(device)
-        _check_int("batch_size", batch_size, 1)
+        features = check_features(features, self.n_features_)
+        device = check_device(device)
+        check_int("batch_size", batch_size, 1)
         x_np = self._transform(features)
         samples = self._weight_samples(device)
         out = []

@@ -36,9 +36,9 @@ import math
 from typing import Any
 
 import gpytorch
-from linear_operator.operators import DenseLinearOperator
 import numpy as np
 import torch
+from linear_operator.operators import DenseLinearOperator
 
 from xfer.context import torch_num_threads
 from xfer.exceptions import (
@@ -47,6 +47,7 @@ from xfer.exceptions import (
     NotFittedError,
     SerializationError,
 )
+from xfer.repurposers._checks import check_device, check_features, check_int, check_positive_float
 
 _LOGGER = logging.getLogger("xfer.repurposers.gp")
 
@@ -71,46 +72,8 @@ def _gp_settings() -> contextlib.ExitStack:
     return stack
 
 
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidTypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}.")
-
-
-def _check_positive_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
-    if not math.isfinite(float(value)) or value <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value!r}.")
-
-
-def _check_features(features: Any, n_features: int | None = None) -> np.ndarray:
-    if not isinstance(features, np.ndarray):
-        raise InvalidTypeError(
-            f"features must be a numpy array of shape (n_samples, n_features), got {type(features).__name__}."
-        )
-    if features.ndim != 2:
-        raise InvalidArgumentError(
-            f"features must be 2-D (n_samples, n_features), got shape {features.shape}."
-        )
-    if features.shape[0] == 0:
-        raise InvalidArgumentError("features is empty: give at least one row.")
-    if not np.issubdtype(features.dtype, np.number) or np.issubdtype(features.dtype, np.complexfloating):
-        raise InvalidTypeError(f"features must be a real numeric array, got dtype {features.dtype}.")
-    if n_features is not None and features.shape[1] != n_features:
-        raise InvalidArgumentError(
-            f"features has {features.shape[1]} columns but the model was fitted on {n_features}."
-        )
-    if not np.all(np.isfinite(features)):
-        raise InvalidArgumentError("features contains NaN or infinite values.")
-    return features
-
-
 def _check_labels(labels: Any, n_rows: int, n_classes: Any) -> np.ndarray:
-    _check_int("n_classes", n_classes, 2)
+    check_int("n_classes", n_classes, 2)
     if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
         raise InvalidTypeError(
             "labels must be an integer numpy array of class indices 0..n_classes-1 "
@@ -531,18 +494,18 @@ class GpClassifierCore:
         }
 
     def _validate_options(self) -> None:
-        _check_int("max_iterations", self.max_iterations, 1)
-        _check_int("num_inducing", self.num_inducing, 1)
-        _check_int("exact_threshold", self.exact_threshold, 0)
-        _check_int("sparse_batch_size", self.sparse_batch_size, 1)
-        _check_int("max_sparse_steps", self.max_sparse_steps, 1)
-        _check_int("num_likelihood_samples", self.num_likelihood_samples, 1)
-        _check_int("num_prediction_samples", self.num_prediction_samples, 1)
-        _check_int("prediction_seed", self.prediction_seed, 0)
-        _check_int("random_state", self.random_state, 0, allow_none=True)
-        _check_positive_float("alpha_epsilon", self.alpha_epsilon)
-        _check_positive_float("learning_rate", self.learning_rate)
-        _check_positive_float("sparse_learning_rate", self.sparse_learning_rate)
+        check_int("max_iterations", self.max_iterations, 1)
+        check_int("num_inducing", self.num_inducing, 1)
+        check_int("exact_threshold", self.exact_threshold, 0)
+        check_int("sparse_batch_size", self.sparse_batch_size, 1)
+        check_int("max_sparse_steps", self.max_sparse_steps, 1)
+        check_int("num_likelihood_samples", self.num_likelihood_samples, 1)
+        check_int("num_prediction_samples", self.num_prediction_samples, 1)
+        check_int("prediction_seed", self.prediction_seed, 0)
+        check_int("random_state", self.random_state, 0, allow_none=True)
+        check_positive_float("alpha_epsilon", self.alpha_epsilon)
+        check_positive_float("learning_rate", self.learning_rate)
+        check_positive_float("sparse_learning_rate", self.sparse_learning_rate)
         if self.standardize not in _STANDARDIZE_CHOICES:
             raise InvalidArgumentError(
                 f"standardize must be one of {_STANDARDIZE_CHOICES}, got {self.standardize!r}."
@@ -690,9 +653,9 @@ class GpClassifierCore:
             Arguments of the wrong type.
         """
         self._validate_options()
-        features = _check_features(features)
+        features = check_features(features)
         labels = _check_labels(labels, features.shape[0], n_classes)
-        device = _check_device(device)
+        device = check_device(device)
         layers = _check_layer_indices(feature_indices_per_layer, features.shape[1])
 
         self._reset_fitted()
@@ -905,9 +868,9 @@ class GpClassifierCore:
         self, features: np.ndarray, device: torch.device, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_fitted()
-        features = _check_features(features, self.n_features_)
-        device = _check_device(device)
-        _check_int("batch_size", batch_size, 1)
+        features = check_features(features, self.n_features_)
+        device = check_device(device)
+        check_int("batch_size", batch_size, 1)
         x_np = self._transform(features)
         dtype = self._dtype()
         means, variances = [], []
@@ -1084,17 +1047,6 @@ class GpClassifierCore:
             raise SerializationError(f"Corrupt or incompatible GP state: {error!r}") from error
         core.model_.eval()
         return core
-
-
-def _check_device(device: Any) -> torch.device:
-    if isinstance(device, str):
-        raise InvalidTypeError(
-            f"device must be a torch.device (resolve strings such as {device!r} with "
-            "xfer.context.to_torch first)."
-        )
-    if not isinstance(device, torch.device):
-        raise InvalidTypeError(f"device must be a torch.device, got {type(device).__name__}.")
-    return device
 
 
 __all__ = ["GpClassifierCore", "dirichlet_targets", "mc_softmax", "sobol_normal_points"]

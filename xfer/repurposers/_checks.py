@@ -1,0 +1,60 @@
+"""Argument checks shared by the GP and BNN cores (clear errors from :mod:`xfer.exceptions`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from xfer.exceptions import InvalidArgumentError, InvalidTypeError
+
+
+def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidTypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}.")
+
+
+def check_positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(float(value)) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value!r}.")
+
+
+def check_features(features: Any, n_features: int | None = None) -> np.ndarray:
+    if not isinstance(features, np.ndarray):
+        raise InvalidTypeError(
+            f"features must be a numpy array of shape (n_samples, n_features), got {type(features).__name__}."
+        )
+    if features.ndim != 2:
+        raise InvalidArgumentError(
+            f"features must be 2-D (n_samples, n_features), got shape {features.shape}."
+        )
+    if features.shape[0] == 0:
+        raise InvalidArgumentError("features is empty: give at least one row.")
+    if not np.issubdtype(features.dtype, np.number) or np.issubdtype(features.dtype, np.complexfloating):
+        raise InvalidTypeError(f"features must be a real numeric array, got dtype {features.dtype}.")
+    if n_features is not None and features.shape[1] != n_features:
+        raise InvalidArgumentError(
+            f"features has {features.shape[1]} columns but the model was fitted on {n_features}."
+        )
+    if not np.all(np.isfinite(features)):
+        raise InvalidArgumentError("features contains NaN or infinite values.")
+    return features
+
+
+def check_device(device: Any) -> torch.device:
+    if isinstance(device, str):
+        raise InvalidTypeError(
+            f"device must be a torch.device (resolve strings such as {device!r} with "
+            "xfer.context.to_torch first)."
+        )
+    if not isinstance(device, torch.device):
+        raise InvalidTypeError(f"device must be a torch.device, got {type(device).__name__}.")
+    return device
