@@ -6,7 +6,9 @@ restores the best epoch, per-epoch learning-rate schedules, per-parameter learni
 multipliers, several *phases* (freeze-then-unfreeze: each phase rebuilds the module and the
 optimiser from the parameters that are trainable in it), checkpoints written atomically at each
 epoch end, exact resumption from them, seeding, data parallelism over a list of contexts through
-MXNet's kvstore, and a progress bar.
+MXNet's kvstore, and a progress bar. What does not depend on MXNet (history, phases, settings,
+schedules, shuffling, per-epoch bookkeeping, checkpoint files) is in
+:mod:`xfer.repurposers._training_common`, shared with the PyTorch loop.
 
 Reproducibility is built on *stateless* randomness: the shuffling order and MXNet's random seed
 of each epoch are derived from ``(seed, phase, epoch)``; learning-rate schedules are functions of
@@ -28,265 +30,45 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xfer import serialization
 from xfer._mxnet import mx
-from xfer.exceptions import InvalidArgumentError, ModelFileNotFoundError, SerializationError
+from xfer.exceptions import SerializationError
+from xfer.repurposers import _training_common as common
+from xfer.repurposers._training_common import (
+    LR_SCHEDULES,
+    History,
+    Phase,
+    Progress,
+    Result,
+    Settings,
+    _derived_seed,
+    _finite_or_none,
+    checkpoint_seed,
+    clear_checkpoint,
+    epoch_order,
+    scheduled_lr,
+)
 
 logger = logging.getLogger("xfer.repurposers.training")
 
-CHECKPOINT_FORMAT = "xfer-training-checkpoint"
 CHECKPOINT_VERSION = 1
-CHECKPOINT_MANIFEST = "checkpoint.json"
-
-#: Names accepted for ``lr_schedule`` besides an ``mx.lr_scheduler.LRScheduler``.
-LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 # --------------------------------------------------------------------------------------------
-# History
+# Randomness and learning-rate schedules (the stateless parts are in _training_common)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class History:
-    """What happened in each epoch of a fit.
-
-    Every list has one entry per epoch run. ``val_loss``/``val_accuracy`` are None where there was
-    no validation data. Losses are mean cross-entropies; accuracies are fractions.
-
-    Attributes
-    ----------
-    epoch : list of int
-        Epoch number, counted from 1 over all phases.
-    phase : list of str
-        ``"head"`` (new layers only, transferred layers frozen) or ``"full"``.
-    loss, accuracy : list of float
-        Training loss and accuracy, measured on the fly during the epoch (as Keras does).
-    val_loss, val_accuracy : list of float or None
-        On the validation data at the end of the epoch.
-    learning_rate : list of float
-        Base learning rate used in the epoch (before per-layer multipliers).
-    seconds : list of float
-        Wall-clock time of the epoch's training (validation excluded).
-    best_epoch : int or None
-        The epoch whose weights were kept by early stopping (None without early stopping).
-    stopped_early : bool
-        Whether early stopping ended a phase before its last epoch.
-    """
-
-    epoch: list[int] = field(default_factory=list)
-    phase: list[str] = field(default_factory=list)
-    loss: list[float | None] = field(default_factory=list)
-    accuracy: list[float | None] = field(default_factory=list)
-    val_loss: list[float | None] = field(default_factory=list)
-    val_accuracy: list[float | None] = field(default_factory=list)
-    learning_rate: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    best_epoch: int | None = None
-    stopped_early: bool = False
-
-    def __len__(self) -> int:
-        return len(self.epoch)
-
-    def __getitem__(self, key: str) -> Any:
-        """``history["val_loss"]``: the attributes also read like a dict (Keras habit)."""
-        if key not in self.keys():
-            raise KeyError(f"{key!r} is not in the history; its keys are {self.keys()}.")
-        return getattr(self, key)
-
-    @staticmethod
-    def keys() -> list[str]:
-        return [
-            "epoch",
-            "phase",
-            "loss",
-            "accuracy",
-            "val_loss",
-            "val_accuracy",
-            "learning_rate",
-            "seconds",
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (NaN and infinity become None)."""
-        raw = asdict(self)
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"):
-            raw[key] = [_finite_or_none(v) for v in raw[key]]
-        return raw
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> History:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
-    def append(self, **values: Any) -> None:
-        for key in self.keys():
-            getattr(self, key).append(values[key])
-
-    def plot(self, ax: Any = None) -> Any:
-        """Plot loss and accuracy per epoch (training and validation) with matplotlib.
-
-        Parameters
-        ----------
-        ax : matplotlib Axes or array of two Axes, optional
-            One Axes draws the losses only; two draw losses and accuracies. Default: a new figure
-            with two Axes side by side.
-
-        Returns
-        -------
-        numpy.ndarray of Axes
-        """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-        axes = np.atleast_1d(ax)
-        epochs = np.asarray(self.epoch)
-        panels = [("loss", "val_loss", "loss"), ("accuracy", "val_accuracy", "accuracy")]
-        for axis, (train_key, val_key, label) in zip(axes, panels):
-            train = _as_float(getattr(self, train_key))
-            axis.plot(epochs, train, marker="o", label=f"training {label}")
-            val = _as_float(getattr(self, val_key))
-            if np.isfinite(val).any():
-                axis.plot(epochs, val, marker="o", label=f"validation {label}")
-            changes = [
-                e for e, prev, cur in zip(self.epoch[1:], self.phase, self.phase[1:]) if prev != cur
-            ]
-            for change in changes:
-                axis.axvline(change - 0.5, color="grey", linestyle=":", label="unfreeze")
-            if self.best_epoch is not None:
-                axis.axvline(self.best_epoch, color="green", linestyle="--", label="best epoch")
-            axis.set_xlabel("epoch")
-            axis.set_ylabel(label)
-            axis.legend()
-        return axes
-
-
-def _finite_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _as_float(values: list) -> np.ndarray:
-    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
-
-
-# --------------------------------------------------------------------------------------------
-# Specification of a run
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Phase:
-    """One stage of training: which parameters are trainable and at which rate.
-
-    Attributes
-    ----------
-    name : str
-        ``"head"`` or ``"full"`` (shown in the history).
-    num_epochs : int
-    fixed_parameters : list of str
-        Parameters kept bit-identical (BatchNorm layers whose parameters are all fixed use their
-        stored statistics and never update them).
-    random_parameters : list of str
-        Parameters re-initialised before the first phase (ignored in later phases).
-    lr_factor : float
-        Multiplies the base learning rate in this phase.
-    lr_mults : dict of str to float
-        Per-parameter learning-rate multipliers (written as ``__lr_mult__`` on the graph, which
-        MXNet's optimisers read, on every kvstore including distributed ones).
-    """
-
-    name: str
-    num_epochs: int
-    fixed_parameters: list[str]
-    random_parameters: list[str] = field(default_factory=list)
-    lr_factor: float = 1.0
-    lr_mults: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Settings:
-    """How to train (validated by the repurposer)."""
-
-    batch_size: int
-    optimizer: str
-    optimizer_params: dict[str, Any]
-    contexts: list
-    seed: int
-    lr_schedule: Any = None
-    early_stopping_patience: int | None = None
-    kvstore: str = "device"
-    checkpoint_dir: Path | None = None
-    resume: bool = False
-    fingerprint: str = ""
-    verbose: bool = False
-    label_name: str = "softmax_label"
-
-
-@dataclass
-class Result:
-    arg_params: dict[str, Any]
-    aux_params: dict[str, Any]
-    history: History
-
-
-# --------------------------------------------------------------------------------------------
-# Randomness
-# --------------------------------------------------------------------------------------------
-
-
-def _derived_seed(seed: int, *parts: int) -> int:
-    return int(
-        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *parts]).generate_state(1)[0] & 0x7FFFFFFF
-    )
 
 
 def seed_everything(seed: int) -> None:
     mx.random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
-
-
-def epoch_order(
-    seed: int, phase: int, epoch: int, num_examples: int, batch_size: int
-) -> np.ndarray:
-    """Shuffled example indices of one epoch, padded to whole batches by wrapping around."""
-    order = np.random.default_rng(_derived_seed(seed, 1, phase, epoch)).permutation(num_examples)
-    remainder = (-num_examples) % batch_size
-    if remainder:
-        order = np.concatenate([order, order[:remainder]])
-    return order
-
-
-# --------------------------------------------------------------------------------------------
-# Learning-rate schedules (per epoch; stateless)
-# --------------------------------------------------------------------------------------------
-
-
-def scheduled_lr(schedule: Any, base_lr: float, epoch: int, num_epochs: int) -> float:
-    """Learning rate of ``epoch`` (0-based) of a phase of ``num_epochs``."""
-    if schedule is None or schedule == "constant":
-        return base_lr
-    if schedule == "step":  # x0.1 at half and at three quarters of the phase
-        drops = (
-            sum(epoch >= math.ceil(num_epochs * f) for f in (0.5, 0.75)) if num_epochs > 1 else 0
-        )
-        return base_lr * 0.1**drops
-    if schedule == "cosine":
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(num_epochs, 1)))
-    raise InvalidArgumentError(f"Unknown lr_schedule {schedule!r}: use one of {LR_SCHEDULES}.")
 
 
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:
@@ -545,130 +327,19 @@ def _arrays_to_params(arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
     return args, auxs
 
 
-@dataclass
-class _Progress:
-    """Where a run stands: enough to continue it exactly."""
-
-    phase_index: int = 0
-    epochs_done: int = 0  # in the current phase
-    history: History = field(default_factory=History)
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    wait: int = 0
-    best_params: tuple[dict, dict] | None = None
-    params: tuple[dict, dict] | None = None
-    optimizer_layout: dict | None = None
-    optimizer_arrays: dict | None = None
-    device_aux: dict | None = None
-
-
-def write_checkpoint(directory: Path, progress: _Progress, module: Any, settings: Settings) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    tag = f"{progress.phase_index}-{progress.epochs_done:04d}"
-    files: dict[str, str] = {}
+def write_checkpoint(directory: Path, progress: Progress, module: Any, settings: Settings) -> None:
     args, auxs = module.get_params()
     params_arrays = _params_to_arrays(args, auxs)
     params_arrays.update(_per_device_aux(module))
-    writes = {f"params-{tag}.npz": params_arrays}
     layout, optimizer_arrays = optimizer_state(module)
-    writes[f"optimizer-{tag}.npz"] = optimizer_arrays
+    arrays = {"params": params_arrays, "optimizer": optimizer_arrays}
     if progress.best_params is not None:
-        writes[f"best-{tag}.npz"] = _params_to_arrays(*progress.best_params)
-    for name, arrays in writes.items():
-        serialization.atomic_write_bytes(
-            directory / name, serialization.arrays_to_npz_bytes(arrays)
-        )
-        files[name.split("-")[0]] = name
-    manifest = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "fingerprint": settings.fingerprint,
-        "seed": settings.seed,
-        "phase_index": progress.phase_index,
-        "epochs_done": progress.epochs_done,
-        "history": progress.history.to_dict(),
-        "best_metric": _finite_or_none(progress.best_metric),
-        "best_epoch": progress.best_epoch,
-        "wait": progress.wait,
-        "optimizer": layout,
-        "files": {
-            kind: {"name": name, "sha256": serialization.sha256_of(directory / name)}
-            for kind, name in files.items()
-        },
-    }
-    # The manifest is the commit point: until it is replaced, the previous checkpoint stands.
-    serialization.atomic_write_json(directory / CHECKPOINT_MANIFEST, manifest)
-    keep = set(files.values()) | {CHECKPOINT_MANIFEST}
-    for path in directory.glob("*.npz"):
-        if path.name not in keep and path.name.split("-")[0] in ("params", "optimizer", "best"):
-            path.unlink(missing_ok=True)
+        arrays["best"] = _params_to_arrays(*progress.best_params)
+    common.write_checkpoint(directory, progress, settings, arrays, layout, CHECKPOINT_VERSION)
 
 
-def read_checkpoint(directory: Path, fingerprint: str) -> _Progress:
-    manifest_path = directory / CHECKPOINT_MANIFEST
-    if not manifest_path.is_file():
-        raise ModelFileNotFoundError(
-            f"No checkpoint to resume from in {directory} ({CHECKPOINT_MANIFEST} is missing). "
-            "Fit once with checkpoint_dir set, or call fit without resume=True."
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise SerializationError(
-            f"{manifest_path} is not valid JSON ({error}): the checkpoint is corrupt."
-        ) from error
-    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
-        raise SerializationError(f"{manifest_path} is not an xfer training checkpoint.")
-    if manifest.get("format_version") != CHECKPOINT_VERSION:
-        raise SerializationError(
-            f"{manifest_path} has checkpoint format version {manifest.get('format_version')!r}; "
-            f"this xfer reads version {CHECKPOINT_VERSION}."
-        )
-    if manifest.get("fingerprint") != fingerprint:
-        raise InvalidArgumentError(
-            f"The checkpoint in {directory} was written by a fit with other data or settings; "
-            "resume with the same data and parameters, or use another checkpoint_dir."
-        )
-    arrays: dict[str, dict[str, np.ndarray]] = {}
-    for kind, entry in manifest["files"].items():
-        path = directory / os.path.basename(entry["name"])
-        if not path.is_file():
-            raise ModelFileNotFoundError(f"The checkpoint file {path} is missing.")
-        if serialization.sha256_of(path) != entry["sha256"]:
-            raise SerializationError(f"The checkpoint file {path} is corrupt (checksum differs).")
-        arrays[kind] = serialization.read_npz(path)
-    progress = _Progress(
-        phase_index=int(manifest["phase_index"]),
-        epochs_done=int(manifest["epochs_done"]),
-        history=History.from_dict(manifest["history"]),
-        best_metric=manifest["best_metric"],
-        best_epoch=manifest["best_epoch"],
-        wait=int(manifest["wait"]),
-        params=_arrays_to_params(arrays["params"]),
-        device_aux={k: v for k, v in arrays["params"].items() if k.startswith("device")},
-        optimizer_layout=manifest["optimizer"],
-        optimizer_arrays=arrays.get("optimizer", {}),
-    )
-    if "best" in arrays:
-        progress.best_params = _arrays_to_params(arrays["best"])
-    return progress
-
-
-def checkpoint_seed(directory: Path) -> int | None:
-    """The seed recorded in the checkpoint of ``directory`` (None when there is none)."""
-    try:
-        manifest = json.loads((directory / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
-        return int(manifest["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def clear_checkpoint(directory: Path) -> None:
-    """Remove the checkpoint files of a finished fit (the model itself is saved with ``save``)."""
-    (directory / CHECKPOINT_MANIFEST).unlink(missing_ok=True)
-    for path in directory.glob("*.npz"):
-        if path.name.split("-")[0] in ("params", "optimizer", "best"):
-            path.unlink(missing_ok=True)
+def read_checkpoint(directory: Path, fingerprint: str) -> Progress:
+    return common.read_checkpoint(directory, fingerprint, CHECKPOINT_VERSION, _arrays_to_params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,14 +361,7 @@ def train(
     ``epoch_end(global_epoch)`` is called after each epoch's checkpoint (tests use it to simulate
     an interruption).
     """
-    progress = _Progress()
-    if settings.resume:
-        if settings.checkpoint_dir is None:
-            raise InvalidArgumentError(
-                "resume=True needs checkpoint_dir: the directory of the checkpoint."
-            )
-        progress = read_checkpoint(settings.checkpoint_dir, settings.fingerprint)
-        logger.info("Resuming from phase %d, epoch %d.", progress.phase_index, progress.epochs_done)
+    progress = common.initial_progress(settings, read_checkpoint, logger)
     monitor_validation = validation is not None
     patience = settings.early_stopping_patience
     train_labels = train_labels.astype(np.float32)
@@ -707,14 +371,7 @@ def train(
     total_epochs = sum(p.num_epochs for p in phases)
     bar = None
     if settings.verbose:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total_epochs * batches_per_epoch,
-            desc="Training",
-            unit="batch",
-            initial=len(progress.history) * batches_per_epoch,
-        )
+        bar = common.progress_bar(total_epochs, batches_per_epoch, len(progress.history))
     global_epoch = len(progress.history)
     module = None
     try:
@@ -723,15 +380,15 @@ def train(
                 continue
             resuming_here = progress.params is not None and phase_index == progress.phase_index
             if phase_index > progress.phase_index:
-                progress.phase_index = phase_index
-                progress.epochs_done, progress.wait = 0, 0
-                progress.best_metric, progress.best_epoch, progress.best_params = None, None, None
+                progress.start_phase(phase_index)
             if resuming_here and progress.epochs_done >= phase.num_epochs:
                 # The interruption came at a phase boundary: finish the phase as the run would have.
                 module = build_module(
                     handler, phase, settings, train_data.shape[1:], first=phase_index == 0
                 )
-                module.set_params(*progress.params, allow_missing=False, force_init=True)
+                module.set_params(
+                    *_arrays_to_params(progress.params), allow_missing=False, force_init=True
+                )
                 if progress.best_params is not None and patience is not None:
                     module.set_params(*progress.best_params, force_init=True)
                 _update_handler(handler, module)
@@ -741,9 +398,11 @@ def train(
                 handler, phase, settings, train_data.shape[1:], first=phase_index == 0
             )
             if resuming_here:
-                module.set_params(*progress.params, allow_missing=False, force_init=True)
-                if len(settings.contexts) == len(module._context) and progress.device_aux:
-                    _restore_per_device_aux(module, progress.device_aux)
+                module.set_params(
+                    *_arrays_to_params(progress.params), allow_missing=False, force_init=True
+                )
+                if len(settings.contexts) == len(module._context):
+                    _restore_per_device_aux(module, progress.params)
             base_lr = init_optimizer(module, phase, settings)
             if resuming_here:
                 restore_optimizer_state(
@@ -751,7 +410,6 @@ def train(
                 )
                 progress.params = None
             uses_scheduler = isinstance(settings.lr_schedule, mx.lr_scheduler.LRScheduler)
-            stopped = False
             for epoch in range(progress.epochs_done, phase.num_epochs):
                 if bar is not None:
                     bar.set_description(f"Epoch {global_epoch + 1}/{total_epochs} ({phase.name})")
@@ -778,68 +436,28 @@ def train(
                         module, validation[0], validation[1], batch_size
                     )
                 global_epoch += 1
-                progress.history.append(
-                    epoch=global_epoch,
-                    phase=phase.name,
+                stopped = common.record_epoch(
+                    progress,
+                    phase,
+                    epoch,
+                    global_epoch,
                     loss=loss,
                     accuracy=accuracy,
                     val_loss=val_loss,
                     val_accuracy=val_accuracy,
                     learning_rate=lr,
                     seconds=seconds,
+                    patience=patience,
+                    copy_params=partial(_params_copy, module),
+                    bar=bar,
+                    log=logger,
                 )
-                logger.info(
-                    "Epoch %d (%s): loss %.4f, accuracy %.4f%s",
-                    global_epoch,
-                    phase.name,
-                    loss,
-                    accuracy,
-                    ""
-                    if val_loss is None
-                    else f", val_loss {val_loss:.4f}, val_accuracy {val_accuracy:.4f}",
-                )
-                if bar is not None:
-                    bar.set_postfix(
-                        {
-                            k: round(v, 4)
-                            for k, v in (
-                                ("loss", loss),
-                                ("acc", accuracy),
-                                ("val_loss", val_loss),
-                                ("val_acc", val_accuracy),
-                            )
-                            if v is not None
-                        }
-                    )
-                progress.epochs_done = epoch + 1
-                if patience is not None:
-                    metric = (
-                        val_loss if val_loss is not None and math.isfinite(val_loss) else math.inf
-                    )
-                    if progress.best_metric is None or metric < progress.best_metric:
-                        progress.best_metric, progress.best_epoch, progress.wait = (
-                            metric,
-                            global_epoch,
-                            0,
-                        )
-                        progress.best_params = _params_copy(module)
-                    else:
-                        progress.wait += 1
-                    stopped = progress.wait >= patience
-                    if stopped:
-                        # Jump to the end of the phase so that a resumed run does not train on.
-                        progress.epochs_done = phase.num_epochs
                 if settings.checkpoint_dir is not None:
                     write_checkpoint(settings.checkpoint_dir, progress, module, settings)
                 if epoch_end is not None:
                     epoch_end(global_epoch)
                 if stopped:
-                    logger.info(
-                        "Early stopping after epoch %d; best epoch %d.",
-                        global_epoch,
-                        progress.best_epoch,
-                    )
-                    progress.history.stopped_early = True
+                    common.stop_early(progress, global_epoch, logger)
                     break
             if patience is not None and progress.best_params is not None:
                 module.set_params(*progress.best_params, force_init=True)
@@ -867,4 +485,5 @@ __all__ = [
     "scheduled_lr",
     "LR_SCHEDULES",
     "clear_checkpoint",
+    "checkpoint_seed",
 ]

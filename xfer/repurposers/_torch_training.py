@@ -1,11 +1,11 @@
 """The training loop of the fine-tuning repurposers for PyTorch source networks.
 
-The twin of :mod:`xfer.repurposers._mxnet_training`, sharing its vocabulary and its
-backend-neutral pieces (:class:`~xfer.repurposers._mxnet_training.History`,
-:class:`~xfer.repurposers._mxnet_training.Phase`,
-:class:`~xfer.repurposers._mxnet_training.Settings`, the per-epoch learning-rate schedules, the
-stateless shuffling order and seed derivation, the checkpoint manifest layout). What is torch's
-own: the target network is a ``torch.nn.Module`` from
+The twin of :mod:`xfer.repurposers._mxnet_training`; both take their backend-neutral pieces
+from :mod:`xfer.repurposers._training_common` (:class:`~xfer.repurposers._training_common.History`,
+:class:`~xfer.repurposers._training_common.Phase`,
+:class:`~xfer.repurposers._training_common.Settings`, the per-epoch learning-rate schedules, the
+stateless shuffling order and seed derivation, the bookkeeping of each epoch, the checkpoint
+files). What is torch's own: the target network is a ``torch.nn.Module`` from
 :meth:`TorchModelHandler.get_module <xfer.model_handler.TorchModelHandler.get_module>` (fixed
 parameters ``requires_grad=False``, fixed BatchNorm layers in eval mode), MXNet optimiser names and
 parameters map onto ``torch.optim`` (:func:`torch_optimizer`), per-parameter learning-rate
@@ -36,29 +36,25 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xfer import serialization
-from xfer.exceptions import InvalidArgumentError, ModelFileNotFoundError, SerializationError
-from xfer.repurposers._mxnet_training import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_MANIFEST,
-    History,
+from xfer.exceptions import InvalidArgumentError
+from xfer.repurposers import _training_common as common
+from xfer.repurposers._training_common import (
     Phase,
+    Progress,
     Result,
     Settings,
     _derived_seed,
-    _finite_or_none,
     epoch_order,
     scheduled_lr,
 )
@@ -308,22 +304,6 @@ def _state_copy(model: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Progress:
-    """Where a run stands: enough to continue it exactly."""
-
-    phase_index: int = 0
-    epochs_done: int = 0  # in the current phase
-    history: History = field(default_factory=History)
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    wait: int = 0
-    best_params: dict[str, Any] | None = None
-    params: dict[str, Any] | None = None
-    optimizer_layout: dict | None = None
-    optimizer_arrays: dict[str, np.ndarray] | None = None
-
-
 def _to_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
     return {name: value.detach().cpu().numpy() for name, value in state.items()}
 
@@ -370,99 +350,20 @@ def _restore_optimizer(optimizer: Any, layout: dict, arrays: dict[str, np.ndarra
 
 
 def write_checkpoint(
-    directory: Path, progress: _Progress, model: Any, optimizer: Any, settings: Settings
+    directory: Path, progress: Progress, model: Any, optimizer: Any, settings: Settings
 ) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    tag = f"{progress.phase_index}-{progress.epochs_done:04d}"
     layout, optimizer_arrays = _optimizer_state(optimizer)
-    writes = {
-        f"params-{tag}.npz": _to_arrays(model.state_dict()),
-        f"optimizer-{tag}.npz": optimizer_arrays,
-    }
+    arrays = {"params": _to_arrays(model.state_dict()), "optimizer": optimizer_arrays}
     if progress.best_params is not None:
-        writes[f"best-{tag}.npz"] = _to_arrays(progress.best_params)
-    files: dict[str, str] = {}
-    for name, arrays in writes.items():
-        serialization.atomic_write_bytes(
-            directory / name, serialization.arrays_to_npz_bytes(arrays)
-        )
-        files[name.split("-")[0]] = name
-    manifest = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "backend": "torch",
-        "fingerprint": settings.fingerprint,
-        "seed": settings.seed,
-        "phase_index": progress.phase_index,
-        "epochs_done": progress.epochs_done,
-        "history": progress.history.to_dict(),
-        "best_metric": _finite_or_none(progress.best_metric),
-        "best_epoch": progress.best_epoch,
-        "wait": progress.wait,
-        "optimizer": layout,
-        "files": {
-            kind: {"name": name, "sha256": serialization.sha256_of(directory / name)}
-            for kind, name in files.items()
-        },
-    }
-    # The manifest is the commit point: until it is replaced, the previous checkpoint stands.
-    serialization.atomic_write_json(directory / CHECKPOINT_MANIFEST, manifest)
-    keep = set(files.values())
-    for path in directory.glob("*.npz"):
-        if path.name not in keep and path.name.split("-")[0] in ("params", "optimizer", "best"):
-            path.unlink(missing_ok=True)
+        arrays["best"] = _to_arrays(progress.best_params)
+    common.write_checkpoint(
+        directory, progress, settings, arrays, layout, CHECKPOINT_VERSION, backend="torch"
+    )
 
 
-def read_checkpoint(directory: Path, fingerprint: str) -> _Progress:
-    manifest_path = directory / CHECKPOINT_MANIFEST
-    if not manifest_path.is_file():
-        raise ModelFileNotFoundError(
-            f"No checkpoint to resume from in {directory} ({CHECKPOINT_MANIFEST} is missing). "
-            "Fit once with checkpoint_dir set, or call fit without resume=True."
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise SerializationError(
-            f"{manifest_path} is not valid JSON ({error}): the checkpoint is corrupt."
-        ) from error
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format") != CHECKPOINT_FORMAT
-        or manifest.get("backend") != "torch"
-    ):
-        raise SerializationError(
-            f"{manifest_path} is not an xfer training checkpoint of a PyTorch network."
-        )
-    if manifest.get("format_version") != CHECKPOINT_VERSION:
-        raise SerializationError(
-            f"{manifest_path} has checkpoint format version {manifest.get('format_version')!r}; "
-            f"this xfer reads version {CHECKPOINT_VERSION}."
-        )
-    if manifest.get("fingerprint") != fingerprint:
-        raise InvalidArgumentError(
-            f"The checkpoint in {directory} was written by a fit with other data or settings; "
-            "resume with the same data and parameters, or use another checkpoint_dir."
-        )
-    arrays: dict[str, dict[str, np.ndarray]] = {}
-    for kind, entry in manifest["files"].items():
-        path = directory / os.path.basename(entry["name"])
-        if not path.is_file():
-            raise ModelFileNotFoundError(f"The checkpoint file {path} is missing.")
-        if serialization.sha256_of(path) != entry["sha256"]:
-            raise SerializationError(f"The checkpoint file {path} is corrupt (checksum differs).")
-        arrays[kind] = serialization.read_npz(path)
-    return _Progress(
-        phase_index=int(manifest["phase_index"]),
-        epochs_done=int(manifest["epochs_done"]),
-        history=History.from_dict(manifest["history"]),
-        best_metric=manifest["best_metric"],
-        best_epoch=manifest["best_epoch"],
-        wait=int(manifest["wait"]),
-        params=_from_arrays(arrays["params"]),
-        best_params=_from_arrays(arrays["best"]) if "best" in arrays else None,
-        optimizer_layout=manifest["optimizer"],
-        optimizer_arrays=arrays.get("optimizer", {}),
+def read_checkpoint(directory: Path, fingerprint: str) -> Progress:
+    return common.read_checkpoint(
+        directory, fingerprint, CHECKPOINT_VERSION, _from_arrays, backend="torch"
     )
 
 
@@ -499,14 +400,7 @@ def train(
             "multiple of the world size."
         )
     is_writer = world is None or world[0] == 0
-    progress = _Progress()
-    if settings.resume:
-        if settings.checkpoint_dir is None:
-            raise InvalidArgumentError(
-                "resume=True needs checkpoint_dir: the directory of the checkpoint."
-            )
-        progress = read_checkpoint(settings.checkpoint_dir, settings.fingerprint)
-        logger.info("Resuming from phase %d, epoch %d.", progress.phase_index, progress.epochs_done)
+    progress = common.initial_progress(settings, read_checkpoint, logger)
     patience = settings.early_stopping_patience
     data = torch.as_tensor(np.ascontiguousarray(train_data, dtype=np.float32))
     labels = torch.as_tensor(np.asarray(train_labels, dtype=np.int64))
@@ -523,14 +417,7 @@ def train(
     total_epochs = sum(p.num_epochs for p in phases)
     bar = None
     if settings.verbose and is_writer:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total_epochs * batches_per_epoch,
-            desc="Training",
-            unit="batch",
-            initial=len(progress.history) * batches_per_epoch,
-        )
+        bar = common.progress_bar(total_epochs, batches_per_epoch, len(progress.history))
     global_epoch = len(progress.history)
     try:
         with seeded(_derived_seed(settings.seed, 3), device):
@@ -539,10 +426,7 @@ def train(
                     continue
                 resuming_here = progress.params is not None and phase_index == progress.phase_index
                 if phase_index > progress.phase_index:
-                    progress.phase_index = phase_index
-                    progress.epochs_done, progress.wait = 0, 0
-                    progress.best_metric, progress.best_epoch = None, None
-                    progress.best_params = None
+                    progress.start_phase(phase_index)
                 model = handler.get_module(
                     fixed_layer_parameters=list(phase.fixed_parameters),
                     random_layer_parameters=list(phase.random_parameters)
@@ -552,7 +436,7 @@ def train(
                     seed=_derived_seed(settings.seed, 0),
                 )
                 if resuming_here:
-                    model.load_state_dict(progress.params, strict=True)
+                    model.load_state_dict(_from_arrays(progress.params), strict=True)
                     progress.params = None
                     if progress.epochs_done >= phase.num_epochs:
                         # Interrupted at a phase boundary: finish the phase as the run would have.
@@ -570,7 +454,6 @@ def train(
                     trained = torch.nn.parallel.DistributedDataParallel(
                         model, device_ids=[device.index] if device.type == "cuda" else None
                     )
-                stopped = False
                 for epoch in range(progress.epochs_done, phase.num_epochs):
                     if bar is not None:
                         bar.set_description(
@@ -591,51 +474,22 @@ def train(
                     if val is not None:
                         val_loss, val_accuracy = evaluate(model, *val, batch_size, device)
                     global_epoch += 1
-                    progress.history.append(
-                        epoch=global_epoch,
-                        phase=phase.name,
+                    stopped = common.record_epoch(
+                        progress,
+                        phase,
+                        epoch,
+                        global_epoch,
                         loss=loss,
                         accuracy=accuracy,
                         val_loss=val_loss,
                         val_accuracy=val_accuracy,
                         learning_rate=lr,
                         seconds=seconds,
+                        patience=patience,
+                        copy_params=partial(_state_copy, model),
+                        bar=bar,
+                        log=logger,
                     )
-                    logger.info(
-                        "Epoch %d (%s): loss %.4f, accuracy %.4f%s",
-                        global_epoch,
-                        phase.name,
-                        loss,
-                        accuracy,
-                        ""
-                        if val_loss is None
-                        else f", val_loss {val_loss:.4f}, val_accuracy {val_accuracy:.4f}",
-                    )
-                    if bar is not None:
-                        shown = (
-                            ("loss", loss),
-                            ("acc", accuracy),
-                            ("val_loss", val_loss),
-                            ("val_acc", val_accuracy),
-                        )
-                        bar.set_postfix({k: round(v, 4) for k, v in shown if v is not None})
-                    progress.epochs_done = epoch + 1
-                    if patience is not None:
-                        metric = (
-                            val_loss
-                            if val_loss is not None and math.isfinite(val_loss)
-                            else math.inf
-                        )
-                        if progress.best_metric is None or metric < progress.best_metric:
-                            progress.best_metric, progress.best_epoch = metric, global_epoch
-                            progress.wait = 0
-                            progress.best_params = _state_copy(model)
-                        else:
-                            progress.wait += 1
-                        stopped = progress.wait >= patience
-                        if stopped:
-                            # Jump to the end of the phase so that a resumed run does not train on.
-                            progress.epochs_done = phase.num_epochs
                     if settings.checkpoint_dir is not None:
                         if is_writer:
                             write_checkpoint(
@@ -648,12 +502,7 @@ def train(
                     if epoch_end is not None:
                         epoch_end(global_epoch)
                     if stopped:
-                        logger.info(
-                            "Early stopping after epoch %d; best epoch %d.",
-                            global_epoch,
-                            progress.best_epoch,
-                        )
-                        progress.history.stopped_early = True
+                        common.stop_early(progress, global_epoch, logger)
                         break
                 if patience is not None and progress.best_params is not None:
                     model.load_state_dict(progress.best_params, strict=True)
