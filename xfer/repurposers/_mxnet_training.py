@@ -375,12 +375,7 @@ def train(
     global_epoch = len(progress.history)
     module = None
     try:
-        for phase_index, phase in enumerate(phases):
-            if phase_index < progress.phase_index:
-                continue
-            resuming_here = progress.params is not None and phase_index == progress.phase_index
-            if phase_index > progress.phase_index:
-                progress.start_phase(phase_index)
+        for phase_index, phase, resuming_here in common.phases_to_run(phases, progress):
             if resuming_here and progress.epochs_done >= phase.num_epochs:
                 # The interruption came at a phase boundary: finish the phase as the run would have.
                 module = build_module(

@@ -421,12 +421,7 @@ def train(
     global_epoch = len(progress.history)
     try:
         with seeded(_derived_seed(settings.seed, 3), device):
-            for phase_index, phase in enumerate(phases):
-                if phase_index < progress.phase_index:
-                    continue
-                resuming_here = progress.params is not None and phase_index == progress.phase_index
-                if phase_index > progress.phase_index:
-                    progress.start_phase(phase_index)
+            for phase_index, phase, resuming_here in common.phases_to_run(phases, progress):
                 model = handler.get_module(
                     fixed_layer_parameters=list(phase.fixed_parameters),
                     random_layer_parameters=list(phase.random_parameters)

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +312,21 @@ def initial_progress(
     progress = read(settings.checkpoint_dir, settings.fingerprint)
     log.info("Resuming from phase %d, epoch %d.", progress.phase_index, progress.epochs_done)
     return progress
+
+
+def phases_to_run(phases: list[Phase], progress: Progress) -> Iterator[tuple[int, Phase, bool]]:
+    """``(phase_index, phase, resuming_here)`` for each phase not finished yet.
+
+    ``resuming_here`` is true for the phase whose checkpointed parameters (``progress.params``)
+    the loop must load; a later phase starts afresh (:meth:`Progress.start_phase`).
+    """
+    for phase_index, phase in enumerate(phases):
+        if phase_index < progress.phase_index:
+            continue
+        resuming_here = progress.params is not None and phase_index == progress.phase_index
+        if phase_index > progress.phase_index:
+            progress.start_phase(phase_index)
+        yield phase_index, phase, resuming_here
 
 
 def progress_bar(total_epochs: int, batches_per_epoch: int, epochs_done: int) -> Any:
