@@ -124,3 +124,21 @@ def test_linear_scales_to_ten_thousand_examples():
     )
     assert time.perf_counter() - start < 30
     assert repurposer.score(X, y) > 0.9
+
+
+def test_large_data_calibrates_on_a_held_out_fifth(monkeypatch, tmp_path):
+    """From _HOLDOUT_CALIBRATION_FROM examples on: one SVM fit, sigmoid calibration on 20%."""
+    import xfer
+    import xfer.repurposers.svm as svm_module
+    from xfer.testing import make_blob_features
+
+    monkeypatch.setattr(svm_module, "_HOLDOUT_CALIBRATION_FROM", 50)
+    features, labels = make_blob_features(n_per_class=40, n_classes=3, n_features=8, seed=1)
+    head = xfer.SvmRepurposer(None, None, enable_probability_estimates=True, random_state=0)
+    head.fit(features, labels)
+    proba = head.predict_proba(features)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    np.testing.assert_array_equal(head.predict(features), head.classes_[proba.argmax(1)])
+    assert head.score(features, labels) > 0.95
+    head.save(tmp_path / "svm")
+    np.testing.assert_array_equal(xfer.load(tmp_path / "svm").predict_proba(features), proba)

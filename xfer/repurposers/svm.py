@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.metaestimators import available_if
 from threadpoolctl import threadpool_limits
@@ -24,6 +26,9 @@ from xfer.serialization import register_repurposer
 logger = logging.getLogger("xfer.repurposers.svm")
 
 _KERNELS = ("linear", "rbf", "poly", "sigmoid")
+
+#: From this many training examples, probabilities are calibrated on a held-out 20%.
+_HOLDOUT_CALIBRATION_FROM = 5000
 
 
 class SvmModel:
@@ -100,7 +105,8 @@ class SvmRepurposer(MetaModelRepurposer):
     ``kernel='linear'`` trains a ``LinearSVC`` (one-vs-rest, fast on tens of thousands of
     examples); other kernels train an ``SVC`` (libsvm, one-vs-one). With
     ``enable_probability_estimates=True`` the SVM's decision values are calibrated with
-    ``CalibratedClassifierCV(method='sigmoid')`` (cross-validated, up to 5 folds), and
+    ``CalibratedClassifierCV(method='sigmoid')`` (cross-validated, up to 5 folds; from 5,000
+    examples on, one SVM fit on 80% and calibration on a stratified held-out 20%), and
     ``predict`` is the argmax of those probabilities. Without it, ``predict`` is the argmax of
     the decision function and ``predict_proba`` raises.
 
@@ -201,8 +207,12 @@ class SvmRepurposer(MetaModelRepurposer):
 
     def _make_svm(self, scaled: np.ndarray) -> tuple[Any, dict[str, Any]]:
         if self.kernel == "linear":
+            # liblinear's primal solver (scikit-learn's choice when n_samples > n_features) is
+            # 5-20x slower than the dual one on wide features such as CNN embeddings (measured:
+            # 3,000 x 1,280 took 226 s primal, 11 s dual; 10,000 x 64 took 0.5 s primal, 1.4 s dual).
+            dual = True if scaled.shape[1] >= 128 else "auto"
             estimator = LinearSVC(
-                C=self.c, dual="auto", max_iter=self.max_iter, random_state=self.random_state
+                C=self.c, dual=dual, max_iter=self.max_iter, random_state=self.random_state
             )
             return estimator, {"kernel": "linear"}
         gamma = self._gamma_value(scaled)
@@ -259,11 +269,24 @@ class SvmRepurposer(MetaModelRepurposer):
                         "cross-validation and needs at least 2 examples of every class; one class "
                         "has 1. Add examples or set enable_probability_estimates=False."
                     )
-                calibrated = CalibratedClassifierCV(
-                    estimator, method="sigmoid", cv=min(5, smallest), ensemble=False
-                ).fit(scaled, labels)
-                fitted = calibrated.calibrated_classifiers_[0]
-                estimator = fitted.estimator
+                if len(labels) >= _HOLDOUT_CALIBRATION_FROM:
+                    # Cross-validated calibration costs folds + 1 SVM fits (minutes at 10,000 x
+                    # 1,280); with this much data a stratified held-out fifth calibrates as well.
+                    fit_rows, calibration_rows = train_test_split(
+                        np.arange(len(labels)), test_size=0.2, stratify=labels,
+                        random_state=self.random_state,
+                    )
+                    estimator.fit(scaled[fit_rows], labels[fit_rows])
+                    calibrated = CalibratedClassifierCV(
+                        FrozenEstimator(estimator), method="sigmoid"
+                    ).fit(scaled[calibration_rows], labels[calibration_rows])
+                    fitted = calibrated.calibrated_classifiers_[0]
+                else:
+                    calibrated = CalibratedClassifierCV(
+                        estimator, method="sigmoid", cv=min(5, smallest), ensemble=False
+                    ).fit(scaled, labels)
+                    fitted = calibrated.calibrated_classifiers_[0]
+                    estimator = fitted.estimator
                 arrays["calibration_a"] = np.array(
                     [cal.a_ for cal in fitted.calibrators], dtype=np.float64
                 )
