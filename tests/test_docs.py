@@ -51,6 +51,17 @@ KEY_LINES: dict[str, list[str]] = {
         rf"^GP\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
         rf"^BNN\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
     ],
+    "05_fine_tuning": [
+        rf"Xfer defaults \(sgd, lr 0\.001, 5 epochs\), fine-tune: test accuracy {NUMBER}",
+        rf"phases: 10 x head, \d+ x full; best epoch \d+",
+        rf"two-phase fine-tune: test accuracy {NUMBER}",
+        rf"^two phases\s+validation loss {NUMBER}, test accuracy {NUMBER}",
+        rf"random freeze: test accuracy {NUMBER}",
+        rf"20 trials in {NUMBER} s; best learning rate {NUMBER}",
+        rf"before search \(lr 0\.0100\): test accuracy {NUMBER}",
+        rf"after search \(lr {NUMBER}\): test accuracy {NUMBER}",
+        r"the loaded repurposer predicts the same: True",
+    ],
     "06_own_repurposer": [
         rf"kNN accuracy {NUMBER}",
         r"registered as 'tutorial\.KnnRepurposer'",
@@ -65,6 +76,7 @@ MIN_FIGURES = {
     "02_model_handler": 2,
     "03_text_transfer": 2,
     "04_uncertainty": 2,
+    "05_fine_tuning": 3,
 }
 
 
@@ -138,6 +150,7 @@ EXAMPLE_ARGS: dict[str, list[str]] = {
     "text_transfer": ["--corpus", "reuters-r8", "--labels-per-class", "2", "--test-per-class", "2",
                       "--max-length", "32"],
     "own_repurposer": [],
+    "fine_tuning": ["--labels-per-class", "10", "--trials", "3"],
 }  # fmt: skip
 
 
