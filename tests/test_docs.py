@@ -69,6 +69,18 @@ KEY_LINES: dict[str, list[str]] = {
         rf"MLP head accuracy {NUMBER}",
         r"the loaded MLP head predicts the same: True",
     ],
+    "07_pytorch": [
+        r"134 layers, read through 'fx'",
+        r"_blocks\.3\._depthwise_conv\s+Conv2dStaticSamePadding",
+        rf"ImageNet classifier on Fashion-MNIST: mean top-1 probability {NUMBER}",
+        rf"^LR\s+{NUMBER}\s+{NUMBER}$",
+        rf"^GP\s+{NUMBER}\s+{NUMBER}$",
+        rf"largest feature difference, torch vs MXNet: \d\.\de-0[4-9]",
+        rf"LR: MXNet ({NUMBER}) vs torch \1, same predictions",
+        rf"GP: MXNet ({NUMBER}) vs torch \1, same predictions",
+        rf"fine-tuned torch EfficientNet: test accuracy {NUMBER}",
+        r"the loaded fine-tuned network predicts the same: True",
+    ],
 }
 # Notebooks whose point is a figure: at least this many images in their outputs.
 MIN_FIGURES = {
@@ -77,6 +89,7 @@ MIN_FIGURES = {
     "03_text_transfer": 2,
     "04_uncertainty": 2,
     "05_fine_tuning": 3,
+    "07_pytorch": 1,
 }
 
 
@@ -151,6 +164,7 @@ EXAMPLE_ARGS: dict[str, list[str]] = {
                       "--max-length", "32"],
     "own_repurposer": [],
     "fine_tuning": ["--labels-per-class", "10", "--trials", "3"],
+    "pytorch_backend": ["--image-size", "32", "--labels-per-class", "3", "--test-per-class", "3"],
 }  # fmt: skip
 
 
