@@ -106,10 +106,20 @@ def speed(image_sizes=(96, 224), batch_sizes=(32, 64), count: int = 256, repeats
     return rows
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (``VmHWM``: unlike ``ru_maxrss``, which Linux carries
+    over from the parent through fork and exec, it starts afresh in a new program)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource  # not Linux: the best available figure
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _memory_child(count: int, image_size: int, batch_size: int) -> None:
     """Runs in a fresh process: stream ``count`` images through get_layer_output, print peak RSS."""
-    import resource
-
     from xfer._mxnet import mx
     from xfer.datasets import load_fashion_mnist
     from xfer.model_handler import ModelHandler
@@ -117,7 +127,7 @@ def _memory_child(count: int, image_size: int, batch_size: int) -> None:
 
     handler = ModelHandler(efficientnet_lite0("mxnet", image_size=image_size))
     raw = load_fashion_mnist("test").data
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = _peak_rss_mb()
 
     class StreamingImages(mx.io.DataIter):
         """Preprocesses one batch at a time: the N images never sit in memory together."""
@@ -150,7 +160,7 @@ def _memory_child(count: int, image_size: int, batch_size: int) -> None:
     start = time.perf_counter()
     features = handler.get_layer_output(StreamingImages(), [LAYER])[0][LAYER]
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     print(json.dumps({"count": count, "peak_mb": peak, "model_mb": baseline,
                       "features_mb": features.nbytes / 2**20, "seconds": seconds}))
 

@@ -9,6 +9,7 @@ Usage::
     python -m benchmarks.run --quick         # a few minutes, smaller sizes, for development
     python -m benchmarks.run --only heads    # one section: heads, scale, extraction, fine_tune, torch
     python -m benchmarks.run --output -      # print instead of writing docs/benchmarks.md
+    python -m benchmarks.run --only extraction --update   # rerun one section, keep the others
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ SECTIONS: dict[str, Callable[[bool], str]] = {
 }
 
 
+def _existing_sections(path: Path) -> dict[str, str]:
+    """The ``## name`` sections of an earlier report (their bodies, verbatim)."""
+    if not path.is_file():
+        return {}
+    chunks = path.read_text().split("\n## ")[1:]
+    return {chunk.split("\n", 1)[0].strip(): chunk.split("\n", 1)[1].rstrip("\n") for chunk in chunks}
+
+
 def machine_description() -> str:
     import numpy
     import torch
@@ -96,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="file, or - for stdout")
+    parser.add_argument(
+        "--update", action="store_true", help="replace only the sections run in an existing --output file"
+    )
     args = parser.parse_args(argv)
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + "".join(
         f" --only {name}" for name in args.only or []
@@ -103,11 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     parts = [
         "# Benchmarks",
         "",
-        f"Generated {datetime.date.today().isoformat()} by `{command}` on: {machine_description()}.",
+        (
+            f"Generated {datetime.date.today().isoformat()} by `{command}`"
+            if not args.update
+            else "Each section ends with the command and date that produced it"
+        )
+        + f", on: {machine_description()}.",
         "Timings are medians of repeated runs on a shared machine; ratios to the baseline measured in",
         "the same run are the figures to compare.",
     ]
     failed = False
+    sections = _existing_sections(Path(args.output)) if args.update and args.output != "-" else {}
     for name in args.only or SECTIONS:
         start = time.perf_counter()
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
@@ -116,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # a failing section is reported, the others still run
             failed = True
             body = f"Section failed:\n\n```\n{traceback.format_exc()}```"
-        parts += ["", f"## {name}", "", body, "", f"_{time.perf_counter() - start:.0f} s_"]
+        sections[name] = "\n".join(
+            ["", body, "", f"_{time.perf_counter() - start:.0f} s, `{command}`, {datetime.date.today()}_"]
+        )
+    for name in SECTIONS:  # in the harness's order, whichever run wrote them
+        if name in sections:
+            parts += ["", f"## {name}", sections[name]]
     text = "\n".join(parts) + "\n"
     if args.output == "-":
         print(text)
