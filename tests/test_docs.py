@@ -44,6 +44,13 @@ KEY_LINES: dict[str, list[str]] = {
         rf"MiniLM \+ LR accuracy {NUMBER}",
         rf"TF-IDF \+ LR accuracy {NUMBER}",
         rf"^8 per topic: MiniLM \+ LR {NUMBER}, TF-IDF \+ LR {NUMBER}",
+        rf"source CNN: trained on \d+ posts of 13 groups in \d+ s, source test accuracy {NUMBER}",
+        r"text CNN layers: \['embed', 'conv', 'relu', 'pool', 'flatten', 'dropout', 'fc'\]",
+        rf"^CNN features \+ LR\s+accuracy {NUMBER}",
+        rf"^CNN features \+ GP\s+accuracy {NUMBER}",
+        rf"^fine-tuned CNN\s+accuracy {NUMBER}",
+        rf"^CNN from scratch\s+accuracy {NUMBER}",
+        rf"repurposed {NUMBER} vs from scratch {NUMBER} \(Xfer's demo: 0\.589 vs about 0\.5\)",
     ],
     "04_uncertainty": [
         rf"^LR\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
