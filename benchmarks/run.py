@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + "".join(
         f" --only {name}" for name in args.only or []
-    )
+    ) + (" --update" if args.update else "")
     parts = [
         "# Benchmarks",
         "",

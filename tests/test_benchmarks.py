@@ -38,4 +38,4 @@ def test_update_replaces_only_the_sections_run(tmp_path, monkeypatch):
     text = output.read_text()
     assert "heads table v1" in text and "scale table v2" in text and "scale table v1" not in text
     assert text.index("## heads") < text.index("## scale")
-    assert "`python -m benchmarks.run --only scale`" in text
+    assert "`python -m benchmarks.run --only scale --update`" in text
