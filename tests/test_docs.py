@@ -60,7 +60,7 @@ KEY_LINES: dict[str, list[str]] = {
     ],
     "05_fine_tuning": [
         rf"Xfer defaults \(sgd, lr 0\.001, 5 epochs\), fine-tune: test accuracy {NUMBER}",
-        rf"phases: 10 x head, \d+ x full; best epoch \d+",
+        r"phases: 10 x head, \d+ x full; best epoch \d+",
         rf"two-phase fine-tune: test accuracy {NUMBER}",
         rf"^two phases\s+validation loss {NUMBER}, test accuracy {NUMBER}",
         rf"random freeze: test accuracy {NUMBER}",
@@ -82,7 +82,7 @@ KEY_LINES: dict[str, list[str]] = {
         rf"ImageNet classifier on Fashion-MNIST: mean top-1 probability {NUMBER}",
         rf"^LR\s+{NUMBER}\s+{NUMBER}$",
         rf"^GP\s+{NUMBER}\s+{NUMBER}$",
-        rf"largest feature difference, torch vs MXNet: \d\.\de-0[4-9]",
+        r"largest feature difference, torch vs MXNet: \d\.\de-0[4-9]",
         rf"LR: MXNet ({NUMBER}) vs torch \1, same predictions",
         rf"GP: MXNet ({NUMBER}) vs torch \1, same predictions",
         rf"fine-tuned torch EfficientNet: test accuracy {NUMBER}",

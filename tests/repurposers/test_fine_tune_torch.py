@@ -524,3 +524,28 @@ def xfer_digits_accuracy(target_digits, seed: int = 0) -> float:
     )  # fmt: skip
     repurposer.fit(images[train], labels[train])
     return repurposer.score(images[test], labels[test])
+
+
+def test_cut_before_a_function_call_names_the_next_module():
+    import torch
+    from torch import nn
+
+    from xfer.exceptions import ModelError
+
+    class FunctionalFlatten(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.drop = nn.Dropout(0.1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.drop(torch.flatten(self.pool(self.conv(x)), 1)))
+
+    repurposer = xfer.NeuralNetworkFineTuneRepurposer(FunctionalFlatten(), "pool", 2, num_epochs=1)
+    with pytest.raises(ModelError, match=r"Cut at a later module .*\(for example 'drop'\)"):
+        repurposer.fit(np.random.rand(4, 1, 6, 6).astype(np.float32), np.array([0, 1, 0, 1]))
+    cut_later = xfer.NeuralNetworkFineTuneRepurposer(FunctionalFlatten(), "drop", 2, num_epochs=1)
+    cut_later.fit(np.random.rand(4, 1, 6, 6).astype(np.float32), np.array([0, 1, 0, 1]))
+    assert cut_later.predict_proba(np.random.rand(2, 1, 6, 6).astype(np.float32)).shape == (2, 2)

@@ -87,10 +87,13 @@ def _cut_torch(handler: Any, layer_name: str) -> None:
     if above:
         handler.drop_layer_top(len(above))
     if handler.layer_names[-1] != layer_name:
+        following = [n for n in names[names.index(layer_name) + 1 :] if n != "output"][:1]
+        hint = f" (for example {following[0]!r})" if following else ""
         raise ModelError(
             f"Cutting the network at {layer_name!r} leaves {handler.layer_names[-1]!r} on top: the "
-            "layers above it are not a single chain. Cut at a layer that every path to the output "
-            "goes through."
+            "layers above it are not a single chain of modules (a function call such as flatten "
+            "between layers cannot be cut off). Cut at a later module that every path to the "
+            f"output goes through{hint}."
         )
 
 
