@@ -54,6 +54,25 @@ class ModelHandler:
     def accepts(cls, model: Any) -> bool:  # pragma: no cover - overridden by backends
         return False
 
+    # Freezing is bookkeeping on layer names, the same for every backend; each backend's
+    # get_module turns the frozen set into fixed parameters and frozen BatchNorm statistics.
+    def freeze(self, layer_names: list[str]) -> None:
+        """Freeze layers: their parameters stay fixed in modules built by ``get_module``, and
+        frozen BatchNorm layers use their stored statistics, which are never updated."""
+        self._frozen |= set(self._check_layer_names(layer_names))
+
+    def unfreeze(self, layer_names: list[str] | None = None) -> None:
+        """Unfreeze the given layers, or all layers when ``layer_names`` is None."""
+        if layer_names is None:
+            self._frozen.clear()
+        else:
+            self._frozen -= set(self._check_layer_names(layer_names))
+
+    @property
+    def frozen_layers(self) -> list[str]:
+        """The frozen layers, in layer order."""
+        return [name for name in self.layer_names if name in self._frozen]
+
     @classmethod
     def load_checkpoint(cls, prefix: Any, epoch: int = 0, *, model: Any = None, **kwargs: Any) -> ModelHandler:
         """Load a handler written by ``save_checkpoint``, picking the backend from the files.

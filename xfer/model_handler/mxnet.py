@@ -485,24 +485,6 @@ class MXNetModelHandler(ModelHandler):
         self.aux_params = {k: v for k, v in self.aux_params.items() if k in auxiliary}
         self._frozen &= set(self.layer_names)
 
-    # ------------------------------------------------------------------ freezing
-    def freeze(self, layer_names: list[str]) -> None:
-        """Freeze layers: their parameters stay fixed in modules built by :meth:`get_module`, and
-        frozen BatchNorm layers use their stored statistics, which are never updated."""
-        self._frozen |= set(self._check_layer_names(layer_names))
-
-    def unfreeze(self, layer_names: list[str] | None = None) -> None:
-        """Unfreeze the given layers, or all layers when ``layer_names`` is None."""
-        if layer_names is None:
-            self._frozen.clear()
-        else:
-            self._frozen -= set(self._check_layer_names(layer_names))
-
-    @property
-    def frozen_layers(self) -> list[str]:
-        """The frozen layers, in graph order."""
-        return [name for name in self.layer_names if name in self._frozen]
-
     # ------------------------------------------------------------------ parameters
     def _parameter_shapes(self) -> dict[str, tuple]:
         shapes = {k: tuple(v.shape) for k, v in self.arg_params.items()}

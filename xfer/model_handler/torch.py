@@ -664,24 +664,6 @@ class TorchModelHandler(ModelHandler):
             raise InvalidTypeError(f"new_model must be a torch.nn.Module, got {type(new_model).__name__}.")
         self._set_model(new_model)
 
-    # ------------------------------------------------------------------ freezing
-    def freeze(self, layer_names: list[str]) -> None:
-        """Freeze layers: their parameters stay fixed in modules built by :meth:`get_module`, and
-        frozen BatchNorm layers use their stored statistics, which are never updated."""
-        self._frozen |= set(self._check_layer_names(layer_names))
-
-    def unfreeze(self, layer_names: list[str] | None = None) -> None:
-        """Unfreeze the given layers, or all layers when ``layer_names`` is None."""
-        if layer_names is None:
-            self._frozen.clear()
-        else:
-            self._frozen -= set(self._check_layer_names(layer_names))
-
-    @property
-    def frozen_layers(self) -> list[str]:
-        """The frozen layers, in layer order."""
-        return [name for name in self._layers if name in self._frozen]
-
     # ------------------------------------------------------------------ features
     def get_layer_output(
         self,
