@@ -91,20 +91,31 @@ def test_cuda_device_when_present():
     assert to_torch("gpu:0") == torch.device("cuda", 0)
 
 
-def test_torch_gets_its_threads_back_after_mxnet(monkeypatch):
-    """Importing MXNet sets OpenMP's thread count to 1; torch paths must not run on one core."""
-    import xfer.context as context_module
+def _threads_in_fresh_process(code: str, **env: str) -> int:
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(context_module, "_torch_threads_restored", False)
-    monkeypatch.setattr(context_module.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        to_torch("cpu")
-        assert torch.get_num_threads() == 2
-        torch.set_num_threads(1)
-        to_torch("cpu")
-        assert torch.get_num_threads() == 1, "only once: a user's later choice stands"
-    finally:
-        torch.set_num_threads(previous)
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    environment.update(env)
+    result = subprocess.run(
+        [sys.executable, "-c", code + "\nprint(torch.get_num_threads())"],
+        capture_output=True, text=True, env=environment, check=True,
+    )
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_importing_mxnet_leaves_torch_its_threads():
+    """MXNet's import sets OpenMP's thread count to 1; torch must not be left on one core."""
+    default = _threads_in_fresh_process("import torch")
+    # torch imported after MXNet: OpenMP's default comes back.
+    assert _threads_in_fresh_process("import xfer._mxnet\nimport torch") == default
+    # torch imported first: its count stands, including a user's explicit choice.
+    assert _threads_in_fresh_process("import torch\nimport xfer._mxnet") == default
+    assert _threads_in_fresh_process(
+        "import torch\ntorch.set_num_threads(1)\nimport xfer\nimport xfer.repurposers\n"
+        "from xfer.context import to_torch\nto_torch('cpu')"
+    ) == 1
+    # OMP_NUM_THREADS is OpenMP's default when set.
+    assert _threads_in_fresh_process("import xfer._mxnet\nimport torch", OMP_NUM_THREADS="1") == 1

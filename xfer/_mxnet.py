@@ -2,11 +2,20 @@
 
 MXNet 1.9.1 still refers to ``np.bool``, which NumPy removed in 1.24. The alias is applied here,
 once, before the first ``import mxnet``; every other module does ``from xfer._mxnet import mx``.
+
+Importing MXNet also calls ``omp_set_num_threads(1)`` in the importing thread. PyTorch shares the
+OpenMP runtime, so every torch CPU operation afterwards (GP, BNN, torch fine-tuning) would run on
+one core. The thread count is put back right after the import: torch's own setting if torch was
+imported first (a ``torch.set_num_threads`` call of the user's stands), otherwise OpenMP's
+default (``OMP_NUM_THREADS``, or the cores this process may use). MXNet's operators run in its
+engine's worker threads, which set their own counts, so this does not change MXNet's speed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 
 import numpy as np
 
@@ -16,6 +25,37 @@ if "bool" not in vars(np):  # hasattr() would trigger NumPy's FutureWarning
 # Silence the per-bind "Subgraph backend MKLDNN is activated" log line (users can override).
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
+
+def openmp_default_threads() -> int:
+    """The thread count OpenMP starts with: ``OMP_NUM_THREADS`` if valid, else the usable cores."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def restore_openmp_threads(threads: int) -> bool:
+    """Set the calling thread's OpenMP thread count (torch's too); ``False`` if it could not."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+        return True
+    try:  # only a libgomp that MXNet already loaded: never load a second OpenMP runtime
+        libgomp = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+    except OSError:
+        return False
+    libgomp.omp_set_num_threads(ctypes.c_int(threads))
+    return True
+
+
+_threads_before = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+_mxnet_was_imported = "mxnet" in sys.modules
+
 import mxnet as mx  # noqa: E402
+
+if not _mxnet_was_imported:
+    restore_openmp_threads(_threads_before or openmp_default_threads())
 
 __all__ = ["mx"]

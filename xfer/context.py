@@ -8,9 +8,7 @@ Accepted everywhere a ``context`` is taken: ``"cpu"``, ``"cpu:1"``, ``"gpu"``, `
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,24 +144,6 @@ def to_mxnet(context: Any = None, default: Any = None) -> list:
     return [mx.gpu(d.index) if d.kind == "gpu" else mx.cpu(d.index) for d in devices]
 
 
-_torch_threads_restored = False
-
-
-def _restore_torch_threads(torch: Any) -> None:
-    """Undo MXNet's import-time ``omp_set_num_threads(1)``, which torch (sharing the OpenMP
-    runtime) would otherwise obey for all its CPU work. Runs once; an explicit
-    ``OMP_NUM_THREADS`` or a ``torch.set_num_threads`` call of the user's is respected."""
-    global _torch_threads_restored
-    if _torch_threads_restored:
-        return
-    _torch_threads_restored = True
-    if "mxnet" not in sys.modules or "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() != 1:
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores > 1:
-        torch.set_num_threads(cores)
-
-
 @contextlib.contextmanager
 def torch_num_threads(num_threads: int | None) -> Iterator[None]:
     """Temporarily set torch's intra-op CPU threads (``None``: leave them as they are).
@@ -199,7 +179,6 @@ def to_torch(context: Any = None, default: Any = None):
     """
     import torch
 
-    _restore_torch_threads(torch)
     devices = resolve_context(context, default)
     if len(devices) > 1:
         raise InvalidArgumentError(
