@@ -39,3 +39,35 @@ def test_update_replaces_only_the_sections_run(tmp_path, monkeypatch):
     assert "heads table v1" in text and "scale table v2" in text and "scale table v1" not in text
     assert text.index("## heads") < text.index("## scale")
     assert "`python -m benchmarks.run --only scale --update`" in text
+
+
+def test_torch_report_tables_from_measurements(monkeypatch):
+    """The torch section's tables, with the (minutes-long) measurements replaced by fixed figures."""
+    torch_backend = pytest.importorskip("benchmarks.torch_backend")
+    summary = torch_backend._summary
+    monkeypatch.setattr(
+        torch_backend, "image_transfer",
+        lambda size, count, seeds: {
+            "image_size": size, "test_count": count, "train_count": 100, "seeds": seeds,
+            "torch": summary([0.74, 0.76]), "mxnet": summary([0.73, 0.76]), "raw_pixels": summary([0.7, 0.71]),
+        },
+    )  # fmt: skip
+    monkeypatch.setattr(
+        torch_backend, "text_transfer",
+        lambda count, seeds: {
+            "train_count": 160, "test_count": count, "seeds": seeds, "minilm": summary([0.62, 0.64]),
+            "minilm_gp": summary([0.63, 0.65]), "tfidf": summary([0.5, 0.52]), "seconds": 1.0,
+        },
+    )  # fmt: skip
+    monkeypatch.setattr(
+        torch_backend, "throughput",
+        lambda repeats: {"image_size": 96, "batch_size": 32, "threads": 2, "plain": 100.0, "ours": 99.0,
+                         "ratio": 0.99, "ratio_range": (0.95, 1.02)},
+    )  # fmt: skip
+    text = torch_backend.report(quick=True)
+    assert "logistic regression unless named" in text and "over 2 random draws" in text
+    assert "| 0.750 ± 0.014 (0.740-0.760) | 0.745 ± 0.021 (0.730-0.760) |" in text
+    assert "MXNet within 0.01 (0.005)" in text
+    assert "| MiniLM -> 20 Newsgroups (LR) | 160 | 300 | 0.630 ± 0.014 (0.620-0.640) |" in text
+    assert "| MiniLM -> 20 Newsgroups (GP head) | 160 | 300 | 0.640 ± 0.014" in text
+    assert "| 99.0 | 100.0 | 0.99 (0.95-1.02) | >= 0.95 |" in text

@@ -114,6 +114,20 @@ def test_bad_inputs(model):
         model.encode(["a"], batch_size=0)
 
 
+@pytest.mark.assets
+def test_default_max_length_is_the_models_own_max_seq_length(model):
+    import json
+
+    from xfer.zoo import minilm
+    from xfer.zoo.text_encoder import model_path
+
+    config = json.loads((model_path() / "sentence_bert_config.json").read_text())
+    default = minilm()
+    assert default.max_length == config["max_seq_length"] == 256
+    long_text = " ".join(["word"] * 400)
+    assert default.tokenize([long_text])["input_ids"].shape == (1, 256)
+
+
 def test_bad_max_length_and_missing_packages(monkeypatch):
     pytest.importorskip("tokenizers", reason="tokenizers is not installed")
     from xfer.zoo import minilm

@@ -4,7 +4,7 @@
   an MXNet symbolic graph with readable layer names or the PyTorch module.
 - ``efficientnet_lite0_preprocess(images, image_size=224)``: images -> the float32
   N x 3 x S x S input both backends expect (grey images replicated to RGB).
-- ``minilm(max_length=128)``: the all-MiniLM-L6-v2 sentence encoder, a PyTorch module that takes
+- ``minilm(max_length=None)``: the all-MiniLM-L6-v2 sentence encoder, a PyTorch module that takes
   a list of strings.
 - ``torch_to_mxnet(model, input_shape)``: your own PyTorch CNN -> an MXNet symbolic graph with
   its weights (through ``torch.fx``; see :mod:`xfer.zoo.convert`).

