@@ -457,6 +457,37 @@ class TestSurgery:
         with pytest.raises(ModelArchitectureError, match="The model has 2 outputs"):
             handler.add_layer_top([nn.ReLU()])
 
+    def test_nothing_is_added_above_a_softmax_output(self):
+        class FunctionalSoftmax(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 3)
+
+            def forward(self, x):
+                return torch.log_softmax(self.fc(x), dim=1)
+
+        class ModuleSoftmax(FunctionalSoftmax):
+            def __init__(self):
+                super().__init__()
+                self.prob = nn.Softmax(dim=1)
+
+            def forward(self, x):
+                return self.prob(self.fc(x) + 1.0)
+
+        sequential = ModelHandler(nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)))
+        with pytest.raises(ModelError, match=r"ends in the output layer '1' \(Softmax\); nothing can be added above it\. Drop it first with drop_layer_top\(\)"):
+            sequential.add_layer_top([nn.Linear(3, 2)])
+        with pytest.raises(ModelError, match=r"ends in the output layer 'prob' \(Softmax\)"):
+            ModelHandler(ModuleSoftmax()).add_layer_top([nn.Linear(3, 2)])
+        functional = ModelHandler(FunctionalSoftmax())
+        with pytest.raises(ModelError, match=r"ends in the output layer 'log_softmax' \(log_softmax\)"):
+            functional.add_layer_top([nn.Linear(3, 2)])
+        sequential.drop_layer_top(1)
+        sequential.add_layer_top([nn.Linear(3, 2), nn.LogSoftmax(dim=1)])
+        assert sequential.layer_names == ["0", "1", "2"]
+        with pytest.raises(ModelError, match=r"output layer '2' \(LogSoftmax\)"):
+            sequential.add_layer_top([nn.ReLU()])
+
     def test_new_layers_are_checked(self, handler):
         handler.drop_layer_top(1)
         with pytest.raises(InvalidArgumentError, match="A layer named 'fc1' already exists"):

@@ -302,7 +302,7 @@ def test_validation_data_early_stopping_and_schedules(torch_source, small_digits
 
 
 # ------------------------------------------------------------------------------------ resume
-@pytest.mark.parametrize("stop_after", [1, 2, 3])
+@pytest.mark.parametrize("stop_after", [1, 2, 3, 4])  # 2: between phases, 4: after the last epoch
 def test_resume_after_interruption_reaches_the_same_weights(
     torch_source, small_digits, tmp_path, stop_after
 ):
@@ -335,6 +335,7 @@ def test_resume_after_interruption_reaches_the_same_weights(
     assert_same_params(params_of(resumed), params_of(reference))
     assert resumed.history_.loss == reference.history_.loss
     assert resumed.history_.val_loss == reference.history_.val_loss
+    assert resumed.history_.best_epoch == reference.history_.best_epoch is not None
     assert resumed.history_.phase == reference.history_.phase
 
 

@@ -609,13 +609,22 @@ class TorchModelHandler(ModelHandler):
             Not a list, or an item that is not a module.
         ModelArchitectureError
             The model has several outputs, or does not trace.
+        ModelError
+            The model ends in a softmax (``nn.Softmax``, ``nn.LogSoftmax`` or a call of
+            ``softmax``/``log_softmax``), its output layer: drop it first.
         """
         layers = self._check_new_layers(layer_list)
         if _is_flat_sequential(self.model):
+            name, last = next(reversed(self.model._modules.items()))
+            _refuse_above_output_layer(name, last)
             self._set_model(nn.Sequential(OrderedDict([*self.model._modules.items(), *layers])))
             return
         graph = self._editable_graph("add layers")
         value = self._single_output(graph, "added to")
+        if value.op == "call_module":
+            _refuse_above_output_layer(str(value.target), self.model.get_submodule(str(value.target)))
+        elif value.op in ("call_function", "call_method") and _name_of(value.target) in _OUTPUT_FUNCTIONS:
+            _refuse_above_output_layer(value.name, _name_of(value.target))
         output = self._output_node(graph)
         with graph.inserting_before(output):
             for name, _ in layers:
@@ -1190,6 +1199,27 @@ def _leaf_modules(model: Any) -> list[tuple[str, Any]]:
         return []
     visit(model, "")
     return leaves
+
+
+_OUTPUT_FUNCTIONS = ("softmax", "log_softmax")
+
+
+def _name_of(target: Any) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", "")
+
+
+def _refuse_above_output_layer(name: str, layer: Any) -> None:
+    """``ModelError`` when ``layer`` (a module, or the name of a called function) is a softmax."""
+    if isinstance(layer, str):
+        is_output, kind = layer in _OUTPUT_FUNCTIONS, layer
+    else:
+        is_output = isinstance(layer, (nn.Softmax, nn.LogSoftmax, nn.Softmax2d))
+        kind = type(layer).__name__
+    if is_output:
+        raise ModelError(
+            f"The model ends in the output layer {name!r} ({kind}); nothing can be added above "
+            "it. Drop it first with drop_layer_top()."
+        )
 
 
 def _is_flat_sequential(model: Any) -> bool:

@@ -386,6 +386,7 @@ def train(
                 )
                 if progress.best_params is not None and patience is not None:
                     module.set_params(*progress.best_params, force_init=True)
+                    progress.history.best_epoch = progress.best_epoch
                 _update_handler(handler, module)
                 progress.params = None
                 continue

@@ -437,6 +437,7 @@ def train(
                         # Interrupted at a phase boundary: finish the phase as the run would have.
                         if progress.best_params is not None and patience is not None:
                             model.load_state_dict(progress.best_params, strict=True)
+                            progress.history.best_epoch = progress.best_epoch
                         _update_handler(handler, model)
                         continue
                 optimizer, base_lr = _build_optimizer(model, phase, spec)
