@@ -71,3 +71,22 @@ def test_torch_report_tables_from_measurements(monkeypatch):
     assert "| MiniLM -> 20 Newsgroups (LR) | 160 | 300 | 0.630 ± 0.014 (0.620-0.640) |" in text
     assert "| MiniLM -> 20 Newsgroups (GP head) | 160 | 300 | 0.640 ± 0.014" in text
     assert "| 99.0 | 100.0 | 0.99 (0.95-1.02) | >= 0.95 |" in text
+
+
+@pytest.mark.slow
+def test_calibration_report_runs_every_head(monkeypatch):
+    """The calibration section on small synthetic features instead of 12,000 extracted images."""
+    import numpy as np
+
+    calibration = pytest.importorskip("benchmarks.calibration")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 2, (3, 8))
+    y_train, y_test = np.repeat(np.arange(3), 20), np.repeat(np.arange(3), 10)
+    x_train = (centres[y_train] + rng.normal(0, 1, (60, 8))).astype(np.float32)
+    x_test = (centres[y_test] + rng.normal(0, 1, (30, 8))).astype(np.float32)
+    monkeypatch.setattr(calibration, "features", lambda per_class, test_count: (x_train, y_train, x_test, y_test))
+    text = calibration.report(quick=True)
+    assert "60 x 8 labelled, 30 test" in text
+    for head in ("LR (baseline)", "GP", "GP, sparse learning rate 0.01", "BNN"):
+        assert f"| {head} | " in text
+    assert "| 1.00 |" in text  # LR's NLL over itself
