@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+import xfer.model_handler.base as base_handler
 import xfer.model_handler.mxnet as mxnet_handler
 from xfer._mxnet import mx
 from xfer.exceptions import (
@@ -439,10 +440,10 @@ class TestFiles:
     def test_visualize_net(self, handler, tmp_path, monkeypatch):
         digraph = handler.visualize_net()
         assert "conv1" in digraph.source and "softmax" in digraph.source
-        if mxnet_handler.shutil.which("dot"):
+        if base_handler.shutil.which("dot"):
             handler.visualize_net(str(tmp_path / "graph"), format="svg")
             assert (tmp_path / "graph.svg").exists()
-        monkeypatch.setattr(mxnet_handler.shutil, "which", lambda name: None)
+        monkeypatch.setattr(base_handler.shutil, "which", lambda name: None)
         with pytest.raises(MissingDependencyError, match="apt-get install graphviz"):
             handler.visualize_net(str(tmp_path / "graph"))
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import xfer.model_handler.torch as torch_handler
+import xfer.model_handler.base as base_handler
 from xfer.exceptions import (
     DeviceUnavailableError,
     InvalidArgumentError,
@@ -680,10 +680,10 @@ class TestFiles:
         assert "fc -> output" in source
         hooks = ModelHandler(DataDependent()).visualize_net()
         assert "not traced" in hooks.source and "late" in hooks.source
-        if torch_handler.shutil.which("dot"):
+        if base_handler.shutil.which("dot"):
             handler.visualize_net(str(tmp_path / "graph"), format="svg")
             assert (tmp_path / "graph.svg").exists()
-        monkeypatch.setattr(torch_handler.shutil, "which", lambda name: None)
+        monkeypatch.setattr(base_handler.shutil, "which", lambda name: None)
         with pytest.raises(MissingDependencyError, match="apt-get install graphviz"):
             handler.visualize_net(str(tmp_path / "graph"))
 

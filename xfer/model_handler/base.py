@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from typing import Any, ClassVar
 
-from xfer.exceptions import InvalidTypeError
+from xfer.exceptions import InvalidTypeError, MissingDependencyError
+
+logger = logging.getLogger("xfer.model_handler")
 
 _BACKENDS: list[type] = []
+
+
+def render_digraph(digraph: Any, filename: Any) -> None:
+    """Write a ``graphviz.Digraph`` to ``filename`` (its ``format``) with graphviz's ``dot``.
+
+    Raises
+    ------
+    MissingDependencyError
+        The ``dot`` program is not installed.
+    """
+    if shutil.which("dot") is None:
+        raise MissingDependencyError(
+            "Rendering the graph to a file needs graphviz's `dot` program: install it with "
+            "`sudo apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`."
+        )
+    path = digraph.render(filename=str(filename), cleanup=True)
+    logger.info("Graph written to %s", path)
 
 
 def register_backend(cls: type) -> type:

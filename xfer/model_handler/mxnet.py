@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -21,14 +20,13 @@ from xfer.data import as_batches
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
-    MissingDependencyError,
     ModelArchitectureError,
     ModelError,
     ModelFileNotFoundError,
     SerializationError,
     layer_not_found,
 )
-from xfer.model_handler.base import ModelHandler, register_backend
+from xfer.model_handler.base import ModelHandler, register_backend, render_digraph
 from xfer.model_handler.consts import FORBIDDEN_NAME_PARTS, OUTPUT_LAYER_TYPES, LayerType
 from xfer.serialization import atomic_write
 
@@ -776,13 +774,7 @@ class MXNetModelHandler(ModelHandler):
         except mx.base.MXNetError:
             digraph = mx.viz.plot_network(self.symbol, hide_weights=True, save_format=format)
         if filename is not None:
-            if shutil.which("dot") is None:
-                raise MissingDependencyError(
-                    "Rendering the graph to a file needs graphviz's `dot` program: install it with "
-                    "`sudo apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`."
-                )
-            return_path = digraph.render(filename=str(filename), cleanup=True)
-            logger.info("Graph written to %s", return_path)
+            render_digraph(digraph, filename)
         return digraph
 
     def __repr__(self) -> str:

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -53,7 +52,6 @@ from xfer.data import as_batches
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
-    MissingDependencyError,
     ModelArchitectureError,
     ModelError,
     ModelFileNotFoundError,
@@ -61,7 +59,7 @@ from xfer.exceptions import (
     XferError,
     layer_not_found,
 )
-from xfer.model_handler.base import ModelHandler, register_backend
+from xfer.model_handler.base import ModelHandler, register_backend, render_digraph
 from xfer.model_handler.consts import LayerType
 from xfer.serialization import atomic_write
 
@@ -1071,13 +1069,7 @@ class TorchModelHandler(ModelHandler):
                     if source.op != "get_attr":
                         digraph.edge(source.name, node.name)
         if filename is not None:
-            if shutil.which("dot") is None:
-                raise MissingDependencyError(
-                    "Rendering the graph to a file needs graphviz's `dot` program: install it with "
-                    "`sudo apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`."
-                )
-            path = digraph.render(filename=str(filename), cleanup=True)
-            logger.info("Graph written to %s", path)
+            render_digraph(digraph, filename)
         return digraph
 
     def __repr__(self) -> str:
