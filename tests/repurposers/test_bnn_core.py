@@ -131,6 +131,10 @@ def test_corrupt_state_raises_serialization_error(bnn):
     broken["layer0.weight_mu"] = broken["layer0.weight_mu"][:3]
     with pytest.raises(SerializationError, match="layer0.weight_mu"):
         BnnClassifierCore.from_state(config, broken)
+    with pytest.raises(SerializationError, match=r"Not a BnnClassifierCore state \(config 'class' key\)"):
+        BnnClassifierCore.from_state({**config, "class": "GpClassifierCore"}, arrays)
+    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(1\); upgrade xfer"):
+        BnnClassifierCore.from_state({**config, "format_version": 99}, arrays)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

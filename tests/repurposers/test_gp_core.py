@@ -182,6 +182,8 @@ def test_corrupt_state_raises_serialization_error(sparse_gp):
         GpClassifierCore.from_state(config, broken)
     with pytest.raises(SerializationError, match="Not a GpClassifierCore"):
         GpClassifierCore.from_state({**config, "class": "Other"}, arrays)
+    with pytest.raises(SerializationError, match=r"GP state format 99 is newer than this library supports \(1\); upgrade xfer"):
+        GpClassifierCore.from_state({**config, "format_version": 99}, arrays)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -44,7 +44,13 @@ from xfer.exceptions import (
     NotFittedError,
     SerializationError,
 )
-from xfer.repurposers._checks import check_device, check_features, check_int, check_positive_float
+from xfer.repurposers._checks import (
+    check_device,
+    check_features,
+    check_int,
+    check_positive_float,
+    core_from_state,
+)
 
 _LOGGER = logging.getLogger("xfer.repurposers.bnn")
 
@@ -574,16 +580,7 @@ class BnnClassifierCore:
             A config or arrays that do not describe a fitted BNN classifier.
         """
         try:
-            if not isinstance(config, dict) or config.get("class") != "BnnClassifierCore":
-                raise SerializationError("Not a BnnClassifierCore state (config 'class' key).")
-            if int(config["format_version"]) > STATE_FORMAT_VERSION:
-                raise SerializationError(
-                    f"BNN state format {config['format_version']} is newer than this library "
-                    f"supports ({STATE_FORMAT_VERSION}); upgrade xfer."
-                )
-            core = cls(**config["options"])
-            core.n_classes_ = int(config["n_classes"])
-            core.n_features_ = int(config["n_features"])
+            core = core_from_state(cls, config, "BNN", STATE_FORMAT_VERSION)
             core.effective_batch_size_ = config.get("effective_batch_size")
             core.feature_mean_ = np.asarray(arrays["feature_mean"], dtype=np.float64)
             core.feature_scale_ = np.asarray(arrays["feature_scale"], dtype=np.float64)

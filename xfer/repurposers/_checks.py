@@ -1,4 +1,4 @@
-"""Argument checks shared by the GP and BNN cores (clear errors from :mod:`xfer.exceptions`)."""
+"""Argument and saved-state checks shared by the GP and BNN cores (clear errors from :mod:`xfer.exceptions`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from xfer.exceptions import InvalidArgumentError, InvalidTypeError
+from xfer.exceptions import InvalidArgumentError, InvalidTypeError, SerializationError
+
+
+def core_from_state(cls: type, config: Any, label: str, version: int) -> Any:
+    """A core built from a saved state's options, with ``n_classes_`` and ``n_features_`` set.
+
+    Checks that ``config`` was written by ``cls.get_state`` (its ``class`` key) in a format
+    version this library reads; ``label`` names the model in messages (``"GP"``, ``"BNN"``).
+    """
+    if not isinstance(config, dict) or config.get("class") != cls.__name__:
+        raise SerializationError(f"Not a {cls.__name__} state (config 'class' key).")
+    if int(config["format_version"]) > version:
+        raise SerializationError(
+            f"{label} state format {config['format_version']} is newer than this library "
+            f"supports ({version}); upgrade xfer."
+        )
+    core = cls(**config["options"])
+    core.n_classes_ = int(config["n_classes"])
+    core.n_features_ = int(config["n_features"])
+    return core
 
 
 def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:

@@ -47,7 +47,13 @@ from xfer.exceptions import (
     NotFittedError,
     SerializationError,
 )
-from xfer.repurposers._checks import check_device, check_features, check_int, check_positive_float
+from xfer.repurposers._checks import (
+    check_device,
+    check_features,
+    check_int,
+    check_positive_float,
+    core_from_state,
+)
 
 _LOGGER = logging.getLogger("xfer.repurposers.gp")
 
@@ -1003,16 +1009,7 @@ class GpClassifierCore:
             A config or arrays that do not describe a fitted GP classifier.
         """
         try:
-            if not isinstance(config, dict) or config.get("class") != "GpClassifierCore":
-                raise SerializationError("Not a GpClassifierCore state (config 'class' key).")
-            if int(config["format_version"]) > STATE_FORMAT_VERSION:
-                raise SerializationError(
-                    f"GP state format {config['format_version']} is newer than this library "
-                    f"supports ({STATE_FORMAT_VERSION}); upgrade xfer."
-                )
-            core = cls(**config["options"])
-            core.n_classes_ = int(config["n_classes"])
-            core.n_features_ = int(config["n_features"])
+            core = core_from_state(cls, config, "GP", STATE_FORMAT_VERSION)
             core.mode_ = str(config["mode"])
             if core.mode_ not in ("exact", "sparse"):
                 raise SerializationError(f"Unknown GP mode {core.mode_!r}.")
