@@ -384,9 +384,7 @@ def train(
                 module.set_params(
                     *_arrays_to_params(progress.params), allow_missing=False, force_init=True
                 )
-                if progress.best_params is not None and patience is not None:
-                    module.set_params(*progress.best_params, force_init=True)
-                    progress.history.best_epoch = progress.best_epoch
+                common.restore_best(progress, patience, partial(_load_best, module))
                 _update_handler(handler, module)
                 progress.params = None
                 continue
@@ -455,15 +453,17 @@ def train(
                 if stopped:
                     common.stop_early(progress, global_epoch, logger)
                     break
-            if patience is not None and progress.best_params is not None:
-                module.set_params(*progress.best_params, force_init=True)
-                progress.history.best_epoch = progress.best_epoch
+            common.restore_best(progress, patience, partial(_load_best, module))
             _update_handler(handler, module)
     finally:
         if bar is not None:
             bar.close()
     args, auxs = handler.arg_params, handler.aux_params
     return Result(dict(args), dict(auxs), progress.history)
+
+
+def _load_best(module: Any, best_params: Any) -> None:
+    module.set_params(*best_params, force_init=True)
 
 
 def _update_handler(handler: Any, module: Any) -> None:

@@ -435,9 +435,7 @@ def train(
                     progress.params = None
                     if progress.epochs_done >= phase.num_epochs:
                         # Interrupted at a phase boundary: finish the phase as the run would have.
-                        if progress.best_params is not None and patience is not None:
-                            model.load_state_dict(progress.best_params, strict=True)
-                            progress.history.best_epoch = progress.best_epoch
+                        common.restore_best(progress, patience, partial(model.load_state_dict, strict=True))
                         _update_handler(handler, model)
                         continue
                 optimizer, base_lr = _build_optimizer(model, phase, spec)
@@ -500,9 +498,7 @@ def train(
                     if stopped:
                         common.stop_early(progress, global_epoch, logger)
                         break
-                if patience is not None and progress.best_params is not None:
-                    model.load_state_dict(progress.best_params, strict=True)
-                    progress.history.best_epoch = progress.best_epoch
+                common.restore_best(progress, patience, partial(model.load_state_dict, strict=True))
                 _update_handler(handler, model)
     finally:
         if bar is not None:

@@ -406,6 +406,13 @@ def record_epoch(
     return True
 
 
+def restore_best(progress: Progress, patience: int | None, load: Callable[[Any], None]) -> None:
+    """End of a phase under early stopping: ``load`` the best epoch's parameters, record which."""
+    if patience is not None and progress.best_params is not None:
+        load(progress.best_params)
+        progress.history.best_epoch = progress.best_epoch
+
+
 def stop_early(progress: Progress, global_epoch: int, log: logging.Logger) -> None:
     """Note in the history that early stopping ended the phase (after its checkpoint)."""
     log.info("Early stopping after epoch %d; best epoch %d.", global_epoch, progress.best_epoch)
