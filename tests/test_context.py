@@ -111,6 +111,9 @@ def test_importing_mxnet_leaves_torch_its_threads():
     default = _threads_in_fresh_process("import torch")
     # torch imported after MXNet: OpenMP's default comes back.
     assert _threads_in_fresh_process("import xfer._mxnet\nimport torch") == default
+    assert _threads_in_fresh_process(
+        "import numpy as np\nnp.bool = np.bool_\nimport mxnet\nimport xfer\nimport torch"
+    ) == default, "MXNet imported by the user before xfer"
     # torch imported first: its count stands, including a user's explicit choice.
     assert _threads_in_fresh_process("import torch\nimport xfer._mxnet") == default
     assert _threads_in_fresh_process(

@@ -51,11 +51,11 @@ def restore_openmp_threads(threads: int) -> bool:
 
 
 _threads_before = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
-_mxnet_was_imported = "mxnet" in sys.modules
 
 import mxnet as mx  # noqa: E402
 
-if not _mxnet_was_imported:
-    restore_openmp_threads(_threads_before or openmp_default_threads())
+# Also when the user imported MXNet first (with the alias): torch is not loaded then, so nobody
+# chose a thread count yet and OpenMP's default is right.
+restore_openmp_threads(_threads_before or openmp_default_threads())
 
 __all__ = ["mx"]
