@@ -51,6 +51,7 @@ from xfer.repurposers._checks import (
     check_positive_float,
     core_from_state,
 )
+from xfer.repurposers._linear import fit_standardizer
 
 _LOGGER = logging.getLogger("xfer.repurposers.bnn")
 
@@ -367,13 +368,7 @@ class BnnClassifierCore:
         self._reset_fitted()
         self.n_classes_ = int(n_classes)
         self.n_features_ = int(features.shape[1])
-        mean = features.mean(axis=0, dtype=np.float64)
-        std = features.std(axis=0, dtype=np.float64)
-        positive = std[std > 0]
-        # Floor tiny standard deviations so near-constant columns are not blown up into noise.
-        floor = 1e-2 * (float(np.sqrt(np.mean(positive**2))) if positive.size else 1.0)
-        self.feature_mean_ = mean
-        self.feature_scale_ = np.maximum(std, floor)
+        self.feature_mean_, self.feature_scale_ = fit_standardizer(features, None, "column")
 
         n = features.shape[0]
         batch = int(self.batch_size)

@@ -54,11 +54,11 @@ from xfer.repurposers._checks import (
     check_positive_float,
     core_from_state,
 )
+from xfer.repurposers._linear import check_standardize_mode, fit_standardizer
 
 _LOGGER = logging.getLogger("xfer.repurposers.gp")
 
 STATE_FORMAT_VERSION = 1
-_STANDARDIZE_CHOICES = ("layer", "column", "none")
 _OPTIMIZER_CHOICES = ("adam", "lbfgs")
 _PARAM_PREFIX = "param."
 _INDUCING_KEY = "inducing_points"
@@ -392,9 +392,10 @@ class GpClassifierCore:
     exact_threshold : int, default=2000
         Largest number of training rows fitted by the exact GP; above it the sparse GP is used.
     standardize : {"layer", "column", "none"}, default="layer"
-        ``"layer"``: centre each column and divide each layer's block by one scale (its RMS column
-        standard deviation), keeping the relative scale of units; ``"column"``: classic
-        per-column z-scores; ``"none"``.
+        Feature scaling shared by every head (``_linear.fit_standardizer``):
+        ``"layer"`` centres each column and divides each layer's block by one scale (its RMS
+        column standard deviation), keeping the relative scale of units; ``"column"``: per-column
+        z-scores; ``"none"``.
     ard : bool, default=False
         One lengthscale per column (only sensible for few columns).
     alpha_epsilon : float, default=0.01
@@ -514,10 +515,7 @@ class GpClassifierCore:
         check_positive_float("alpha_epsilon", self.alpha_epsilon)
         check_positive_float("learning_rate", self.learning_rate)
         check_positive_float("sparse_learning_rate", self.sparse_learning_rate)
-        if self.standardize not in _STANDARDIZE_CHOICES:
-            raise InvalidArgumentError(
-                f"standardize must be one of {_STANDARDIZE_CHOICES}, got {self.standardize!r}."
-            )
+        check_standardize_mode(self.standardize)
         if self.optimizer not in _OPTIMIZER_CHOICES:
             raise InvalidArgumentError(
                 f"optimizer must be one of {_OPTIMIZER_CHOICES}, got {self.optimizer!r}."
@@ -549,22 +547,9 @@ class GpClassifierCore:
         return features
 
     def _fit_preprocessing(self, features: np.ndarray) -> None:
-        features = self._l2(features.astype(np.float64))
-        mean = features.mean(axis=0)
-        std = features.std(axis=0)
-        scale = np.ones(features.shape[1])
-        if self.standardize == "column":
-            positive = std[std > 0]
-            floor = 1e-3 * (float(np.sqrt(np.mean(positive**2))) if positive.size else 1.0)
-            scale = np.maximum(std, floor)
-        elif self.standardize == "layer":
-            for indices in self.layer_indices_:
-                rms = float(np.sqrt(np.mean(std[indices] ** 2)))
-                scale[indices] = rms if rms > 0 else 1.0
-        else:
-            mean = np.zeros_like(mean)
-        self.feature_mean_ = mean
-        self.feature_scale_ = scale
+        self.feature_mean_, self.feature_scale_ = fit_standardizer(
+            self._l2(features.astype(np.float64)), self.layer_indices_, self.standardize
+        )
 
     def _kernel_columns(self) -> np.ndarray:
         """Columns the kernel sees, in block order (layers concatenated, or all columns)."""

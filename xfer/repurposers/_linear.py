@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, softmax
 
+from xfer.exceptions import InvalidArgumentError
+
 
 def standardize(features: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``StandardScaler.transform`` in float64."""
@@ -123,27 +125,49 @@ def sigmoid_calibrated_proba(decision: np.ndarray, a: np.ndarray, b: np.ndarray)
 
 
 STANDARDIZE_MODES = ("layer", "column", "none")
+#: Smallest column scale in ``"column"`` mode, as a fraction of the RMS standard deviation of the
+#: column's layer block: near-constant columns are not blown up into noise.
+SCALE_FLOOR = 1e-2
+
+
+def check_standardize_mode(mode: object) -> str:
+    """``mode`` if it is one of :data:`STANDARDIZE_MODES`, else a clear error."""
+    if not isinstance(mode, str) or mode not in STANDARDIZE_MODES:
+        raise InvalidArgumentError(
+            f"standardize must be one of {list(STANDARDIZE_MODES)}, got {mode!r}."
+        )
+    return mode
 
 
 def fit_standardizer(
-    features: np.ndarray, feature_indices_per_layer: list[np.ndarray], mode: str
+    features: np.ndarray, feature_indices_per_layer: list[np.ndarray] | None, mode: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column ``(mean, scale)`` for :func:`standardize`.
+    """Per-column ``(mean, scale)`` for :func:`standardize`: the one feature scaling of every head.
 
-    ``"column"``: scikit-learn's ``StandardScaler`` (z-score every column). ``"layer"``: centre
-    every column and divide each layer's block by one scale, the root-mean-square of its column
-    standard deviations, which keeps the relative scale of a layer's units. ``"none"``: identity.
+    ``"column"``: z-score every column (scikit-learn's ``StandardScaler``), except that a column's
+    scale is at least :data:`SCALE_FLOOR` times the RMS standard deviation of its layer block and a
+    constant column gets that RMS (a test value off the training constant then counts as much as a
+    typical unit, instead of being multiplied by up to 1/floor). ``"layer"``: centre every column
+    and divide each layer's block by one scale, the RMS of its column standard deviations, which
+    keeps the relative scale of a layer's units. ``"none"``: identity. ``None`` layers: one block.
     """
-    from sklearn.preprocessing import StandardScaler
-
+    features = np.asarray(features, dtype=np.float64)
     n_features = features.shape[1]
+    check_standardize_mode(mode)
     if mode == "none":
         return np.zeros(n_features), np.ones(n_features)
-    scaler = StandardScaler().fit(features)
-    if mode == "column":
-        return scaler.mean_, scaler.scale_
+    if feature_indices_per_layer is None:
+        feature_indices_per_layer = [np.arange(n_features)]
+    mean = features.mean(axis=0)
+    std = features.std(axis=0)
     scale = np.ones(n_features)
     for columns in feature_indices_per_layer:
-        rms = float(np.sqrt(np.mean(scaler.var_[columns])))
-        scale[columns] = rms if rms > 0 else 1.0
-    return scaler.mean_, scale
+        block = std[columns]
+        rms = float(np.sqrt(np.mean(block**2)))
+        if rms == 0.0:
+            continue  # a constant block: centring is all there is to do
+        if mode == "layer":
+            scale[columns] = rms
+        else:
+            scale[columns] = np.where(block > 0, np.maximum(block, SCALE_FLOOR * rms), rms)
+    return mean, scale

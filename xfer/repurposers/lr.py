@@ -174,10 +174,7 @@ class LrRepurposer(MetaModelRepurposer):
         _check_positive("c", self.c)
         _check_positive("tol", self.tol)
         _check_positive("max_iter", self.max_iter, integer=True)
-        if self.standardize not in _linear.STANDARDIZE_MODES:
-            raise InvalidArgumentError(
-                f"standardize must be one of {list(_linear.STANDARDIZE_MODES)}, got {self.standardize!r}."
-            )
+        _linear.check_standardize_mode(self.standardize)
         features = np.asarray(features, dtype=np.float64)
         with threadpool_limits(limits=_thread_limit(self.n_jobs)):
             mean, scale = _linear.fit_standardizer(
