@@ -53,6 +53,27 @@ class ModelFileNotFoundError(XferError, FileNotFoundError):
     """A file of a saved model is missing."""
 
 
+class DataFileError(XferError, ValueError):
+    """A data file that cannot be read or is mislabelled; the message names the file and why.
+
+    Attributes
+    ----------
+    path : str
+        The file (or ``"table.csv line N"``).
+    reason : str
+        What is wrong with it.
+    """
+
+    def __init__(self, message: str, path: str = "", reason: str = ""):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class DataFileNotFoundError(XferError, FileNotFoundError):
+    """A data file or folder that does not exist."""
+
+
 class MissingDependencyError(XferError, ImportError):
     """An optional package is not installed; the message names the install command."""
 
@@ -88,6 +109,8 @@ __all__ = [
     "DeviceUnavailableError",
     "SerializationError",
     "ModelFileNotFoundError",
+    "DataFileError",
+    "DataFileNotFoundError",
     "MissingDependencyError",
 ]
 
