@@ -18,7 +18,7 @@ from xfer.exceptions import (
     ModelFileNotFoundError,
     NotFittedError,
 )
-from xfer.repurposers import _mxnet_training as training
+from xfer.fine_tuning import checkpoint as training
 from xfer.repurposers.fine_tune import (
     NeuralNetworkFineTuneRepurposer,
     NeuralNetworkRandomFreezeRepurposer,

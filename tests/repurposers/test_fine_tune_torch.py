@@ -25,7 +25,7 @@ from xfer.exceptions import (  # noqa: E402
     ModelFileNotFoundError,
     NotFittedError,
 )
-from xfer.repurposers import _torch_training  # noqa: E402
+from xfer.fine_tuning import torch as _torch_training  # noqa: E402
 from xfer.repurposers.fine_tune import (  # noqa: E402
     NeuralNetworkFineTuneRepurposer,
     NeuralNetworkRandomFreezeRepurposer,

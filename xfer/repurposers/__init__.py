@@ -1,6 +1,6 @@
 """Repurposers: turn a source model into a predictor for a target task."""
 
-from xfer.repurposers._mxnet_training import History
+from xfer.fine_tuning.history import History
 from xfer.repurposers.base import Repurposer
 from xfer.repurposers.bnn import BnnRepurposer
 from xfer.repurposers.fine_tune import (

@@ -25,7 +25,7 @@ network is the model.
 PyTorch sources
 ---------------
 A ``torch.nn.Module`` source takes the same parameters and gives the same ``history_``; the
-:mod:`~xfer.repurposers._torch_training` loop trains it on one device per call (``context=``),
+:mod:`~xfer.fine_tuning.torch` loop trains it on one device per call (``context=``),
 or under ``torch.distributed`` with DistributedDataParallel (``docs/distributed_torch.md``).
 ``optimizer`` is one of ``'sgd'``, ``'nag'``, ``'adam'``, ``'adamw'``, ``'rmsprop'``,
 ``'adagrad'`` with MXNet-style ``optimizer_params`` (``learning_rate``, ``momentum``, ``wd``,
@@ -68,7 +68,10 @@ from xfer.exceptions import (
     SerializationError,
     layer_not_found,
 )
-from xfer.repurposers import _mxnet_training as training
+from xfer.fine_tuning import checkpoint
+from xfer.fine_tuning import mxnet as training
+from xfer.fine_tuning.history import History
+from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, derived_seed
 from xfer.repurposers.base import Repurposer
 
 logger = logging.getLogger("xfer.repurposers.neural_network")
@@ -351,7 +354,7 @@ class NeuralNetworkRepurposer(Repurposer):
                     "(use lr_schedule= for schedules)."
                 )
         if torch_source:
-            from xfer.repurposers import _torch_training
+            from xfer.fine_tuning import torch as _torch_training
 
             _torch_training.torch_optimizer(self.optimizer, params)
         else:
@@ -367,15 +370,15 @@ class NeuralNetworkRepurposer(Repurposer):
         if not (
             schedule is None
             or isinstance(schedule, mx.lr_scheduler.LRScheduler)
-            or (isinstance(schedule, str) and schedule in training.LR_SCHEDULES)
+            or (isinstance(schedule, str) and schedule in LR_SCHEDULES)
         ):
             raise InvalidArgumentError(
-                f"lr_schedule must be None, one of {training.LR_SCHEDULES} or an "
+                f"lr_schedule must be None, one of {LR_SCHEDULES} or an "
                 f"mx.lr_scheduler.LRScheduler, got {schedule!r}."
             )
         if torch_source and isinstance(schedule, mx.lr_scheduler.LRScheduler):
             raise InvalidArgumentError(
-                f"lr_schedule must be None or one of {training.LR_SCHEDULES} for a PyTorch source "
+                f"lr_schedule must be None or one of {LR_SCHEDULES} for a PyTorch source "
                 "(an mx.lr_scheduler object drives MXNet optimisers only)."
             )
         _check_number("transferred_lr_mult", self.transferred_lr_mult, 0.0)
@@ -581,7 +584,7 @@ class NeuralNetworkRepurposer(Repurposer):
     def _seed(self, resume: bool) -> int:
         seed = self._draw_seed(resume)
         if self._is_torch():  # under torch.distributed every process takes rank 0's seed
-            from xfer.repurposers import _torch_training
+            from xfer.fine_tuning import torch as _torch_training
 
             seed = _torch_training.shared_seed(seed)
         return seed
@@ -590,7 +593,7 @@ class NeuralNetworkRepurposer(Repurposer):
         if isinstance(self.random_state, numbers.Integral):
             return int(self.random_state) & 0x7FFFFFFF
         if resume:
-            seed = training.checkpoint_seed(Path(self.checkpoint_dir))
+            seed = checkpoint.checkpoint_seed(Path(self.checkpoint_dir))
             if seed is not None:
                 return seed
         source = (
@@ -655,7 +658,7 @@ class NeuralNetworkRepurposer(Repurposer):
         with self._using_devices(devices):
             network = self._build_network(iterator_label_name, num_classes, data, codes, contexts)
         phases = self._phases(network)
-        settings = training.Settings(
+        settings = Settings(
             batch_size=int(min(self.batch_size, max(len(data), len(contexts)))),
             optimizer=self.optimizer.lower(),
             optimizer_params=self._optimizer_params(),
@@ -688,14 +691,14 @@ class NeuralNetworkRepurposer(Repurposer):
 
     def _fit_torch(self, data, codes, validation, devices, contexts, seed, resume):
         """Build the target network from a PyTorch source and train it with the torch loop."""
-        from xfer.repurposers import _torch_training
+        from xfer.fine_tuning import torch as _torch_training
 
         # The new layers are initialised from the seed (torch's global state is left alone).
-        with _torch_training.seeded(training._derived_seed(seed, 4)), self._using_devices(devices):
+        with _torch_training.seeded(derived_seed(seed, 4)), self._using_devices(devices):
             network = self._target_network(
                 None, len(self.classes_), preferred="softmax", sample_shape=data.shape[1:]
             )
-        settings = training.Settings(
+        settings = Settings(
             batch_size=int(min(self.batch_size, len(data))),
             optimizer=self.optimizer.lower(),
             optimizer_params=self._optimizer_params(),
@@ -861,7 +864,7 @@ class NeuralNetworkRepurposer(Repurposer):
             raise InvalidTypeError("_create_target_network must return a TargetNetwork.")
         return network
 
-    def _phases(self, network: TargetNetwork) -> list[training.Phase]:
+    def _phases(self, network: TargetNetwork) -> list[Phase]:
         handler = network.handler
         new_layers = set(network.new_layers)
         if getattr(handler, "backend", "mxnet") == "torch":
@@ -887,7 +890,7 @@ class NeuralNetworkRepurposer(Repurposer):
         if mult == 0.0:
             fixed |= set(transferred)
         lr_mults = {p: mult for p in transferred if p not in fixed}
-        full = training.Phase(
+        full = Phase(
             name="full",
             num_epochs=int(self.num_epochs),
             fixed_parameters=sorted(fixed),
@@ -896,7 +899,7 @@ class NeuralNetworkRepurposer(Repurposer):
         )
         if self.head_epochs is None:
             return [full]
-        head = training.Phase(
+        head = Phase(
             name="head",
             num_epochs=int(self.head_epochs),
             fixed_parameters=sorted(fixed | set(transferred)),
@@ -1093,12 +1096,12 @@ class NeuralNetworkRepurposer(Repurposer):
             )
         self.output_layer_ = str(config["output_layer"])
         self.n_training_examples_ = int(config["n_training_examples"])
-        self.history_ = training.History.from_dict(config["history"])
+        self.history_ = History.from_dict(config["history"])
 
     def _load_torch_target(self, prefix: Path, config: dict[str, Any]) -> None:
         """Rebuild the target network from the source model and load the saved weights into it."""
+        from xfer.fine_tuning import torch as _torch_training
         from xfer.model_handler import TorchModelHandler
-        from xfer.repurposers import _torch_training
 
         if self.source_model is None or not self._is_torch():
             raise InvalidArgumentError(

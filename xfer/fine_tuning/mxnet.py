@@ -8,7 +8,7 @@ optimiser from the parameters that are trainable in it), checkpoints written ato
 epoch end, exact resumption from them, seeding, data parallelism over a list of contexts through
 MXNet's kvstore, and a progress bar. What does not depend on MXNet (history, phases, settings,
 schedules, shuffling, per-epoch bookkeeping, checkpoint files) is in
-:mod:`xfer.repurposers._training_common`, shared with the PyTorch loop.
+the backend-neutral modules of :mod:`xfer.fine_tuning`, shared with the PyTorch loop.
 
 Reproducibility is built on *stateless* randomness: the shuffling order and MXNet's random seed
 of each epoch are derived from ``(seed, phase, epoch)``; learning-rate schedules are functions of
@@ -40,29 +40,25 @@ import numpy as np
 
 from xfer._mxnet import mx
 from xfer.exceptions import SerializationError
-from xfer.repurposers import _training_common as common
-from xfer.repurposers._training_common import (
-    LR_SCHEDULES,
-    History,
+from xfer.fine_tuning import checkpoint, loop
+from xfer.fine_tuning.history import finite_or_none
+from xfer.fine_tuning.run import (
     Phase,
     Progress,
     Result,
     Settings,
-    _derived_seed,
-    _finite_or_none,
-    checkpoint_seed,
-    clear_checkpoint,
+    derived_seed,
     epoch_order,
     scheduled_lr,
 )
 
-logger = logging.getLogger("xfer.repurposers.training")
+logger = logging.getLogger("xfer.fine_tuning.mxnet")
 
 CHECKPOINT_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------
-# Randomness and learning-rate schedules (the stateless parts are in _training_common)
+# Randomness and learning-rate schedules (the stateless parts are in run.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -116,7 +112,7 @@ def build_module(
 
     working = MXNetModelHandler(handler)
     working.update_sym(_with_lr_mults(handler.symbol, phase.lr_mults))
-    seed_everything(_derived_seed(settings.seed, 0))
+    seed_everything(derived_seed(settings.seed, 0))
     return working.get_module(
         _shape_iterator(handler, sample_shape, settings.batch_size, settings.label_name),
         fixed_layer_parameters=list(phase.fixed_parameters),
@@ -259,7 +255,7 @@ def optimizer_state(module: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]
         "states": states,
         "index_update_counts": counts,
         "num_update": int(optimizer.num_update),
-        "lr": _finite_or_none(optimizer.lr) if optimizer.lr is not None else None,
+        "lr": finite_or_none(optimizer.lr) if optimizer.lr is not None else None,
         "lr_scheduler": _scheduler_state(optimizer.lr_scheduler)
         if optimizer.lr_scheduler is not None
         else None,
@@ -335,11 +331,11 @@ def write_checkpoint(directory: Path, progress: Progress, module: Any, settings:
     arrays = {"params": params_arrays, "optimizer": optimizer_arrays}
     if progress.best_params is not None:
         arrays["best"] = _params_to_arrays(*progress.best_params)
-    common.write_checkpoint(directory, progress, settings, arrays, layout, CHECKPOINT_VERSION)
+    checkpoint.write_checkpoint(directory, progress, settings, arrays, layout, CHECKPOINT_VERSION)
 
 
 def read_checkpoint(directory: Path, fingerprint: str) -> Progress:
-    return common.read_checkpoint(directory, fingerprint, CHECKPOINT_VERSION, _arrays_to_params)
+    return checkpoint.read_checkpoint(directory, fingerprint, CHECKPOINT_VERSION, _arrays_to_params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +357,7 @@ def train(
     ``epoch_end(global_epoch)`` is called after each epoch's checkpoint (tests use it to simulate
     an interruption).
     """
-    progress = common.initial_progress(settings, read_checkpoint, logger)
+    progress = loop.initial_progress(settings, read_checkpoint, logger)
     monitor_validation = validation is not None
     patience = settings.early_stopping_patience
     train_labels = train_labels.astype(np.float32)
@@ -371,11 +367,11 @@ def train(
     total_epochs = sum(p.num_epochs for p in phases)
     bar = None
     if settings.verbose:
-        bar = common.progress_bar(total_epochs, batches_per_epoch, len(progress.history))
+        bar = loop.progress_bar(total_epochs, batches_per_epoch, len(progress.history))
     global_epoch = len(progress.history)
     module = None
     try:
-        for phase_index, phase, resuming_here in common.phases_to_run(phases, progress):
+        for phase_index, phase, resuming_here in loop.phases_to_run(phases, progress):
             if resuming_here and progress.epochs_done >= phase.num_epochs:
                 # The interruption came at a phase boundary: finish the phase as the run would have.
                 module = build_module(
@@ -384,7 +380,7 @@ def train(
                 module.set_params(
                     *_arrays_to_params(progress.params), allow_missing=False, force_init=True
                 )
-                common.restore_best(progress, patience, partial(_load_best, module))
+                loop.restore_best(progress, patience, partial(_load_best, module))
                 _update_handler(handler, module)
                 progress.params = None
                 continue
@@ -417,7 +413,7 @@ def train(
                     module._optimizer.set_learning_rate(lr)
                 else:
                     lr = float(module._optimizer.lr_scheduler(module._optimizer.num_update))
-                seed_everything(_derived_seed(settings.seed, 2, phase_index, epoch))
+                seed_everything(derived_seed(settings.seed, 2, phase_index, epoch))
                 order = epoch_order(settings.seed, phase_index, epoch, num_examples, batch_size)
                 started = time.perf_counter()
                 loss, accuracy = _run_epoch(
@@ -430,7 +426,7 @@ def train(
                         module, validation[0], validation[1], batch_size
                     )
                 global_epoch += 1
-                stopped = common.record_epoch(
+                stopped = loop.record_epoch(
                     progress,
                     phase,
                     epoch,
@@ -451,9 +447,9 @@ def train(
                 if epoch_end is not None:
                     epoch_end(global_epoch)
                 if stopped:
-                    common.stop_early(progress, global_epoch, logger)
+                    loop.stop_early(progress, global_epoch, logger)
                     break
-            common.restore_best(progress, patience, partial(_load_best, module))
+            loop.restore_best(progress, patience, partial(_load_best, module))
             _update_handler(handler, module)
     finally:
         if bar is not None:
@@ -472,14 +468,4 @@ def _update_handler(handler: Any, module: Any) -> None:
     handler.aux_params.update({k: v.copy() for k, v in auxs.items()})
 
 
-__all__ = [
-    "History",
-    "Phase",
-    "Settings",
-    "Result",
-    "train",
-    "scheduled_lr",
-    "LR_SCHEDULES",
-    "clear_checkpoint",
-    "checkpoint_seed",
-]
+__all__ = ["train", "build_module", "evaluate"]

@@ -1,9 +1,8 @@
 """The training loop of the fine-tuning repurposers for PyTorch source networks.
 
-The twin of :mod:`xfer.repurposers._mxnet_training`; both take their backend-neutral pieces
-from :mod:`xfer.repurposers._training_common` (:class:`~xfer.repurposers._training_common.History`,
-:class:`~xfer.repurposers._training_common.Phase`,
-:class:`~xfer.repurposers._training_common.Settings`, the per-epoch learning-rate schedules, the
+The twin of :mod:`xfer.fine_tuning.mxnet`; both take their backend-neutral pieces
+from :mod:`xfer.fine_tuning` (:class:`~xfer.fine_tuning.history.History`,
+:class:`~xfer.fine_tuning.run.Phase`, :class:`~xfer.fine_tuning.run.Settings`, the per-epoch learning-rate schedules, the
 stateless shuffling order and seed derivation, the bookkeeping of each epoch, the checkpoint
 files). What is torch's own: the target network is a ``torch.nn.Module`` from
 :meth:`TorchModelHandler.get_module <xfer.model_handler.TorchModelHandler.get_module>` (fixed
@@ -48,18 +47,18 @@ from typing import Any
 import numpy as np
 
 from xfer.exceptions import InvalidArgumentError
-from xfer.repurposers import _training_common as common
-from xfer.repurposers._training_common import (
+from xfer.fine_tuning import checkpoint, loop
+from xfer.fine_tuning.run import (
     Phase,
     Progress,
     Result,
     Settings,
-    _derived_seed,
+    derived_seed,
     epoch_order,
     scheduled_lr,
 )
 
-logger = logging.getLogger("xfer.repurposers.torch_training")
+logger = logging.getLogger("xfer.fine_tuning.torch")
 
 #: Version of the torch checkpoint layout (its manifest also says ``"backend": "torch"``).
 CHECKPOINT_VERSION = 1
@@ -356,13 +355,13 @@ def write_checkpoint(
     arrays = {"params": _to_arrays(model.state_dict()), "optimizer": optimizer_arrays}
     if progress.best_params is not None:
         arrays["best"] = _to_arrays(progress.best_params)
-    common.write_checkpoint(
+    checkpoint.write_checkpoint(
         directory, progress, settings, arrays, layout, CHECKPOINT_VERSION, backend="torch"
     )
 
 
 def read_checkpoint(directory: Path, fingerprint: str) -> Progress:
-    return common.read_checkpoint(
+    return checkpoint.read_checkpoint(
         directory, fingerprint, CHECKPOINT_VERSION, _from_arrays, backend="torch"
     )
 
@@ -400,7 +399,7 @@ def train(
             "multiple of the world size."
         )
     is_writer = world is None or world[0] == 0
-    progress = common.initial_progress(settings, read_checkpoint, logger)
+    progress = loop.initial_progress(settings, read_checkpoint, logger)
     patience = settings.early_stopping_patience
     data = torch.as_tensor(np.ascontiguousarray(train_data, dtype=np.float32))
     labels = torch.as_tensor(np.asarray(train_labels, dtype=np.int64))
@@ -417,25 +416,25 @@ def train(
     total_epochs = sum(p.num_epochs for p in phases)
     bar = None
     if settings.verbose and is_writer:
-        bar = common.progress_bar(total_epochs, batches_per_epoch, len(progress.history))
+        bar = loop.progress_bar(total_epochs, batches_per_epoch, len(progress.history))
     global_epoch = len(progress.history)
     try:
-        with seeded(_derived_seed(settings.seed, 3), device):
-            for phase_index, phase, resuming_here in common.phases_to_run(phases, progress):
+        with seeded(derived_seed(settings.seed, 3), device):
+            for phase_index, phase, resuming_here in loop.phases_to_run(phases, progress):
                 model = handler.get_module(
                     fixed_layer_parameters=list(phase.fixed_parameters),
                     random_layer_parameters=list(phase.random_parameters)
                     if phase_index == 0
                     else None,
                     context=device,
-                    seed=_derived_seed(settings.seed, 0),
+                    seed=derived_seed(settings.seed, 0),
                 )
                 if resuming_here:
                     model.load_state_dict(_from_arrays(progress.params), strict=True)
                     progress.params = None
                     if progress.epochs_done >= phase.num_epochs:
                         # Interrupted at a phase boundary: finish the phase as the run would have.
-                        common.restore_best(progress, patience, partial(model.load_state_dict, strict=True))
+                        loop.restore_best(progress, patience, partial(model.load_state_dict, strict=True))
                         _update_handler(handler, model)
                         continue
                 optimizer, base_lr = _build_optimizer(model, phase, spec)
@@ -456,7 +455,7 @@ def train(
                     lr = scheduled_lr(settings.lr_schedule, base_lr, epoch, phase.num_epochs)
                     for group in optimizer.param_groups:
                         group["lr"] = lr * group["lr_mult"]
-                    torch.manual_seed(_derived_seed(settings.seed, 2, phase_index, epoch))
+                    torch.manual_seed(derived_seed(settings.seed, 2, phase_index, epoch))
                     order = epoch_order(settings.seed, phase_index, epoch, num_examples, batch_size)
                     started = time.perf_counter()
                     loss, accuracy = _run_epoch(
@@ -468,7 +467,7 @@ def train(
                     if val is not None:
                         val_loss, val_accuracy = evaluate(model, *val, batch_size, device)
                     global_epoch += 1
-                    stopped = common.record_epoch(
+                    stopped = loop.record_epoch(
                         progress,
                         phase,
                         epoch,
@@ -496,9 +495,9 @@ def train(
                     if epoch_end is not None:
                         epoch_end(global_epoch)
                     if stopped:
-                        common.stop_early(progress, global_epoch, logger)
+                        loop.stop_early(progress, global_epoch, logger)
                         break
-                common.restore_best(progress, patience, partial(model.load_state_dict, strict=True))
+                loop.restore_best(progress, patience, partial(model.load_state_dict, strict=True))
                 _update_handler(handler, model)
     finally:
         if bar is not None:
