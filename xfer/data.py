@@ -134,6 +134,31 @@ class Batches:
             yield Batch(data, labels, num_valid)
 
 
+def data_descs(descs: Any) -> list:
+    """An iterator's ``provide_data``/``provide_label`` as a list of ``mx.io.DataDesc``.
+
+    MXNet iterators describe their arrays either with ``DataDesc`` objects (``NDArrayIter``) or
+    with plain ``(name, shape)`` tuples (``ImageIter``, ``ImageRecordIter``, ``CSVIter``,
+    ``PrefetchingIter``, many user iterators); both are accepted. ``None`` gives ``[]``.
+    """
+    from xfer._mxnet import mx
+
+    result = []
+    for desc in descs or []:
+        if isinstance(desc, mx.io.DataDesc):
+            result.append(desc)
+        elif isinstance(desc, (tuple, list)) and len(desc) >= 2 and isinstance(desc[0], str):
+            result.append(mx.io.DataDesc(desc[0], tuple(desc[1])))
+        elif hasattr(desc, "name") and hasattr(desc, "shape"):
+            result.append(mx.io.DataDesc(desc.name, tuple(desc.shape)))
+        else:
+            raise InvalidTypeError(
+                f"A data iterator's provide_data/provide_label entry must be an mx.io.DataDesc or a "
+                f"(name, shape) tuple, got {desc!r}."
+            )
+    return result
+
+
 def _is_dataiter(data: Any) -> bool:
     if "mxnet" not in sys.modules:  # no DataIter can exist before mxnet is imported
         return False
@@ -295,7 +320,7 @@ def as_batches(
                 "Labels were passed together with an mx.io.DataIter: the iterator's own labels are "
                 "used. Put the labels in the iterator, or pass the data as a NumPy array."
             )
-        descs = data.provide_data
+        descs = data_descs(data.provide_data)
         if len(descs) != 1:
             raise InvalidArgumentError(
                 f"The data iterator provides {len(descs)} inputs ({[d.name for d in descs]}); "
@@ -343,4 +368,4 @@ def as_batches(
     return Batches(data, labels, size, data.shape[1:], len(data), labels is not None, dtype=dtype)
 
 
-__all__ = ["Batch", "Batches", "as_batches", "DEFAULT_BATCH_SIZE"]
+__all__ = ["Batch", "Batches", "as_batches", "data_descs", "DEFAULT_BATCH_SIZE"]

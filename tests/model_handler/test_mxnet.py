@@ -107,9 +107,15 @@ class TestConstruction:
         with pytest.raises(ModelError, match="run one forward pass"):
             ModelHandler(block)
 
-    def test_module_without_parameters_is_refused(self):
-        with pytest.raises(ModelError, match="has no parameters"):
-            ModelHandler(mx.mod.Module(branched_symbol(), label_names=None))
+    def test_module_without_parameters_edits_but_cannot_read_features(self):
+        # As in Xfer: a graph without weights can be inspected and edited.
+        handler = ModelHandler(mx.mod.Module(branched_symbol(), label_names=None))
+        assert handler.arg_params == {} and handler.aux_params == {}
+        layers = handler.layer_names
+        handler.drop_layer_top()
+        assert handler.layer_names == layers[:-1]
+        with pytest.raises(ModelError, match="have no values"):
+            handler.get_layer_output(np.zeros((2, 2, 3, 3), np.float32), [handler.layer_names[0]])
 
     def test_wrong_type_is_refused(self):
         with pytest.raises(InvalidTypeError, match="Cannot build a ModelHandler from builtins.dict"):
@@ -151,8 +157,14 @@ class TestInspection:
     def test_unknown_layer_lists_closest_names(self, handler):
         with pytest.raises(LayerNotFoundError, match=r"'conv3' is not in the model\. Did you mean: 'conv2', 'conv1'"):
             handler.get_layer_type("conv3")
-        with pytest.raises(ValueError):  # Xfer users catch ValueError
-            handler.get_layer_parameters(["fc9"])
+
+    def test_parameters_of_a_layer_not_in_the_model_are_none(self, handler, caplog):
+        # Xfer returns [] (its ModelHandler demo asks for a layer removed by drop_layer_bottom).
+        with caplog.at_level("WARNING", logger="xfer.model_handler"):
+            assert handler.get_layer_parameters(["fc9", "conv1"]) == ["conv1_weight", "conv1_bias"]
+        assert "['fc9'] are not in the model" in caplog.text and "Did you mean: 'fc2', 'fc1'" in caplog.text
+        handler.drop_layer_bottom()
+        assert handler.get_layer_parameters(["conv1"]) == []
 
     def test_layer_parameters_are_matched_exactly(self):
         data = mx.sym.var("data")
@@ -315,6 +327,14 @@ class TestSurgery:
     def test_add_above_output_layer_is_refused(self, handler):
         with pytest.raises(ModelError, match="ends in the output layer 'softmax' \\(SoftmaxOutput\\).*drop_layer_top"):
             handler.add_layer_top([mx.sym.FullyConnected(num_hidden=2, name="fc_new")])
+        with pytest.raises(ModelError, match="ends in the output layer"):  # one layer, as Xfer
+            handler.add_layer_top(mx.sym.FullyConnected(num_hidden=2, name="fc_new"))
+
+    def test_one_layer_without_a_list(self, handler):
+        handler.drop_layer_top()
+        handler.add_layer_top(mx.sym.FullyConnected(num_hidden=2, name="fc_new"))
+        handler.add_layer_bottom(mx.sym.Activation(act_type="relu", name="relu_in"))
+        assert handler.layer_names[0] == "relu_in" and handler.layer_names[-1] == "fc_new"
 
     def test_new_layer_names_are_checked(self, handler):
         handler.drop_layer_top(2)
@@ -327,7 +347,7 @@ class TestSurgery:
                 [mx.sym.FullyConnected(num_hidden=2, name="twice"), mx.sym.FullyConnected(num_hidden=2, name="twice")]
             )
         with pytest.raises(InvalidTypeError, match="layer_list must be a list"):
-            handler.add_layer_top(mx.sym.FullyConnected(num_hidden=2, name="fc_new"))
+            handler.add_layer_top("fc_new")
         with pytest.raises(InvalidTypeError, match="Layer 0 of the list is a str"):
             handler.add_layer_top(["fc_new"])
         with pytest.raises(InvalidArgumentError, match="layer_list is empty"):
@@ -374,8 +394,8 @@ class TestGetModule:
         with pytest.raises(InvalidTypeError, match="needs an mx.io.DataIter"):
             handler.get_module(np.zeros((2, 1, 8, 8)))
         iterator = mx.io.NDArrayIter(np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.float32), batch_size=2, label_name="softmax_label")
-        with pytest.raises(InvalidArgumentError, match=r"fixed_layer_parameters names parameters the model does not have: \['conv9_weight'\]"):
-            handler.get_module(iterator, fixed_layer_parameters=["conv9_weight"])
+        with pytest.raises(InvalidTypeError, match="must be a list of parameter names"):
+            handler.get_module(iterator, fixed_layer_parameters="conv1_weight")
         with pytest.raises(LayerNotFoundError, match="'conv9' is not in the model"):
             handler.get_module(iterator, random_layers=["conv9"])
 

@@ -205,8 +205,7 @@ def test_unknown_layers_are_value_errors_with_hints(case, request):
     first = case.feature_layers[0]
     with pytest.raises(LayerNotFoundError, match=rf"{first + 'x'!r} is not in the model\. Did you mean: {first!r}"):
         handler.get_layer_type(first + "x")
-    with pytest.raises(ValueError, match="is not in the model"):
-        handler.get_layer_parameters(["no_such_layer"])
+    assert handler.get_layer_parameters(["no_such_layer"]) == []  # Xfer: none, with a warning
     with pytest.raises(InvalidTypeError, match=rf"pass \[{first!r}\]"):
         handler.get_layer_parameters(first)
 

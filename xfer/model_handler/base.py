@@ -6,7 +6,7 @@ import logging
 import shutil
 from typing import Any, ClassVar
 
-from xfer.exceptions import InvalidTypeError, MissingDependencyError
+from xfer.exceptions import InvalidTypeError, MissingDependencyError, closest_names_hint
 
 logger = logging.getLogger("xfer.model_handler")
 
@@ -88,6 +88,35 @@ class ModelHandler:
             self._frozen.clear()
         else:
             self._frozen -= set(self._check_layer_names(layer_names))
+
+    # Xfer ignores names that are not in the model (a layer dropped earlier, a parameter of
+    # another model) with a logged warning; both backends do the same through these two helpers.
+    def _prune_parameters(self, parameter_names: Any, argument: str, known: set[str]) -> list[str]:
+        """The names among ``parameter_names`` that are in ``known``; the others are logged."""
+        if parameter_names is None:
+            return []
+        if isinstance(parameter_names, str) or not isinstance(parameter_names, (list, tuple, set)):
+            raise InvalidTypeError(
+                f"{argument} must be a list of parameter names, got {parameter_names!r}."
+            )
+        missing = [name for name in parameter_names if name not in known]
+        if missing:
+            logger.warning("Could not find layer parameters: %s", ", ".join(map(str, missing)))
+        return [name for name in parameter_names if name in known]
+
+    def _present_layers(self, layer_names: Any) -> list[str]:
+        """``layer_names`` that are layers of the model; the others are logged and skipped."""
+        if isinstance(layer_names, str) or not isinstance(layer_names, (list, tuple)):
+            self._check_layer_names(layer_names)  # raises the type error with its hint
+        known = set(self.layer_names)
+        absent = [name for name in layer_names if name not in known]
+        if absent:
+            logger.warning(
+                "Layers %s are not in the model, so they have no parameters.%s",
+                absent,
+                closest_names_hint(str(absent[0]), self.layer_names),
+            )
+        return [name for name in layer_names if name in known]
 
     @property
     def frozen_layers(self) -> list[str]:

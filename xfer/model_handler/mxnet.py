@@ -16,7 +16,7 @@ import numpy as np
 
 from xfer._mxnet import mx
 from xfer.context import devices_from_function, to_mxnet
-from xfer.data import as_batches
+from xfer.data import as_batches, data_descs
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -168,10 +168,9 @@ class MXNetModelHandler(ModelHandler):
             elif getattr(module, "_arg_params", None) is not None:  # Module.load(...), not bound
                 args, auxs = module._arg_params, module._aux_params or {}
             else:
-                raise ModelError(
-                    "The Module has no parameters: bind it and call init_params()/set_params(), or "
-                    "load it with mx.mod.Module.load(prefix, epoch)."
-                )
+                # As in Xfer: a graph without weights can be inspected and edited; reading
+                # features from it (or training it) says which parameters have no values.
+                args, auxs = {}, {}
             if module.binded:
                 for desc in module.data_shapes:
                     if desc.name == self.data_name:
@@ -275,12 +274,18 @@ class MXNetModelHandler(ModelHandler):
         """Names of the parameters (arguments and auxiliary states) of exactly these layers.
 
         Matching is by graph structure, never by name prefix: ``['conv1']`` does not return the
-        parameters of ``conv10``.
+        parameters of ``conv10``. A layer that is not in the graph (for instance one removed by
+        ``drop_layer_bottom``) has no parameters: it contributes none, with a logged warning,
+        as in Xfer.
+
+        Raises
+        ------
+        InvalidTypeError
+            ``layer_names`` is not a list (a single name must be given as ``[name]``).
         """
-        layer_names = self._check_layer_names(layer_names)
         graph = _Graph(self.symbol)
         names: list[str] = []
-        for layer in layer_names:
+        for layer in self._present_layers(layer_names):
             for inp in graph.nodes[graph.index[layer]]["inputs"]:
                 node = graph.nodes[inp[0]]
                 if node["op"] == "null" and node["name"] != self.data_name and not node["name"].endswith("_label"):
@@ -406,7 +411,9 @@ class MXNetModelHandler(ModelHandler):
         return candidates[0]
 
     def _check_new_layers(self, layer_list: Any) -> list:
-        if isinstance(layer_list, mx.sym.Symbol) or not isinstance(layer_list, (list, tuple)):
+        if isinstance(layer_list, mx.sym.Symbol):  # one layer, as Xfer also accepts
+            layer_list = [layer_list]
+        if not isinstance(layer_list, (list, tuple)):
             raise InvalidTypeError(
                 "layer_list must be a list of unconnected mx.sym layers, e.g. "
                 "[mx.sym.FullyConnected(num_hidden=10, name='fc_new')]."
@@ -439,7 +446,7 @@ class MXNetModelHandler(ModelHandler):
         return list(layer_list)
 
     def add_layer_top(self, layer_list: list) -> None:
-        """Stack unconnected ``mx.sym`` layers on the output, in list order.
+        """Stack unconnected ``mx.sym`` layers (a list, or one layer) on the output, in list order.
 
         Raises
         ------
@@ -448,7 +455,6 @@ class MXNetModelHandler(ModelHandler):
         InvalidArgumentError
             A new layer's name clashes with the model or contains a reserved part.
         """
-        layers = self._check_new_layers(layer_list)
         graph = _Graph(self.symbol)
         top = graph.nodes[self._single_head(graph)]
         if top["op"] in OUTPUT_LAYER_TYPES:
@@ -456,13 +462,15 @@ class MXNetModelHandler(ModelHandler):
                 f"The model ends in the output layer {top['name']!r} ({top['op']}); nothing can be "
                 "added above it. Drop it first with drop_layer_top()."
             )
+        layers = self._check_new_layers(layer_list)
         symbol = self.symbol
         for position, layer in enumerate(layers):
             symbol = layer(**{self._free_input(layer, position): symbol})
         self.update_sym(symbol)
 
     def add_layer_bottom(self, layer_list: list) -> None:
-        """Insert unconnected ``mx.sym`` layers between the input and the first layer, in list order.
+        """Insert unconnected ``mx.sym`` layers (a list, or one layer) between the input and the
+        first layer, in list order.
 
         The first layer of the list reads the input; the model's old first layer reads the last.
         """
@@ -552,7 +560,7 @@ class MXNetModelHandler(ModelHandler):
     # ------------------------------------------------------------------ features
     def get_layer_output(
         self,
-        data: Any,
+        data_iterator: Any,
         layer_names: list[str],
         context: Any = None,
         batch_size: int | None = None,
@@ -565,9 +573,9 @@ class MXNetModelHandler(ModelHandler):
 
         Parameters
         ----------
-        data : numpy.ndarray or mx.io.DataIter
+        data_iterator : numpy.ndarray or mx.io.DataIter
             Examples along the first axis (``N x C x H x W`` for a CNN), or an iterator (reset
-            first; labels optional).
+            first; labels optional). Xfer's name, kept for its keyword calls.
         layer_names : list of str
             Layers to read, returned in this order.
         context : str, mx.Context or list, optional
@@ -597,7 +605,7 @@ class MXNetModelHandler(ModelHandler):
         if not layer_names:
             raise InvalidArgumentError("layer_names is empty: give at least one layer.")
         contexts = to_mxnet(context, default=self.devices)
-        batches = as_batches(data, batch_size=batch_size)
+        batches = as_batches(data_iterator, batch_size=batch_size)
         if batches.batch_size < len(contexts):
             raise InvalidArgumentError(
                 f"A batch of {batches.batch_size} cannot be split over {len(contexts)} devices: use a "
@@ -684,7 +692,8 @@ class MXNetModelHandler(ModelHandler):
         iterator : mx.io.DataIter
             Gives the data and label shapes.
         fixed_layer_parameters, random_layer_parameters : list of str, optional
-            Xfer's spelling: parameter names to keep fixed / to re-initialise.
+            Xfer's spelling: parameter names to keep fixed / to re-initialise. Names the model
+            does not have are ignored with a logged warning, as in Xfer.
         fixed_layers, random_layers : list of str, optional
             The same by layer name. Layers frozen with :meth:`freeze` are fixed too. Fixed
             BatchNorm layers use their stored statistics and never update them.
@@ -697,8 +706,6 @@ class MXNetModelHandler(ModelHandler):
         ------
         InvalidTypeError
             ``iterator`` is not an ``mx.io.DataIter``.
-        InvalidArgumentError
-            An unknown parameter name.
         """
         if not isinstance(iterator, mx.io.DataIter):
             raise InvalidTypeError(
@@ -706,16 +713,8 @@ class MXNetModelHandler(ModelHandler):
                 f"{type(iterator).__name__}; wrap arrays with mx.io.NDArrayIter(data, label, batch_size)."
             )
         known = set(self.symbol.list_arguments()) | set(self.symbol.list_auxiliary_states())
-        for argument, names in (
-            ("fixed_layer_parameters", fixed_layer_parameters),
-            ("random_layer_parameters", random_layer_parameters),
-        ):
-            unknown = [n for n in names or [] if n not in known]
-            if unknown:
-                raise InvalidArgumentError(
-                    f"{argument} names parameters the model does not have: {unknown}. Parameter "
-                    "names come from get_layer_parameters([...])."
-                )
+        fixed_layer_parameters = self._prune_parameters(fixed_layer_parameters, "fixed_layer_parameters", known)
+        random_layer_parameters = self._prune_parameters(random_layer_parameters, "random_layer_parameters", known)
         fixed_layer_set = set(self._frozen) | set(self._check_layer_names(fixed_layers or [], "fixed_layers"))
         fixed = set(fixed_layer_parameters or []) | set(self.get_layer_parameters(sorted(fixed_layer_set)))
         random = set(random_layer_parameters or []) | set(
@@ -730,15 +729,17 @@ class MXNetModelHandler(ModelHandler):
         ]
         symbol = _with_global_stats(self.symbol, fixed_bn)
         arguments = set(symbol.list_arguments())
-        label_names = [desc.name for desc in iterator.provide_label or []]
+        data_shapes = data_descs(iterator.provide_data)
+        label_shapes = data_descs(iterator.provide_label) or None
+        label_names = [desc.name for desc in label_shapes or []]
         module = mx.mod.Module(
             symbol,
-            data_names=[desc.name for desc in iterator.provide_data],
+            data_names=[desc.name for desc in data_shapes],
             label_names=label_names,
             context=to_mxnet(context, default=self.devices),
             fixed_param_names=sorted(fixed & arguments),
         )
-        module.bind(data_shapes=iterator.provide_data, label_shapes=iterator.provide_label)
+        module.bind(data_shapes=data_shapes, label_shapes=label_shapes)
         module.init_params(
             initializer=initializer or mx.init.Xavier(**_XAVIER),
             arg_params={k: v for k, v in self.arg_params.items() if k not in random},

@@ -406,11 +406,16 @@ class TorchModelHandler(ModelHandler):
         ``['conv1']`` gives ``['conv1.weight', 'conv1.bias']`` and never the parameters of
         ``conv10``; a BatchNorm layer gives ``weight, bias, running_mean, running_var,
         num_batches_tracked``. Parameters used by function calls outside any layer module belong
-        to no layer.
+        to no layer. A layer that is not in the model contributes none, with a logged warning,
+        as in Xfer.
+
+        Raises
+        ------
+        InvalidTypeError
+            ``layer_names`` is not a list (a single name must be given as ``[name]``).
         """
-        layer_names = self._check_layer_names(layer_names)
         names: list[str] = []
-        for layer in layer_names:
+        for layer in self._present_layers(layer_names):
             path = self._layers[layer].module_path
             if path is None:
                 continue
@@ -674,7 +679,7 @@ class TorchModelHandler(ModelHandler):
     # ------------------------------------------------------------------ features
     def get_layer_output(
         self,
-        data: Any,
+        data_iterator: Any,
         layer_names: list[str],
         context: Any = None,
         batch_size: int | None = None,
@@ -690,10 +695,10 @@ class TorchModelHandler(ModelHandler):
 
         Parameters
         ----------
-        data : numpy.ndarray, torch.Tensor, torch Dataset or DataLoader, mx.io.DataIter, list of str
+        data_iterator : numpy.ndarray, torch.Tensor, torch Dataset or DataLoader, mx.io.DataIter, list of str
             Examples along the first axis; a Dataset or DataLoader of ``x`` or ``(x, y)``; for a
             model whose forward takes a list of strings (:func:`xfer.zoo.minilm`), a list of
-            strings.
+            strings. (Xfer's name for the argument.)
         layer_names : list of str
             Layers to read, returned in this order (``"output"``: the model's return value).
         context : str or torch.device, optional
@@ -726,7 +731,7 @@ class TorchModelHandler(ModelHandler):
         if not layer_names:
             raise InvalidArgumentError("layer_names is empty: give at least one layer.")
         device = to_torch(context, default=self.devices[0])
-        batches = as_batches(data, batch_size=batch_size, allow_text=True)
+        batches = as_batches(data_iterator, batch_size=batch_size, allow_text=True)
         runner = self._runner(layer_names)
         if not _all_on(runner.model, device):
             runner = runner.moved(device)
@@ -830,6 +835,7 @@ class TorchModelHandler(ModelHandler):
             Unused (Xfer's MXNet ``get_module`` needs data shapes; a torch module does not).
         fixed_layer_parameters, random_layer_parameters : list of str, optional
             Xfer's spelling: parameter names (``'conv1.weight'``) to keep fixed / to re-initialise.
+            Names the model does not have are ignored with a logged warning, as in Xfer.
         fixed_layers, random_layers : list of str, optional
             The same by layer name. Layers frozen with :meth:`freeze` are fixed too; random
             parameters are never fixed.
@@ -848,26 +854,14 @@ class TorchModelHandler(ModelHandler):
 
         Raises
         ------
-        InvalidArgumentError
-            An unknown parameter name.
         LayerNotFoundError
             An unknown layer name.
         ModelError
             A random layer has no ``reset_parameters()``.
         """
         known = set(self.arg_params) | set(self.aux_params)
-        for argument, names in (
-            ("fixed_layer_parameters", fixed_layer_parameters),
-            ("random_layer_parameters", random_layer_parameters),
-        ):
-            if isinstance(names, str):
-                raise InvalidTypeError(f"{argument} must be a list of parameter names, got {names!r}.")
-            unknown = [n for n in names or [] if n not in known]
-            if unknown:
-                raise InvalidArgumentError(
-                    f"{argument} names parameters the model does not have: {unknown}. Parameter "
-                    "names come from get_layer_parameters([...])."
-                )
+        fixed_layer_parameters = self._prune_parameters(fixed_layer_parameters, "fixed_layer_parameters", known)
+        random_layer_parameters = self._prune_parameters(random_layer_parameters, "random_layer_parameters", known)
         fixed_layer_set = set(self._frozen) | set(self._check_layer_names(fixed_layers or [], "fixed_layers"))
         random_layer_list = self._check_layer_names(random_layers or [], "random_layers")
         fixed = set(fixed_layer_parameters or []) | set(self.get_layer_parameters(sorted(fixed_layer_set)))
