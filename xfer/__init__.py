@@ -1,20 +1,38 @@
-"""xfer: transfer learning for pretrained MXNet and PyTorch networks."""
+"""xfer: transfer learning for pretrained MXNet and PyTorch networks.
 
+``import xfer`` is light: the public names below and the submodules (``xfer.zoo``,
+``xfer.datasets``, ``xfer.files``, ``xfer.metrics``, ``xfer.model_handler``...) are imported on
+first use, so MXNet, PyTorch and the model packages load only when something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+import xfer._numpy_compat  # noqa: F401  (refuses NumPy >= 2; the alias MXNet needs)
 from xfer._version import __version__
-from xfer.repurposers import (
-    BnnRepurposer,
-    GpRepurposer,
-    LrRepurposer,
-    MetaModelRepurposer,
-    NeuralNetworkFineTuneRepurposer,
-    NeuralNetworkRandomFreezeRepurposer,
-    NeuralNetworkRepurposer,
-    Repurposer,
-    SvmRepurposer,
-)
-from xfer.serialization import load
 
-__all__ = [
+#: Public name -> the module that defines it (imported on first use).
+_EXPORTS = {
+    "Repurposer": "xfer.repurposers",
+    "MetaModelRepurposer": "xfer.repurposers",
+    "NeuralNetworkRepurposer": "xfer.repurposers",
+    "NeuralNetworkFineTuneRepurposer": "xfer.repurposers",
+    "NeuralNetworkRandomFreezeRepurposer": "xfer.repurposers",
+    "LrRepurposer": "xfer.repurposers",
+    "SvmRepurposer": "xfer.repurposers",
+    "GpRepurposer": "xfer.repurposers",
+    "BnnRepurposer": "xfer.repurposers",
+    "load": "xfer.serialization",
+}
+#: Submodules reachable as attributes after ``import xfer`` (imported on first use).
+_SUBMODULES = (
+    "cli", "context", "data", "datasets", "exceptions", "files", "meta_model_repurposer",
+    "metrics", "model_handler", "repurposers", "serialization", "testing", "toy_models", "zoo",
+)  # fmt: skip
+
+__all__ = [  # the names of _EXPORTS, spelled out for static tools
     "__version__",
     "Repurposer",
     "MetaModelRepurposer",
@@ -27,3 +45,33 @@ __all__ = [
     "BnnRepurposer",
     "load",
 ]
+
+if TYPE_CHECKING:  # what static tools see
+    from xfer.repurposers import (
+        BnnRepurposer,
+        GpRepurposer,
+        LrRepurposer,
+        MetaModelRepurposer,
+        NeuralNetworkFineTuneRepurposer,
+        NeuralNetworkRandomFreezeRepurposer,
+        NeuralNetworkRepurposer,
+        Repurposer,
+        SvmRepurposer,
+    )
+    from xfer.serialization import load
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        if name == "load":
+            importlib.import_module("xfer.repurposers")  # registers the built-in heads
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'xfer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

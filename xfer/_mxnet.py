@@ -1,7 +1,7 @@
 """The one place that imports MXNet.
 
-MXNet 1.9.1 still refers to ``np.bool``, which NumPy removed in 1.24. The alias is applied here,
-once, before the first ``import mxnet``; every other module does ``from xfer._mxnet import mx``.
+Every module does ``from xfer._mxnet import mx``. The NumPy alias MXNet 1.9.1 needs (``np.bool``)
+and the NumPy < 2 check are applied at ``import xfer``, by :mod:`xfer._numpy_compat`, before this.
 
 Importing MXNet also calls ``omp_set_num_threads(1)`` in the importing thread. PyTorch shares the
 OpenMP runtime, so every torch CPU operation afterwards (GP, BNN, torch fine-tuning) would run on
@@ -17,10 +17,7 @@ import ctypes
 import os
 import sys
 
-import numpy as np
-
-if "bool" not in vars(np):  # hasattr() would trigger NumPy's FutureWarning
-    np.bool = np.bool_  # type: ignore[attr-defined]  # MXNet 1.9.1 needs the pre-1.24 alias
+import xfer._numpy_compat  # noqa: F401  (NumPy < 2 and the np.bool alias, before mxnet loads)
 
 # Silence the per-bind "Subgraph backend MKLDNN is activated" log line (users can override).
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")

@@ -131,6 +131,8 @@ def _lookup(key: Any, manifest_path: Path) -> type:
     if not isinstance(key, str):
         raise SerializationError(f"{manifest_path}: 'class_key' must be a string, got {key!r}.")
     if key not in _REGISTRY:
+        import xfer.repurposers  # noqa: F401  (``import xfer`` is lazy: register the built-in heads)
+    if key not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise SerializationError(
             f"{manifest_path} was saved by the repurposer class {key!r}, which is not registered "
