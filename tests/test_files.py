@@ -16,8 +16,9 @@ from xfer._mxnet import mx
 from xfer.exceptions import DataFileError, DataFileNotFoundError, InvalidArgumentError
 from xfer.files import ImageFolder, SkippedFile, read_texts, resize_images
 from xfer.model_handler import ModelHandler
+from xfer.testing import IMAGE_COLOURS, write_image_folder
 
-COLOURS = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 190, 40)}
+COLOURS = IMAGE_COLOURS
 
 
 def write_image(path: Path, colour, size=(20, 16), seed=0, mode="RGB") -> Path:
@@ -31,10 +32,7 @@ def write_image(path: Path, colour, size=(20, 16), seed=0, mode="RGB") -> Path:
 
 
 def write_folder(root: Path, per_class=4, classes=("red", "blue")) -> Path:
-    for c in classes:
-        for i in range(per_class):
-            write_image(root / c / f"{i}.{'png' if i % 2 else 'jpg'}", COLOURS[c], seed=i)
-    return root
+    return write_image_folder(root, classes, per_class)
 
 
 def torch_cnn() -> torch.nn.Module:

@@ -28,3 +28,45 @@ def test_ten_lines_and_same_code_pytorch_model(tmp_path, monkeypatch, capsys):
     scores = dict(line.split() for line in capsys.readouterr().out.strip().splitlines())
     assert set(scores) == {"mxnet", "torch"}
     assert abs(float(scores["mxnet"]) - float(scores["torch"])) <= 0.01
+
+
+def section_commands(title: str) -> list[str]:
+    """The commands of the first bash block of a README section (comments and continuations joined)."""
+    text = README.read_text()
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_two_cli_commands_from_a_folder_of_images_to_a_saved_model_and_a_report(tmp_path):
+    """The README's two commands, as written, on a folder of real images (Fashion-MNIST PNGs)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from xfer.datasets import load_fashion_mnist
+
+    images = load_fashion_mnist("test", n_per_class=5, random_state=0)
+    for image, label in zip(images.data, images.labels):
+        if label in ("Trouser", "Bag", "Sneaker"):
+            folder = tmp_path / "photos" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{len(list(folder.iterdir()))}.png")
+    commands = section_commands("From a folder of images to a saved model: two commands")
+    assert [c.split()[:2] for c in commands] == [["xfer", "fit"], ["xfer", "evaluate"]]
+    env = dict(os.environ, PYTHONPATH=str(README.parent), MPLBACKEND="Agg")
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", "xfer", *command.split()[1:]], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "my_report" / "metrics.json").read_text())
+    assert metrics["examples"] == 3 and metrics["accuracy"] >= 2 / 3
+    for name in ("report.md", "confusion_matrix.png", "reliability_diagram.png", "predictions.csv"):
+        assert (tmp_path / "my_report" / name).stat().st_size > 0
+    assert (tmp_path / "my_model.json").is_file() and (tmp_path / "my_model.cli.json").is_file()

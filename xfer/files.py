@@ -71,6 +71,7 @@ __all__ = [
     "TextData",
     "read_texts",
     "resize_images",
+    "stratified_split",
 ]
 
 
@@ -248,6 +249,51 @@ def _labels_array(labels: list[Any] | None) -> np.ndarray | None:
     return np.asarray(labels)
 
 
+def stratified_split(
+    labels: Any, test_fraction: float = 0.2, random_state: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a seeded train/test split that holds out ``test_fraction`` of every class.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,)
+        The label of each example.
+    test_fraction : float, default=0.2
+        Share of each class held out (rounded; at least one example of every class, and at least
+        one left for training).
+    random_state : int or None, default=0
+        Seed of the split.
+
+    Returns
+    -------
+    train_index, test_index : ndarray of int
+        Sorted positions of the two parts.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A fraction outside (0, 1), or a class with fewer than 2 examples.
+    """
+    if not isinstance(test_fraction, float) or not 0.0 < test_fraction < 1.0:
+        raise InvalidArgumentError(
+            f"test_fraction must be a float in (0, 1), got {test_fraction!r}."
+        )
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(random_state)
+    test: list[int] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 2:
+            raise InvalidArgumentError(
+                f"Class {label!r} has {len(members)} example; a train/test split needs at least 2 "
+                "of every class."
+            )
+        count = min(max(1, round(test_fraction * len(members))), len(members) - 1)
+        test.extend(rng.choice(members, size=count, replace=False).tolist())
+    test_index = np.sort(np.asarray(test, dtype=np.int64))
+    return np.setdiff1d(np.arange(len(labels)), test_index), test_index
+
+
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
@@ -259,8 +305,10 @@ def _pil() -> Any:
     return Image, ImageOps
 
 
-def resize_images(images: Sequence[np.ndarray], image_size: int = 224) -> np.ndarray:
-    """Stretch RGB images to ``image_size`` x ``image_size``: the default preprocessing.
+def resize_images(
+    images: Sequence[np.ndarray], image_size: int = 224, mode: str = "stretch", grey: bool = False
+) -> np.ndarray:
+    """Resize RGB images to ``image_size`` x ``image_size``: the default preprocessing.
 
     Parameters
     ----------
@@ -268,19 +316,43 @@ def resize_images(images: Sequence[np.ndarray], image_size: int = 224) -> np.nda
         H x W x 3 ``uint8`` images (any sizes), as :class:`ImageFolder` decodes them.
     image_size : int, default=224
         Side of the output.
+    mode : {"stretch", "crop"}, default="stretch"
+        ``"stretch"``: resize the whole image to S x S. ``"crop"``: resize the short side to S,
+        keeping the aspect ratio, and cut the centre S x S.
+    grey : bool, default=False
+        Return one luminance channel (ITU-R 601-2, as Pillow's ``"L"`` mode) instead of RGB.
 
     Returns
     -------
     ndarray
-        float32, N x 3 x S x S (channels first), pixel values 0..255 unchanged in scale.
+        float32, N x C x S x S (channels first; C is 3, or 1 with ``grey``), pixel values 0..255.
+
+    Raises
+    ------
+    InvalidArgumentError
+        An unknown ``mode``.
     """
+    if mode not in ("stretch", "crop"):
+        raise InvalidArgumentError(f"mode must be 'stretch' or 'crop', got {mode!r}.")
     Image, _ = _pil()
-    out = np.empty((len(images), 3, image_size, image_size), dtype=np.float32)
-    for n, image in enumerate(images):
-        resized = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(
-            (image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0
-        )
-        out[n] = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)
+    out = np.empty((len(images), 1 if grey else 3, image_size, image_size), dtype=np.float32)
+    for n, pixels in enumerate(images):
+        image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
+        if grey:
+            image = image.convert("L")
+        width, height = image.size
+        size = (image_size, image_size)
+        box = None
+        if mode == "crop":
+            scale = image_size / min(width, height)
+            size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+            left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+            box = (left, top, left + image_size, top + image_size)
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        if box is not None:
+            image = image.crop(box)
+        array = np.asarray(image, dtype=np.float32)
+        out[n] = array[None] if grey else array.transpose(2, 0, 1)
     return out
 
 
@@ -573,23 +645,7 @@ class ImageFolder(torch.utils.data.Dataset):
             raise InvalidArgumentError(
                 f"{self.source} has no labels, so it cannot be split by class."
             )
-        if not isinstance(test_fraction, float) or not 0.0 < test_fraction < 1.0:
-            raise InvalidArgumentError(
-                f"test_fraction must be a float in (0, 1), got {test_fraction!r}."
-            )
-        rng = np.random.default_rng(random_state)
-        test: list[int] = []
-        for label in self.classes:
-            members = np.flatnonzero(self.labels == label)
-            if len(members) < 2:
-                raise InvalidArgumentError(
-                    f"Class {label!r} has {len(members)} image; a train/test split needs at least 2 "
-                    "of every class."
-                )
-            count = min(max(1, round(test_fraction * len(members))), len(members) - 1)
-            test.extend(rng.choice(members, size=count, replace=False).tolist())
-        test_index = np.sort(np.asarray(test, dtype=np.int64))
-        train_index = np.setdiff1d(np.arange(len(self)), test_index)
+        train_index, test_index = stratified_split(self.labels, test_fraction, random_state)
         return self.subset(train_index), self.subset(test_index)
 
     def report(self) -> str:
@@ -662,6 +718,26 @@ class TextData:
     def classes(self) -> list:
         """The sorted distinct labels (empty without labels)."""
         return [] if self.labels is None else sorted(set(self.labels.tolist()))
+
+    def subset(self, indices: Sequence[int]) -> TextData:
+        """The texts at ``indices``.
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Positions in :attr:`texts`.
+
+        Returns
+        -------
+        TextData
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        return TextData(
+            [self.texts[i] for i in indices],
+            None if self.labels is None else self.labels[indices],
+            [self.sources[i] for i in indices],
+            list(self.skipped),
+        )
 
 
 def read_texts(

@@ -27,7 +27,10 @@ from xfer.exceptions import (
     NotFittedError,
 )
 
-__all__ = ["RepurposerTestCase", "make_blob_features", "make_tiny_source_model"]
+__all__ = ["RepurposerTestCase", "make_blob_features", "make_tiny_source_model", "write_image_folder"]
+
+#: RGB colour of each class :func:`write_image_folder` writes by default.
+IMAGE_COLOURS = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 190, 40)}
 
 
 def make_blob_features(
@@ -60,6 +63,48 @@ def make_tiny_source_model(n_inputs: int = 6, n_hidden: int = 8, n_outputs: int 
         "fc2_bias": mx.nd.zeros((n_outputs,)),
     }
     return net, arg_params, {}
+
+
+def write_image_folder(
+    root: Any,
+    classes: Any = ("red", "blue"),
+    per_class: int = 4,
+    size: tuple[int, int] = (20, 16),
+    seed: int = 0,
+) -> Any:
+    """Write real image files (one sub-folder per class) of noisy single colours, for tests.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The folder to write (created).
+    classes : sequence of str or dict of str to (R, G, B), default=("red", "blue")
+        Class names (from :data:`IMAGE_COLOURS`) or a mapping of class name to colour.
+    per_class : int, default=4
+        Images per class; even ones are written as JPEG, odd ones as PNG.
+    size : (int, int), default=(20, 16)
+        Width and height in pixels.
+    seed : int, default=0
+        Seed of the noise (image ``i`` of every class uses ``seed + i``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``root``.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    colours = classes if isinstance(classes, dict) else {c: IMAGE_COLOURS[c] for c in classes}
+    root = Path(root)
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            rng = np.random.default_rng(seed + i)
+            pixels = (np.array(colour) + rng.integers(-30, 30, (size[1], size[0], 3))).clip(0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
 
 
 def _gpu_available() -> bool:
