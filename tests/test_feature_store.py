@@ -1,0 +1,192 @@
+"""Sharded feature files: same features as in memory, resumable after a kill, parallel, safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xfer.exceptions import (
+    DataFileNotFoundError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    LayerNotFoundError,
+    SerializationError,
+)
+from xfer.feature_store import FeatureStore, extract_features
+from xfer.model_handler import ModelHandler
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["fc1", "relu2"]
+
+
+@pytest.fixture(scope="module")
+def in_memory(digits_source_model, digits_images):
+    images, labels = digits_images
+    outputs, _ = ModelHandler(digits_source_model).get_layer_output(images, LAYERS)
+    return np.concatenate([outputs[name] for name in LAYERS], axis=1)
+
+
+def test_store_holds_what_get_layer_output_gives(digits_source_model, digits_images, in_memory, tmp_path):
+    images, labels = digits_images
+    names = np.array([f"digit {d}" for d in labels])
+    store = extract_features(digits_source_model, images, LAYERS, tmp_path / "s", labels=names, shard_size=500)
+    assert len(store) == len(images) == store.num_examples
+    assert store.num_shards == 4 and store.shard_rows[-1] == (1500, 1797)
+    assert store.layer_names == LAYERS
+    assert [len(i) for i in store.feature_indices_per_layer] == [64, 512]
+    features, read_labels = store.to_array()
+    np.testing.assert_array_equal(features, in_memory)
+    np.testing.assert_array_equal(read_labels, names)
+    chunks = list(store.chunks(rows=700))  # crossing shard boundaries
+    assert [len(c) for c, _ in chunks] == [700, 700, 397]
+    np.testing.assert_array_equal(np.concatenate([c for c, _ in chunks]), in_memory)
+    rows = [1796, 3, 3, 1000, 499, 500]
+    np.testing.assert_array_equal(store.take(rows), in_memory[rows])
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "s", verify=True).rows(450, 1050), in_memory[450:1050])
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert files[:4] == ["manifest.json", "shard-00000-labels.npy", "shard-00000.json", "shard-00000.npy"]
+
+
+def test_chunk_size_follows_the_memory_setting(digits_source_model, digits_images, tmp_path):
+    images, _ = digits_images
+    extract_features(digits_source_model, images[:300], ["fc1"], tmp_path / "s", shard_size=128)
+    store = FeatureStore(tmp_path / "s", chunk_mb=64 * 8 * 50 / 2**20)  # 50 float64 rows of 64
+    assert store.chunk_rows() == 50
+    assert [len(c) for c, _ in store.chunks()] == [50] * 6
+    assert store.labels is None and store.has_labels is False
+
+
+def test_resumes_after_sigkill_without_redoing_finished_shards(digits_source_model, digits_images, in_memory, tmp_path):
+    """A process killed while writing a shard leaves a store that refuses to load; the same call
+    again extracts only the missing shards and gives the features of an uninterrupted run."""
+    images, labels = digits_images
+    np.save(tmp_path / "images.npy", images)
+    ModelHandler(digits_source_model).save_checkpoint(str(tmp_path / "source"))
+    store_dir = tmp_path / "store"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import numpy as np
+        import xfer.feature_store as fs
+        from xfer.model_handler import ModelHandler
+
+        original = fs.atomic_write_json
+
+        def write_json(path, obj):
+            if str(path).endswith("shard-00002.json"):  # its .npy files are written: die now
+                os.kill(os.getpid(), signal.SIGKILL)
+            original(path, obj)
+
+        fs.atomic_write_json = write_json
+        images = np.load({str(tmp_path / "images.npy")!r}, mmap_mode="r")
+        source = ModelHandler.load_checkpoint({str(tmp_path / "source")!r})
+        fs.extract_features(source, images, {LAYERS!r}, {str(store_dir)!r}, shard_size=400)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    assert result.returncode == -9, result.stderr.decode()[-2000:]
+    assert (store_dir / "shard-00002.npy").is_file() and not (store_dir / "shard-00002.json").exists()
+    with pytest.raises(SerializationError, match=r"incomplete: 3 of 5 shards are missing \(first: shard-00002\)"):
+        FeatureStore(store_dir)
+    finished = {name: (store_dir / name).stat().st_mtime_ns for name in ("shard-00000.npy", "shard-00001.npy")}
+    (store_dir / ".shard-00003.npy.abc.tmp").write_bytes(b"half a file")  # a temporary file left behind
+
+    images_map = np.load(tmp_path / "images.npy", mmap_mode="r")
+    source = ModelHandler.load_checkpoint(str(tmp_path / "source"))
+    store = extract_features(source, images_map, LAYERS, store_dir, shard_size=400)
+    np.testing.assert_allclose(store.to_array()[0], in_memory, rtol=1e-6, atol=1e-6)
+    assert {name: (store_dir / name).stat().st_mtime_ns for name in finished} == finished
+    assert not list(store_dir.glob(".*.tmp"))
+
+
+def test_ranks_and_local_processes_extract_disjoint_shards(digits_images, tmp_path):
+    """Rank 0 of 2 writes the even shards and times out waiting for rank 1; two local processes
+    then write the rest. The features equal one process's (torch, one thread each)."""
+    import torch
+
+    from xfer.context import torch_num_threads
+    from xfer.toy_models import torch_digits_cnn
+
+    images, labels = digits_images
+    images, labels = images[:900], labels[:900]
+    model = torch_digits_cnn(seed=3)
+    with torch_num_threads(1):
+        expected, _ = ModelHandler(model).get_layer_output(images, ["relu3"])
+    store_dir = tmp_path / "store"
+    with pytest.raises(TimeoutError, match="3 shards of .* were not written within 0.1 s .*every rank"):
+        extract_features(model, images, ["relu3"], store_dir, labels=labels, shard_size=150,
+                         rank=0, world_size=2, wait_timeout=0.1)
+    assert sorted(p.name for p in store_dir.glob("*.json")) == [
+        "manifest.json", "shard-00000.json", "shard-00002.json", "shard-00004.json"
+    ]
+    store = extract_features(model, images, ["relu3"], store_dir, labels=labels, shard_size=150,
+                             num_processes=2, threads_per_process=1)
+    features, read_labels = store.to_array()
+    np.testing.assert_array_equal(features, expected["relu3"])
+    np.testing.assert_array_equal(read_labels, labels)
+    assert torch.get_num_threads() >= 1
+
+
+def test_dataset_items_bring_their_labels(digits_source_model, digits_images, in_memory, tmp_path):
+    import torch.utils.data
+
+    images, labels = digits_images
+    dataset = torch.utils.data.TensorDataset(torch.as_tensor(images[:300]), torch.as_tensor(labels[:300]))
+    store = extract_features(digits_source_model, dataset, LAYERS, tmp_path / "s", shard_size=128)
+    np.testing.assert_array_equal(store.labels, labels[:300])
+    np.testing.assert_allclose(store.to_array()[0], in_memory[:300], rtol=1e-6, atol=1e-6)
+
+
+def test_refuses_other_data_and_foreign_directories(digits_source_model, digits_images, tmp_path):
+    images, labels = digits_images
+    extract_features(digits_source_model, images[:100], ["fc1"], tmp_path / "s", shard_size=64)
+    with pytest.raises(InvalidArgumentError, match=r"holds a feature store of other data: extract into a new"):
+        extract_features(digits_source_model, images[100:200], ["fc1"], tmp_path / "s", shard_size=64)
+    with pytest.raises(InvalidArgumentError, match=r"of other layer_names"):
+        extract_features(digits_source_model, images[:100], ["relu2"], tmp_path / "s", shard_size=64)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidArgumentError, match="is not empty and holds no feature store"):
+        extract_features(digits_source_model, images[:10], ["fc1"], tmp_path / "other")
+
+
+def test_bad_arguments_get_clear_errors(digits_source_model, digits_images, tmp_path):
+    from xfer._mxnet import mx
+
+    images, labels = digits_images
+    with pytest.raises(InvalidTypeError, match="cannot read a NDArrayIter, which only streams"):
+        extract_features(digits_source_model, mx.io.NDArrayIter(images[:10], labels[:10], 5), ["fc1"], tmp_path / "a")
+    with pytest.raises(InvalidArgumentError, match="shard_size must be a positive integer, got 0"):
+        extract_features(digits_source_model, images, ["fc1"], tmp_path / "a", shard_size=0)
+    with pytest.raises(InvalidArgumentError, match="Give both rank and world_size"):
+        extract_features(digits_source_model, images, ["fc1"], tmp_path / "a", rank=1)
+    with pytest.raises(InvalidArgumentError, match="rank must be in 0..1, got 2"):
+        extract_features(digits_source_model, images, ["fc1"], tmp_path / "a", rank=2, world_size=2)
+    with pytest.raises(InvalidArgumentError, match="but labels of shape"):
+        extract_features(digits_source_model, images, ["fc1"], tmp_path / "a", labels=labels[:5])
+    with pytest.raises(LayerNotFoundError, match="fc9"):
+        extract_features(digits_source_model, images, ["fc9"], tmp_path / "a")
+    with pytest.raises(DataFileNotFoundError, match="No feature store in .* write one with"):
+        FeatureStore(tmp_path / "nowhere")
+
+
+def test_a_damaged_shard_is_named(digits_source_model, digits_images, tmp_path):
+    images, _ = digits_images
+    extract_features(digits_source_model, images[:200], ["fc1"], tmp_path / "s", shard_size=64)
+    shard = tmp_path / "s" / "shard-00001.npy"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(SerializationError, match=r"shard-00001.npy is missing or truncated .* delete"):
+        FeatureStore(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SerializationError, match="format version 99; .* upgrade xfer"):
+        FeatureStore(tmp_path / "s")
