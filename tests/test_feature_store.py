@@ -63,6 +63,7 @@ def test_chunk_size_follows_the_memory_setting(digits_source_model, digits_image
     assert store.labels is None and store.has_labels is False
 
 
+@pytest.mark.slow
 def test_resumes_after_sigkill_without_redoing_finished_shards(digits_source_model, digits_images, in_memory, tmp_path):
     """A process killed while writing a shard leaves a store that refuses to load; the same call
     again extracts only the missing shards and gives the features of an uninterrupted run."""
@@ -107,6 +108,7 @@ def test_resumes_after_sigkill_without_redoing_finished_shards(digits_source_mod
     assert not list(store_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_ranks_and_local_processes_extract_disjoint_shards(digits_images, tmp_path):
     """Rank 0 of 2 writes the even shards and times out waiting for rank 1; two local processes
     then write the rest. The features equal one process's (torch, one thread each)."""

@@ -28,7 +28,8 @@ _EXPORTS = {
 }
 #: Submodules reachable as attributes after ``import xfer`` (imported on first use).
 _SUBMODULES = (
-    "cli", "context", "data", "datasets", "exceptions", "files", "meta_model_repurposer",
+    "cli", "context", "data", "datasets", "distributed", "exceptions", "feature_store", "files",
+    "meta_model_repurposer",
     "metrics", "model_handler", "repurposers", "serialization", "testing", "toy_models", "zoo",
 )  # fmt: skip
 

@@ -98,10 +98,12 @@ def test_ssh_launcher_places_processes_on_hosts_and_stops_them_there(tmp_path):
     assert code == 5
     assert "[worker 0] worker 10.1.2.3" in output.getvalue()
     calls = (tmp_path / "ssh.log").read_text().splitlines()
-    starts = [c for c in calls if "XFER_REMOTE_PID" in c]
-    assert [c.split()[0] for c in starts] == ["node-a", "node-a", "-p"]  # server 0, worker 0, worker 1
-    assert starts[2].startswith("-p 2222 node-b") and f"cd {tmp_path}" in starts[2]
-    assert "DMLC_ROLE=server" in starts[0] and "DMLC_NUM_WORKER=2" in starts[0]
+    assert len([c for c in calls if "XFER_REMOTE_PID" in c]) == 3  # logged in any order
+    server = next(c for c in calls if "DMLC_ROLE=server" in c)
+    workers = sorted(c for c in calls if "DMLC_ROLE=worker" in c)
+    assert server.startswith("node-a ") and "DMLC_NUM_WORKER=2" in server
+    assert workers[0].startswith("-p 2222 node-b ") and "DMLC_WORKER_ID=1" in workers[0]
+    assert workers[1].startswith("node-a ") and f"cd {tmp_path}" in workers[1]
     assert any(re.match(r"node-a kill -15 -- -\d+ \d+", c) for c in calls)  # the server, by its pid
 
 

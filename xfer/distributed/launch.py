@@ -44,7 +44,8 @@ logger = logging.getLogger("xfer.distributed.launch")
 DEFAULT_SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no"
 #: Seconds the servers and the scheduler get to exit by themselves after the last worker.
 SHUTDOWN_GRACE_S = 10.0
-_SERVER_CODE = "import runpy; runpy.run_path({path!r})"  # xfer/_mxnet.py, without xfer's imports
+#: What servers and the scheduler run: importing MXNet with their DMLC_ROLE serves, then exits.
+_SERVER_CODE = "import xfer._mxnet"
 
 
 @dataclass
@@ -191,9 +192,8 @@ def launch(
     if launcher == "local":
         common.setdefault("DMLC_NODE_HOST", "127.0.0.1")  # all traffic on the loopback
     job = _Job(stdout or sys.stdout, ssh_command, workdir or os.getcwd())
-    mxnet_module = str(Path(__file__).resolve().parent.parent / "_mxnet.py")
-    local_server = [sys.executable, "-c", _SERVER_CODE.format(path=mxnet_module)]
-    remote_server = [remote_python or sys.executable, "-c", _SERVER_CODE.format(path=mxnet_module)]
+    local_server = [sys.executable, "-c", _SERVER_CODE]
+    remote_server = [remote_python or sys.executable, "-c", _SERVER_CODE]
     try:
         job.start("scheduler", None, local_server, {**common, "DMLC_ROLE": "scheduler"})
         for index in range(num_servers):
