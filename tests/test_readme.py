@@ -70,3 +70,22 @@ def test_two_cli_commands_from_a_folder_of_images_to_a_saved_model_and_a_report(
     for name in ("report.md", "confusion_matrix.png", "reliability_diagram.png", "predictions.csv"):
         assert (tmp_path / "my_report" / name).stat().st_size > 0
     assert (tmp_path / "my_model.json").is_file() and (tmp_path / "my_model.cli.json").is_file()
+
+
+def test_tests_named_by_the_readme_exist():
+    """Every test the README names as proof of a promise exists: ``tests/file.py::test_name``,
+    or a bare ``test_name`` after such a reference (same file)."""
+    text = README.read_text()
+    root = README.parent
+    references = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`|`(test_\w+)`", text)
+    assert references
+    current = None
+    for path, name, bare in references:
+        if path:
+            current = root / path
+            assert current.is_file(), path
+        name = name or bare
+        if name:
+            assert current is not None and re.search(rf"def {name}\b", current.read_text()), (
+                f"{name} is not in {current}"
+            )

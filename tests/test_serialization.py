@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 import xfer
 from xfer import LrRepurposer, MetaModelRepurposer, SvmRepurposer, serialization
-from xfer.exceptions import ModelFileNotFoundError, SerializationError
+from xfer.exceptions import ModelFileNotFoundError, ModelSaveError, SerializationError
 from xfer.testing import make_blob_features
 
 FIXTURES = Path(__file__).parent / "repurposers" / "fixtures"
@@ -78,6 +79,7 @@ def test_truncated_manifest(saved):
 def test_non_strict_json_is_refused(saved):
     _, directory, _ = saved
     path = directory / "model.json"
+    assert '"c": 1.0' in path.read_text()
     path.write_text(path.read_text().replace('"c": 1.0', '"c": NaN'))
     with pytest.raises(SerializationError, match="strict JSON"):
         xfer.load("model", str(directory))
@@ -89,11 +91,16 @@ def test_foreign_json(tmp_path):
         xfer.load("other", str(tmp_path))
 
 
-def _edit_manifest(directory, **changes):
-    path = directory / "model.json"
+def _edit_manifest(directory, name="model", resign=True, **changes):
+    """Change keys of a saved manifest; with ``resign``, update its own checksum so that the
+    checks behind it are reached."""
+    path = directory / f"{name}.json"
     manifest = json.loads(path.read_text())
     manifest.update(changes)
+    if resign:
+        manifest["manifest_sha256"] = serialization.manifest_digest(manifest)
     path.write_text(json.dumps(manifest))
+    return manifest
 
 
 def test_unknown_format_version(saved):
@@ -136,9 +143,8 @@ def test_corrupt_array_file_with_matching_checksum(saved):
 
 def test_unexpected_parameter(saved):
     _, directory, _ = saved
-    manifest = json.loads((directory / "model.json").read_text())
-    manifest["params"]["bogus"] = 1
-    (directory / "model.json").write_text(json.dumps(manifest))
+    params = json.loads((directory / "model.json").read_text())["params"]
+    _edit_manifest(directory, params={**params, "bogus": 1})
     with pytest.raises(SerializationError, match="bogus"):
         xfer.load("model", str(directory))
 
@@ -148,27 +154,29 @@ def test_crash_before_manifest_leaves_nothing_loadable(tmp_path, monkeypatch):
     repurposer = LrRepurposer(None, None).fit(X, y)
 
     def crash(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(serialization, "atomic_write_json", crash)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(serialization, "write_manifest", crash)
+    with pytest.raises(ModelSaveError, match="disk is full.*Nothing was changed"):
         repurposer.save_repurposer("model", str(tmp_path))
     with pytest.raises(ModelFileNotFoundError):
         xfer.load("model", str(tmp_path))
-    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+    assert list(tmp_path.iterdir()) == []  # no temporary files left behind
 
 
-def test_overwrite_crash_does_not_load_mixed_files(saved, monkeypatch):
+def test_failed_overwrite_keeps_the_old_model(saved, monkeypatch):
     repurposer, directory, X = saved
     other = LrRepurposer(None, None, c=0.01).fit(X, repurposer.predict(X)[::-1])
     monkeypatch.setattr(
-        serialization, "atomic_write_json", lambda *a, **k: (_ for _ in ()).throw(OSError("crash"))
+        serialization, "write_manifest", lambda *a, **k: (_ for _ in ()).throw(OSError("crash"))
     )
     with pytest.raises(OSError):
         other.save_repurposer("model", str(directory))
     monkeypatch.undo()
-    with pytest.raises(SerializationError, match="does not match its manifest"):
-        xfer.load("model", str(directory))
+    np.testing.assert_array_equal(
+        xfer.load("model", str(directory)).predict_proba(X), repurposer.predict_proba(X)
+    )
+    assert sorted(p.name for p in directory.iterdir()) == ["model.json", "model.npz"]
 
 
 def test_nan_parameter_refused_before_writing(tmp_path):
@@ -232,3 +240,339 @@ def test_format_v1_fixtures_keep_loading(name):
         np.testing.assert_allclose(
             loaded.predict_proba(expected["X"]), expected["proba"], rtol=0, atol=1e-12
         )
+
+
+# ------------------------------------------------------------------------------ manifest checks
+def test_manifest_checksum_detects_an_edit(saved):
+    """Format 2 manifests carry their own checksum: a changed value is refused."""
+    _, directory, _ = saved
+    path = directory / "model.json"
+    path.write_text(path.read_text().replace('"c": 1.0', '"c": 2.0'))
+    with pytest.raises(SerializationError, match="altered after it was written.*manifest_sha256"):
+        xfer.load("model", str(directory))
+
+
+def test_repeated_keys_are_refused(saved):
+    _, directory, _ = saved
+    path = directory / "model.json"
+    path.write_text(path.read_text().replace('"c": 1.0', '"c": 1.0, "c": 5.0'))
+    with pytest.raises(SerializationError, match="key 'c' appears twice"):
+        xfer.load("model", str(directory))
+
+
+def test_deeply_nested_manifest_is_refused(tmp_path):
+    depth = 200_000
+    (tmp_path / "deep.json").write_text('{"format": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(SerializationError, match="nest deeper than 64 levels"):
+        xfer.load("deep", str(tmp_path))
+
+
+def test_oversized_manifest_is_refused_before_reading(saved, monkeypatch):
+    _, directory, _ = saved
+    monkeypatch.setattr(serialization, "MAX_JSON_BYTES", 100)
+    with pytest.raises(SerializationError, match="larger than any file xfer writes"):
+        xfer.load("model", str(directory))
+
+
+def test_params_repeating_source_model_are_refused(saved):
+    _, directory, _ = saved
+    params = json.loads((directory / "model.json").read_text())["params"]
+    _edit_manifest(directory, params={**params, "source_model": "other"})
+    with pytest.raises(SerializationError, match=r"'params' holds \['source_model'\]"):
+        xfer.load("model", str(directory))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("class_key", 5, "class_key' must be a JSON str"),
+        ("params", [], "'params' must be a JSON object"),
+        ("arrays_sha256", None, "arrays_sha256' must be a JSON str"),
+        ("fitted", "yes", "'fitted' must be true or false"),
+        ("source_model", "here", "'source_model' must be an object or null"),
+        ("format_version", True, "format version True"),
+        ("classes", {"dtype": "<i8", "values": [0, 1.5, 2]}, "integer classes must be JSON integers"),
+        ("classes", {"dtype": "<i8", "values": [0, 2**70]}, "cannot read the label classes"),
+        ("classes", {"dtype": "str", "values": ["a", 1]}, "string classes must be JSON strings"),
+        ("classes", {"dtype": "object", "values": ["a", "b"]}, "cannot read the label classes"),
+        ("classes", {"dtype": "str", "values": ["b", "a", "c"]}, "not distinct and sorted"),
+        ("classes", {"dtype": "str", "values": ["a", "a", "c"]}, "not distinct and sorted"),
+        ("classes", {"dtype": "str", "values": ["a"]}, "at least 2 label classes"),
+        ("state", [], "'state' must be a JSON object"),
+    ],
+)
+def test_manifest_values_of_the_wrong_kind(saved, key, value, message):
+    _, directory, _ = saved
+    _edit_manifest(directory, **{key: value})
+    with pytest.raises(SerializationError, match=message):
+        xfer.load("model", str(directory))
+
+
+def test_manifest_lacking_a_key(saved):
+    _, directory, _ = saved
+    manifest = json.loads((directory / "model.json").read_text())
+    del manifest["arrays_sha256"]
+    manifest["manifest_sha256"] = serialization.manifest_digest(manifest)
+    (directory / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(SerializationError, match="lacks the required key 'arrays_sha256'"):
+        xfer.load("model", str(directory))
+
+
+# ------------------------------------------------------------------------------ state checks
+def _rewrite_arrays(directory, change):
+    """Change the saved arrays and record their new checksum (a consistent but wrong file)."""
+    path = directory / "model.npz"
+    arrays = serialization.read_npz(path)
+    change(arrays)
+    path.write_bytes(serialization.arrays_to_npz_bytes(arrays))
+    _edit_manifest(directory, arrays_sha256=serialization.sha256_of(path))
+
+
+def test_classes_disagreeing_with_the_head_are_refused_at_load(saved):
+    _, directory, _ = saved
+    _edit_manifest(directory, classes={"dtype": "str", "values": ["a", "b", "c", "d"]})
+    with pytest.raises(SerializationError, match="does not predict 4 classes from 5 features"):
+        xfer.load("model", str(directory))
+
+
+def test_array_shapes_disagreeing_are_refused_at_load(saved):
+    _, directory, _ = saved
+    arrays = serialization.read_npz(directory / "model.npz")
+    head = next(name for name in arrays if arrays[name].ndim == 2)
+
+    def shrink(arrays):
+        arrays[head] = arrays[head][:, :-1]
+
+    _rewrite_arrays(directory, shrink)
+    with pytest.raises(SerializationError, match="saved state does not match LrRepurposer"):
+        xfer.load("model", str(directory))
+
+
+def test_feature_indices_out_of_range_are_refused_at_load(saved):
+    _, directory, _ = saved
+
+    def widen(arrays):
+        arrays["meta.feature_indices.0"] = np.arange(9)
+
+    _rewrite_arrays(directory, widen)
+    with pytest.raises(SerializationError, match="do not index 5 feature columns"):
+        xfer.load("model", str(directory))
+
+
+def test_feature_widths_disagreeing_are_refused_at_load(saved):
+    _, directory, _ = saved
+    state = json.loads((directory / "model.json").read_text())["state"]
+    _edit_manifest(directory, state={**state, "n_features_in": 7})
+    with pytest.raises(SerializationError, match="n_features_in .7. differs from n_meta_features"):
+        xfer.load("model", str(directory))
+
+
+def test_missing_array_in_the_file(saved):
+    _, directory, _ = saved
+    _rewrite_arrays(directory, lambda arrays: arrays.pop("meta.feature_indices.0"))
+    with pytest.raises(SerializationError, match="saved state does not match.*KeyError"):
+        xfer.load("model", str(directory))
+
+
+# ------------------------------------------------------------------------------ every checksum
+@pytest.fixture
+def saved_with_source(tmp_path):
+    from xfer.testing import make_tiny_source_model
+
+    X, y = make_blob_features()
+    repurposer = LrRepurposer(make_tiny_source_model(), ["fc1"]).fit(X, y)
+    repurposer.save(tmp_path / "m")
+    return repurposer, tmp_path, X
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("m.json", "manifest .* was altered after it was written"),
+        ("m.npz", "array file .*m.npz does not match its manifest"),
+        ("m_source-symbol.json", "source model file .*m_source-symbol.json does not match"),
+        ("m_source-0000.params", "source model file .*m_source-0000.params does not match"),
+    ],
+)
+def test_each_checksum_catches_a_change_of_its_own_file(saved_with_source, name, message):
+    """Flip one byte in the middle of each file of a saved model: its checksum catches it."""
+    _, directory, _ = saved_with_source
+    path = directory / name
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    while not chr(data[middle]).isdigit():  # a digit stays valid JSON in the manifest
+        middle += 1
+    data[middle] = ord("7") if data[middle] != ord("7") else ord("3")
+    path.write_bytes(bytes(data))
+    with pytest.raises(SerializationError, match=message):
+        xfer.load("m", str(directory))
+
+
+def test_files_swapped_between_two_models_are_refused(tmp_path):
+    from xfer.testing import make_tiny_source_model
+
+    X, y = make_blob_features()
+    first = LrRepurposer(make_tiny_source_model(seed=0), ["fc1"]).fit(X, y)
+    second = LrRepurposer(make_tiny_source_model(seed=1), ["fc1"]).fit(X, y)
+    for kind in (".npz", "_source-0000.params", ".json"):  # (the two graphs are the same)
+        first.save(tmp_path / "a")
+        second.save(tmp_path / "b")
+        assert (tmp_path / f"b{kind}").read_bytes() != (tmp_path / f"a{kind}").read_bytes()
+        (tmp_path / f"b{kind}").write_bytes((tmp_path / f"a{kind}").read_bytes())
+        with pytest.raises(SerializationError, match="does not match its manifest"):
+            xfer.load("b", str(tmp_path))
+    # A model renamed as a whole still loads: files are found by name, bound by checksums.
+    first.save(tmp_path / "a")
+    for kind in (".json", ".npz", "_source-0000.params", "_source-symbol.json"):
+        (tmp_path / f"a{kind}").rename(tmp_path / f"c{kind}")
+    np.testing.assert_array_equal(xfer.load("c", str(tmp_path)).predict(X), first.predict(X))
+
+
+def test_source_model_entry_naming_other_files_is_refused(saved_with_source):
+    _, directory, _ = saved_with_source
+    manifest = json.loads((directory / "m.json").read_text())
+    manifest["source_model"]["files"] = {}
+    _edit_manifest(directory, name="m", source_model=manifest["source_model"])
+    with pytest.raises(SerializationError, match="lists the files \\[\\], not those of a saved source"):
+        xfer.load("m", str(directory))
+
+
+def test_symlinked_files(saved_with_source, tmp_path):
+    repurposer, directory, X = saved_with_source
+    other = LrRepurposer(None, None).fit(X, repurposer.predict(X))
+    other.save(directory / "other")
+    (directory / "m.npz").unlink()
+    (directory / "m.npz").symlink_to(directory / "other.npz")
+    with pytest.raises(SerializationError, match="m.npz does not match its manifest"):
+        xfer.load("m", str(directory))
+    (directory / "loop.json").symlink_to(directory / "loop.json")
+    with pytest.raises(ModelFileNotFoundError, match="manifest file is missing"):
+        xfer.load("loop", str(directory))
+    (directory / "dev.json").symlink_to("/dev/zero")
+    with pytest.raises(ModelFileNotFoundError, match="manifest file is missing"):
+        xfer.load("dev", str(directory))  # a device is never read (it would never end)
+
+
+# ------------------------------------------------------------------------------ where to save
+def test_saving_to_a_folder_is_refused(saved, tmp_path):
+    repurposer, _, _ = saved
+    (tmp_path / "folder").mkdir()
+    for target in (tmp_path / "folder", f"{tmp_path / 'folder'}/", str(tmp_path / "new") + "/"):
+        with pytest.raises(ModelSaveError, match="path names a folder.*give a path prefix"):
+            repurposer.save(target)
+    with pytest.raises(ModelSaveError, match="names a folder"):
+        repurposer.save_repurposer("folder", str(tmp_path))
+    with pytest.raises(IsADirectoryError.__mro__[1]):  # an OSError, as users catch it
+        repurposer.save_repurposer(".", str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "model.json", "model.npz"]
+
+
+def test_saving_over_a_folder_named_like_a_file_is_refused(saved, tmp_path):
+    repurposer, _, _ = saved
+    (tmp_path / "m.npz").mkdir()
+    with pytest.raises(ModelSaveError, match="m.npz.*a folder stands where a file of the model"):
+        repurposer.save(tmp_path / "m")
+    assert not (tmp_path / "m.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_saving_under_a_file_is_refused(saved, tmp_path):
+    repurposer, _, _ = saved
+    (tmp_path / "plain").write_text("not a folder")
+    with pytest.raises(ModelSaveError, match="a part of the path is a file, not a folder"):
+        repurposer.save(tmp_path / "plain" / "m")
+    with pytest.raises(ModelSaveError, match="a part of the path is a file"):
+        repurposer.save(tmp_path / "plain" / "deeper" / "m")
+
+
+def test_saving_into_a_read_only_folder_is_refused(saved, tmp_path, monkeypatch):
+    repurposer, directory, X = saved
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    if os.geteuid() != 0:  # root writes anywhere: then the refusal is simulated below
+        readonly.chmod(0o555)
+        try:
+            with pytest.raises(ModelSaveError, match="not writable by this user") as raised:
+                repurposer.save(readonly / "m")
+            assert isinstance(raised.value, PermissionError.__mro__[1])
+        finally:
+            readonly.chmod(0o755)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(directory))
+
+    monkeypatch.setattr(serialization.tempfile, "mkstemp", refuse)
+    with pytest.raises(ModelSaveError, match="Permission denied.*not writable.*still whole") as raised:
+        LrRepurposer(None, None).fit(X, np.arange(len(X)) % 2).save(directory / "model")
+    assert raised.value.errno == 13
+    monkeypatch.undo()
+    np.testing.assert_array_equal(xfer.load("model", directory).predict(X), repurposer.predict(X))
+
+
+def test_save_path_of_the_wrong_type(saved):
+    repurposer, _, _ = saved
+    for bad in (None, 3, b"bytes", ""):
+        with pytest.raises(TypeError, match="save path must be"):
+            repurposer.save(bad)
+    with pytest.raises(ValueError, match="NUL"):
+        repurposer.save("a\x00b")
+
+
+# ------------------------------------------------------------------------------ leftovers
+def test_stray_temporary_files_are_ignored_then_removed(saved):
+    repurposer, directory, X = saved
+    strays = [".model.npz.k2j4h5g6.xfer-tmp", ".model.json.abcdefgh.tmp"]
+    for name in strays:
+        (directory / name).write_bytes(b"half a file")
+    (directory / ".notes.txt.abcdefgh.tmp").write_text("not ours")  # left alone
+    np.testing.assert_array_equal(xfer.load("model", directory).predict(X), repurposer.predict(X))
+    repurposer.save(directory / "model")
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == [".notes.txt.abcdefgh.tmp", "model.json", "model.npz"]
+
+
+def test_damaged_pending_record_is_reported(saved):
+    _, directory, _ = saved
+    (directory / serialization.PENDING_RECORD).write_text('{"format": "xfer-pending-save"}')
+    with pytest.raises(SerializationError, match="record of an interrupted save, is damaged"):
+        xfer.load("model", directory)
+    (directory / serialization.PENDING_RECORD).write_text(
+        json.dumps(
+            {
+                "format": "xfer-pending-save",
+                "files": [{"name": "model.npz", "temporary": "../../etc/passwd", "sha256": "0"}],
+            }
+        )
+    )
+    with pytest.raises(SerializationError, match="is damaged"):
+        xfer.load("model", directory)
+
+
+def test_a_failed_handler_checkpoint_keeps_the_old_pair(tmp_path, monkeypatch):
+    from xfer.model_handler import MXNetModelHandler
+    from xfer.testing import make_tiny_source_model
+
+    old = MXNetModelHandler(make_tiny_source_model(seed=0))
+    new = MXNetModelHandler(make_tiny_source_model(seed=1))
+    old.save_checkpoint(str(tmp_path / "net"))
+    monkeypatch.setattr(new, "save_symbol", lambda prefix: 1 / 0)  # the second file fails
+    with pytest.raises(ZeroDivisionError):
+        new.save_checkpoint(str(tmp_path / "net"))
+    loaded = MXNetModelHandler.load_checkpoint(str(tmp_path / "net"))
+    np.testing.assert_array_equal(
+        loaded.arg_params["fc1_weight"].asnumpy(), old.arg_params["fc1_weight"].asnumpy()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net-0000.params", "net-symbol.json"]
+
+
+def test_array_file_inflating_far_beyond_its_size_is_refused(saved):
+    """A compressed archive (xfer writes none) is refused before it is inflated."""
+    import io
+
+    _, directory, _ = saved
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{"head.big": np.zeros(5_000_000)})  # 40 MB in ~40 kB
+    (directory / "model.npz").write_bytes(buffer.getvalue())
+    _edit_manifest(directory, arrays_sha256=serialization.sha256_of(directory / "model.npz"))
+    with pytest.raises(SerializationError, match="inflate to 40000.* bytes from"):
+        xfer.load("model", str(directory))

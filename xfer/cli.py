@@ -607,7 +607,7 @@ def _make_head(args: argparse.Namespace, source: Any, layers: list[str]) -> Any:
 def run_fit(args: argparse.Namespace) -> int:
     """``xfer fit``: fit a head on DATA and save it with its command-line record."""
     from xfer.files import stratified_split
-    from xfer.serialization import atomic_write_json
+    from xfer.serialization import atomic_write_json, saving
 
     if args.holdout is not None and not 0 < args.holdout < 1:
         raise UsageError(f"--holdout must be a fraction between 0 and 1, got {args.holdout}")
@@ -647,7 +647,6 @@ def run_fit(args: argparse.Namespace) -> int:
         head.fit(train.inputs, context=args.context)
     seconds = time.perf_counter() - started
     prefix = Path(args.output)
-    head.save(prefix, save_source_model=spec["name"] == "checkpoint")
     record = {
         "format": SIDECAR_FORMAT,
         "version": 1,
@@ -660,7 +659,9 @@ def run_fit(args: argparse.Namespace) -> int:
                              "path_column": args.path_column, "label_column": args.label_column,
                              "text_column": args.text_column}},
     }  # fmt: skip
-    atomic_write_json(prefix.with_name(prefix.name + SIDECAR_SUFFIX), record)
+    with saving(prefix.parent):  # the model and its record go into place together
+        head.save(prefix, save_source_model=spec["name"] == "checkpoint")
+        atomic_write_json(prefix.with_name(prefix.name + SIDECAR_SUFFIX), record)
     what = {"images": "images", "texts": "texts", "features": "feature rows"}[data.kind]
     _print(args, f"Fitted {type(head).__name__} on {len(train)} {what} of "
            f"{len(head.classes_)} classes in {seconds:.1f} s; saved to {prefix}.")  # fmt: skip

@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from xfer import _validation
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
+
+_INPUT_REMEDY = "Remove or repair those inputs (a NaN pixel would be read as a finite feature)."
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -70,16 +73,24 @@ class Batches:
         return -(-self.num_examples // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        if self._kind == "array":
+        if self._kind == "array":  # checked whole by as_batches
             yield from self._iter_array()
         elif self._kind == "text":
             yield from self._iter_text()
-        elif self._kind == "dataset":
-            yield from self._iter_dataset()
-        elif self._kind == "loader":
-            yield from self._iter_loader()
         else:
-            yield from self._iter_dataiter()
+            batches = {"dataset": self._iter_dataset, "loader": self._iter_loader}.get(
+                self._kind, self._iter_dataiter
+            )()
+            seen = 0
+            for batch in batches:  # examples arrive batch by batch: checked as they come
+                _validation.check_finite(
+                    np.asarray(batch.data[: batch.num_valid]),
+                    "The data",
+                    _INPUT_REMEDY,
+                    row_offset=seen,
+                )
+                seen += batch.num_valid
+                yield batch
 
     def _pad(self, chunk: np.ndarray) -> np.ndarray:
         if len(chunk) < self.batch_size:  # pad so that one bound graph serves every batch
@@ -346,6 +357,12 @@ def as_batches(
         data = data.asnumpy()
     if not isinstance(data, np.ndarray):
         if isinstance(data, (list, tuple)) and data and isinstance(data[0], np.ndarray):
+            shapes = {np.shape(item) for item in data}
+            if len(shapes) > 1:
+                raise InvalidArgumentError(
+                    f"The data is a list of arrays of different shapes ({sorted(shapes)[:3]}): "
+                    "every example must have the same shape (resize or pad them first)."
+                )
             data = np.stack(data)
         else:
             raise InvalidTypeError(
@@ -357,6 +374,7 @@ def as_batches(
         raise InvalidArgumentError(f"The data is empty (shape {data.shape}): pass at least one example.")
     if not np.issubdtype(data.dtype, np.number) and data.dtype != np.bool_:
         raise InvalidTypeError(f"The data must be numeric, got dtype {data.dtype}.")
+    _validation.check_finite(data, "The data", _INPUT_REMEDY)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(data):

@@ -74,6 +74,11 @@ class DataFileNotFoundError(XferError, FileNotFoundError):
     """A data file or folder that does not exist."""
 
 
+class ModelSaveError(XferError, OSError):
+    """A model cannot be saved where it was asked to be (a file where a folder must be, a folder
+    where a file goes, no permission, a full disk); nothing was changed there. ``errno`` is set."""
+
+
 class MissingDependencyError(XferError, ImportError):
     """An optional package is not installed; the message names the install command."""
 
@@ -111,6 +116,7 @@ __all__ = [
     "ModelFileNotFoundError",
     "DataFileError",
     "DataFileNotFoundError",
+    "ModelSaveError",
     "MissingDependencyError",
 ]
 

@@ -646,6 +646,11 @@ class TestFiles:
             TorchModelHandler.load_checkpoint(prefix, model=smaller)
         weights = tmp_path / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:100])
+        with pytest.raises(SerializationError, match="model.safetensors does not match its manifest"):
+            TorchModelHandler.load_checkpoint(prefix, model=toy_cnn())
+        manifest = json.loads((tmp_path / "model.json").read_text())
+        del manifest["safetensors_sha256"]  # as written before checksums were recorded
+        (tmp_path / "model.json").write_text(json.dumps(manifest))
         with pytest.raises(SerializationError, match="not a valid safetensors file"):
             TorchModelHandler.load_checkpoint(prefix, model=toy_cnn())
         (tmp_path / "model.json").write_text("{not json")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from xfer import serialization
 from xfer._mxnet import mx
 from xfer.context import devices_from_function, to_mxnet
 from xfer.data import as_batches, data_descs
@@ -751,11 +752,24 @@ class MXNetModelHandler(ModelHandler):
 
     # ------------------------------------------------------------------ save, show
     def save_checkpoint(self, prefix: str, epoch: int = 0) -> None:
-        """Write ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``, each atomically."""
+        """Write ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params`` (MXNet's format).
+
+        Both files go into place together (:func:`xfer.serialization.saving`): interrupted at
+        any moment, the prefix keeps the old checkpoint or gets the new one, never a mix.
+
+        Raises
+        ------
+        ModelSaveError
+            The folder cannot be created or written.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= epoch <= 9999:
+            raise InvalidArgumentError(f"epoch must be an integer in 0..9999, got {epoch!r}.")
+        prefix = os.fspath(serialization.save_prefix(prefix))
         params = {f"arg:{k}": v for k, v in self.arg_params.items()}
         params.update({f"aux:{k}": v for k, v in self.aux_params.items()})
-        atomic_write(f"{prefix}-{int(epoch):04d}.params", lambda p: mx.nd.save(p, params))
-        self.save_symbol(prefix)
+        with serialization.saving(Path(prefix).parent):
+            atomic_write(f"{prefix}-{int(epoch):04d}.params", lambda p: mx.nd.save(p, params))
+            self.save_symbol(prefix)
 
     def save_symbol(self, model_name: str) -> None:
         """Write the graph to ``<model_name>-symbol.json`` (atomically)."""
@@ -871,23 +885,33 @@ def _progress(iterable: Any, verbose: bool, description: str) -> Any:
 
 
 def _load_checkpoint_files(prefix: str, epoch: int) -> tuple[Any, dict, dict]:
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+        raise InvalidTypeError(f"epoch must be an integer, got {epoch!r}.")
     symbol_file = f"{prefix}-symbol.json"
     params_file = f"{prefix}-{int(epoch):04d}.params"
-    for path in (symbol_file, params_file):
-        if not os.path.isfile(path):
-            raise ModelFileNotFoundError(
-                f"Model file {path!r} does not exist: check the prefix {prefix!r} and epoch {epoch}."
-            )
-    try:
-        symbol = mx.sym.load(symbol_file)
-    except mx.base.MXNetError as error:
-        raise SerializationError(f"{symbol_file!r} is not a valid MXNet symbol file: {_first_line(error)}") from None
-    try:
-        saved = mx.nd.load(params_file)
-    except mx.base.MXNetError as error:
-        raise SerializationError(
-            f"{params_file!r} is not a valid MXNet parameter file (corrupt or truncated): {_first_line(error)}"
-        ) from None
+    with serialization.reading(Path(prefix).parent):
+        paths = [serialization.resolve(path) for path in (symbol_file, params_file)]
+        for path, resolved in zip((symbol_file, params_file), paths):
+            if not resolved.is_file():
+                raise ModelFileNotFoundError(
+                    f"Model file {path!r} does not exist: check the prefix {prefix!r} and epoch {epoch}."
+                )
+        try:
+            # Strict JSON first: MXNet's own parser aborts the process on some malformed files.
+            graph = serialization.read_json_file(symbol_file, "The symbol file")
+            if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+                raise SerializationError("it has no list of 'nodes'")
+            symbol = mx.sym.load_json(json.dumps(graph))
+        except SerializationError as error:
+            raise SerializationError(f"{symbol_file!r} is not a valid MXNet symbol file: {error}") from None
+        except mx.base.MXNetError as error:
+            raise SerializationError(f"{symbol_file!r} is not a valid MXNet symbol file: {_first_line(error)}") from None
+        try:
+            saved = mx.nd.load_frombuffer(paths[1].read_bytes())
+        except (mx.base.MXNetError, OSError) as error:
+            raise SerializationError(
+                f"{params_file!r} is not a valid MXNet parameter file (corrupt or truncated): {_first_line(error)}"
+            ) from None
     if not isinstance(saved, dict):
         raise SerializationError(f"{params_file!r} holds unnamed arrays, not named parameters.")
     args, auxs = {}, {}

@@ -43,10 +43,12 @@ import re
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xfer import serialization
 from xfer.context import devices_from_function, to_torch
 from xfer.data import as_batches
 from xfer.exceptions import (
@@ -922,7 +924,7 @@ class TorchModelHandler(ModelHandler):
         """
         from safetensors.torch import save_file
 
-        prefix = os.fspath(prefix)
+        prefix = os.fspath(serialization.save_prefix(prefix))
         state = {name: value.detach().to("cpu").contiguous().clone() for name, value in self.model.state_dict().items()}
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -935,11 +937,14 @@ class TorchModelHandler(ModelHandler):
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
             "tensors": {name: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for name, v in state.items()},
         }
-        atomic_write(f"{prefix}.safetensors", lambda path: save_file(state, path, metadata={"format": "pt"}))
-        atomic_write(
-            f"{prefix}.json",
-            lambda path: open(path, "w", encoding="utf-8").write(json.dumps(manifest, indent=1, allow_nan=False)),
-        )
+        # One save: interrupted at any moment, the prefix keeps the old pair or gets the new one.
+        with serialization.saving(Path(prefix).parent) as save:
+            weights = f"{prefix}.safetensors"
+            atomic_write(weights, lambda path: save_file(state, path, metadata={"format": "pt"}))
+            manifest["safetensors_sha256"] = save.sha256(Path(weights).name)
+            serialization.atomic_write_bytes(
+                f"{prefix}.json", json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8")
+            )
 
     @classmethod
     def load_checkpoint(cls, prefix: str, model: Any = None, **kwargs: Any) -> TorchModelHandler:
@@ -976,28 +981,47 @@ class TorchModelHandler(ModelHandler):
                 "structure> (xfer never unpickles code)."
             )
         paths = (f"{prefix}.json", f"{prefix}.safetensors")
-        for path in paths:
-            if not os.path.isfile(path):
-                raise ModelFileNotFoundError(f"Model file {path!r} does not exist: check the prefix {prefix!r}.")
-        try:
-            with open(paths[0], encoding="utf-8") as handle:
-                manifest = json.load(handle)
+        with serialization.reading(Path(prefix).parent):
+            for path in paths:
+                if not serialization.resolve(path).is_file():
+                    raise ModelFileNotFoundError(f"Model file {path!r} does not exist: check the prefix {prefix!r}.")
+            try:
+                manifest = serialization.read_json_file(paths[0], "The file")
+            except SerializationError as error:
+                raise SerializationError(
+                    f"{paths[0]!r} is not a valid xfer torch checkpoint manifest: {error}"
+                ) from None
             if not isinstance(manifest, dict) or manifest.get("backend") != "torch":
-                raise ValueError("not a torch ModelHandler manifest")
+                raise SerializationError(
+                    f"{paths[0]!r} is not a valid xfer torch checkpoint manifest: not a torch "
+                    "ModelHandler manifest."
+                )
             version = manifest.get("format_version")
-        except (ValueError, UnicodeDecodeError) as error:
-            raise SerializationError(f"{paths[0]!r} is not a valid xfer torch checkpoint manifest: {error}.") from None
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise SerializationError(
-                f"{paths[0]!r} has format version {version!r}; this xfer reads versions up to "
-                f"{FORMAT_VERSION}. Upgrade xfer."
-            )
-        try:
-            state = load_file(paths[1], device="cpu")
-        except (SafetensorError, OSError, ValueError) as error:
-            raise SerializationError(
-                f"{paths[1]!r} is not a valid safetensors file (corrupt or truncated): {_first_line(error)}"
-            ) from None
+            if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+                raise SerializationError(
+                    f"{paths[0]!r} has format version {version!r}; this xfer reads versions up to "
+                    f"{FORMAT_VERSION}. Upgrade xfer."
+                )
+            weights = serialization.resolve(paths[1])
+            if "safetensors_sha256" in manifest:
+                serialization.verify_file(
+                    paths[1],
+                    manifest["safetensors_sha256"],
+                    "The weights file",
+                    f"It belongs with {paths[0]!r}; save the checkpoint again.",
+                )
+            try:
+                state = load_file(weights, device="cpu")
+            except (SafetensorError, OSError, ValueError) as error:
+                raise SerializationError(
+                    f"{paths[1]!r} is not a valid safetensors file (corrupt or truncated): {_first_line(error)}"
+                ) from None
+        for key in ("layer_names", "frozen_layers", "input_shape"):
+            value = manifest.get(key)
+            if value is not None and not (
+                isinstance(value, list) and all(isinstance(v, (str if key != "input_shape" else int)) for v in value)
+            ):
+                raise SerializationError(f"{paths[0]!r}: {key!r} must be a list, got {value!r:.80}.")
         handler = cls(model, **kwargs)
         target = handler.model.state_dict()
         problems = [f"missing in the file: {name}" for name in target if name not in state]

@@ -21,10 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import accuracy_score
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d
 
-from xfer import serialization
+from xfer import _validation, serialization
 from xfer._mxnet import mx
 from xfer._version import __version__
 from xfer.context import Device, devices_from_function, resolve_context
@@ -115,10 +113,22 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(probabilities, axis=1)]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None, context: Any = None) -> float:
-        """Mean accuracy of :meth:`predict` on ``X`` against ``y``."""
-        return float(
-            accuracy_score(y, self.predict(X, context=context), sample_weight=sample_weight)
-        )
+        """Mean accuracy of :meth:`predict` on ``X`` against ``y``.
+
+        Raises
+        ------
+        InvalidTypeError
+            ``y`` holds labels of another kind than ``classes_`` (strings against numbers...).
+        InvalidArgumentError
+            ``y`` or ``sample_weight`` of another length than ``X``, or bad values in them.
+        """
+        self._check_fitted()
+        labels = _validation.check_labels(y, "y")  # before the costly prediction
+        _validation.check_labels_like(labels, self.classes_)
+        predictions = self.predict(X, context=context)
+        labels = _validation.check_labels(labels, "y", n_samples=len(predictions))
+        weights = _validation.check_sample_weight(sample_weight, len(labels))
+        return float(accuracy_score(labels, predictions, sample_weight=weights))
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "classes_")
@@ -133,14 +143,8 @@ class Repurposer(ClassifierMixin, BaseEstimator):
     # ---------------------------------------------------------------- labels
     def _encode_labels(self, y: Any) -> np.ndarray:
         """Set ``classes_`` from ``y`` and return ``y`` as int codes ``0..K-1``."""
-        y = column_or_1d(np.asarray(y), warn=True)
-        check_classification_targets(y)
-        try:
-            classes, encoded = np.unique(y, return_inverse=True)
-        except TypeError as error:
-            raise InvalidArgumentError(
-                f"Labels must be all numbers or all strings, not a mixture ({error})."
-            ) from error
+        y = _validation.check_labels(y, "y")
+        classes, encoded = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise InvalidArgumentError(
                 f"A classifier needs at least 2 classes in the training labels; got 1 class "
@@ -191,6 +195,10 @@ class Repurposer(ClassifierMixin, BaseEstimator):
     def save(self, path: str | os.PathLike, save_source_model: bool | None = None) -> None:
         """Save to the path prefix ``path`` (files ``path.json``, ``path.npz``, ``path_source-*``).
 
+        The save is all or nothing: interrupted at any moment (an exception, a crash, a kill), an
+        earlier model saved under ``path`` stays whole and loads (see
+        :func:`xfer.serialization.saving`).
+
         Parameters
         ----------
         path : str or path-like
@@ -198,9 +206,15 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         save_source_model : bool, optional
             Also save the source model (default: the class's choice, True for meta-model
             repurposers as in Xfer).
+
+        Raises
+        ------
+        ModelSaveError
+            ``path`` names a folder, a part of it is a file, or the folder is not writable.
+        SerializationError
+            A parameter or the fitted state cannot be saved (nothing is written then).
         """
-        prefix = Path(path)
-        self._save_to_prefix(prefix, save_source_model)
+        self._save_all(serialization.save_prefix(path), save_source_model)
 
     def save_repurposer(
         self,
@@ -208,10 +222,17 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         model_directory: str | os.PathLike = "",
         save_source_model: bool | None = None,
     ) -> None:
-        """Save to ``model_directory/model_name`` (Xfer spelling; load with :func:`xfer.load`)."""
-        self._save_to_prefix(
-            serialization.model_prefix(model_name, model_directory), save_source_model
-        )
+        """Save to ``model_directory/model_name`` (Xfer spelling; load with :func:`xfer.load`).
+
+        All or nothing, as :meth:`save`.
+        """
+        prefix = serialization.model_prefix(model_name, model_directory)
+        self._save_all(serialization.save_prefix(prefix), save_source_model)
+
+    def _save_all(self, prefix: Path, save_source_model: bool | None) -> None:
+        """One save of every file of the model (subclasses' own files included)."""
+        with serialization.saving(prefix.parent):
+            self._save_to_prefix(prefix, save_source_model)
 
     def _save_to_prefix(self, prefix: Path, save_source_model: bool | None) -> None:
         if self.serialization_key is None or serialization.registered_repurposers().get(
@@ -237,31 +258,30 @@ class Repurposer(ClassifierMixin, BaseEstimator):
             state, arrays = self._get_fitted_state()
             manifest["state"] = state
         serialization.to_strict_json(manifest)  # fail before writing anything
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        arrays_path = prefix.with_name(prefix.name + ".npz")
-        serialization.atomic_write_bytes(arrays_path, serialization.arrays_to_npz_bytes(arrays))
-        manifest["arrays_file"] = arrays_path.name
-        manifest["arrays_sha256"] = serialization.sha256_of(arrays_path)
-        manifest["source_model"] = None
-        if save_source_model and self.source_model is not None:
-            manifest["source_model"] = self._save_source_model(prefix)
-        # The manifest goes last: until it is in place, nothing here loads.
-        serialization.atomic_write_json(prefix.with_name(prefix.name + ".json"), manifest)
+        arrays_bytes = serialization.arrays_to_npz_bytes(arrays)
+        with serialization.saving(prefix.parent):
+            arrays_path = prefix.with_name(prefix.name + ".npz")
+            serialization.atomic_write_bytes(arrays_path, arrays_bytes)
+            manifest["arrays_file"] = arrays_path.name
+            manifest["arrays_sha256"] = serialization.sha256_of(arrays_path)
+            manifest["source_model"] = None
+            if save_source_model and self.source_model is not None:
+                manifest["source_model"] = self._save_source_model(prefix)
+            # The manifest is written last (its checksum binds the other files).
+            serialization.write_manifest(prefix.with_name(prefix.name + ".json"), manifest)
         logger.info("Saved %s to %s.json", type(self).__name__, prefix)
 
     def _save_source_model(self, prefix: Path) -> dict[str, Any]:
         handler = self._get_model_handler()
         source_prefix = prefix.with_name(prefix.name + SOURCE_SUFFIX)
-        handler.save_checkpoint(str(source_prefix))
-        files = sorted(
-            p.name
-            for p in source_prefix.parent.glob(source_prefix.name + "-*")
-            if p.name in {source_prefix.name + "-symbol.json", source_prefix.name + "-0000.params"}
-        )
-        return {
-            "prefix_suffix": SOURCE_SUFFIX,
-            "files": {name: serialization.sha256_of(source_prefix.parent / name) for name in files},
-        }
+        with serialization.saving(prefix.parent) as save:
+            before = set(save.names)
+            handler.save_checkpoint(str(source_prefix))
+            files = sorted(name for name in save.names if name not in before)
+            return {
+                "prefix_suffix": SOURCE_SUFFIX,
+                "files": {name: save.sha256(name) for name in files},
+            }
 
     def _get_model_handler(self) -> Any:
         """A ModelHandler of ``source_model`` (built once per source model object)."""
@@ -359,7 +379,7 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         params = manifest["params"]
         if not isinstance(params, dict):
             raise SerializationError(f"{manifest_path}: 'params' must be an object.")
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "source_model"}
         unknown = sorted(set(params) - accepted)
         if unknown:
             raise SerializationError(
@@ -368,21 +388,32 @@ class Repurposer(ClassifierMixin, BaseEstimator):
             )
         if source_model is None and manifest.get("source_model"):
             source_model = cls._load_source_model(manifest["source_model"], prefix, manifest_path)
-        repurposer = cls(source_model=source_model, **params)
+        try:
+            repurposer = cls(source_model=source_model, **params)
+        except (TypeError, ValueError) as error:
+            raise SerializationError(
+                f"{manifest_path}: its parameters do not build a {cls.__qualname__} "
+                f"({type(error).__name__}: {error})."
+            ) from error
         if manifest.get("fitted"):
             try:
                 repurposer.classes_ = serialization.decode_classes(
-                    manifest.get("classes"), manifest_path
+                    manifest.get("classes"), manifest_path, check=True
                 )
                 repurposer._set_fitted_state(manifest.get("state") or {}, arrays)
+                repurposer._check_loaded_state()
             except SerializationError:
                 raise
-            except (KeyError, ValueError, TypeError, IndexError) as error:
+            except (KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
                 raise SerializationError(
                     f"{manifest_path}: the saved state does not match {cls.__qualname__} "
                     f"({type(error).__name__}: {error}). Save the repurposer again."
                 ) from error
         return repurposer
+
+    def _check_loaded_state(self) -> None:
+        """Check a loaded fitted state against itself; raise ValueError/IndexError if it does
+        not fit together (turned into :class:`SerializationError` naming the file)."""
 
     @staticmethod
     def _load_source_model(info: Any, prefix: Path, manifest_path: Path) -> Any:
@@ -392,26 +423,39 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         if suffix != SOURCE_SUFFIX:
             raise SerializationError(f"{manifest_path}: unexpected source model suffix {suffix!r}.")
         source_prefix = prefix.with_name(prefix.name + SOURCE_SUFFIX)
+        # The files are found by their role (the prefix may have been renamed as a whole) and
+        # bound to this model by their checksums.
+        torch_files, mxnet_files = (".json", ".safetensors"), ("-symbol.json", "-0000.params")
+        files: dict[str, Any] = {}
         for name, digest in info["files"].items():
-            path = source_prefix.parent / str(name)
-            if os.path.basename(str(name)) != str(name):
-                raise SerializationError(
-                    f"{manifest_path}: source file {name!r} is not a plain name."
-                )
-            if not path.is_file():
-                raise ModelFileNotFoundError(
-                    f"The source model file {path} of {manifest_path} is missing. Copy it next to "
-                    "the manifest, or pass source_model= to xfer.load."
-                )
-            if serialization.sha256_of(path) != digest:
-                raise SerializationError(
-                    f"The source model file {path} does not match {manifest_path} (checksum "
-                    "differs): it is corrupt or from another save. Save the repurposer again, or "
-                    "pass source_model= to xfer.load."
-                )
+            ending = next(
+                (e for e in mxnet_files + torch_files if str(name).endswith(SOURCE_SUFFIX + e)), None
+            )
+            if ending is None or ending in files:
+                files = {}
+                break
+            files[ending] = digest
+        torch_unverified = not info["files"] and serialization.resolve(
+            source_prefix.with_name(source_prefix.name + ".safetensors")
+        ).is_file()
+        if torch_unverified:  # format 1 did not list a torch source's files
+            files = dict.fromkeys(torch_files)
+        if set(files) not in (set(torch_files), set(mxnet_files)):
+            raise SerializationError(
+                f"{manifest_path}: the source model entry lists the files {sorted(info['files'])}"
+                ", not those of a saved source model (the manifest was edited or is corrupt)."
+            )
+        for ending, digest in files.items() if not torch_unverified else ():
+            serialization.verify_file(
+                source_prefix.with_name(source_prefix.name + ending),
+                digest,
+                "The source model file",
+                f"It belongs with {manifest_path}: save the repurposer again, or pass "
+                "source_model= to xfer.load.",
+            )
         import xfer.model_handler as model_handler
 
-        if source_prefix.with_name(source_prefix.name + ".safetensors").is_file():
+        if set(files) == set(torch_files):
             raise InvalidArgumentError(
                 f"The source model saved with {manifest_path} is a PyTorch network: its weights "
                 f"are in {source_prefix.name}.safetensors, but its architecture is code, which "

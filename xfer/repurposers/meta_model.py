@@ -31,9 +31,9 @@ import logging
 from typing import Any, NamedTuple
 
 import numpy as np
-from sklearn.utils import check_array
-from sklearn.utils.validation import check_consistent_length, validate_data
+from sklearn.utils.validation import validate_data
 
+from xfer import _validation
 from xfer._mxnet import mx
 from xfer.context import Device, format_context, to_torch
 from xfer.exceptions import (
@@ -162,6 +162,10 @@ class MetaModelRepurposer(Repurposer):
         for name in names:
             if name not in known:
                 raise layer_not_found(name, handler.layer_names)
+        if isinstance(data, np.ndarray):
+            _validation.check_finite(
+                data, "X", "Remove or repair those inputs before extracting features."
+            )
         outputs, labels = handler.get_layer_output(
             data,
             names,
@@ -172,6 +176,12 @@ class MetaModelRepurposer(Repurposer):
         arrays = [np.asarray(outputs[name]) for name in names]
         arrays = [a.reshape(a.shape[0], -1) for a in arrays]
         features = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+        _validation.check_finite(
+            features,
+            f"The features the source model gives at {names}",
+            "The inputs are finite, so the network overflows on them: check that they are scaled "
+            "as the network expects (e.g. images normalised, not raw 0-255 values).",
+        )
         indices, start = [], 0
         for array in arrays:
             indices.append(np.arange(start, start + array.shape[1]))
@@ -226,17 +236,22 @@ class MetaModelRepurposer(Repurposer):
                     "A data iterator needs a source model to extract features from; this "
                     "repurposer has source_model=None and takes feature arrays."
                 )
-            features, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-            return self._fit_checked(features, y, None, devices, needs_source_model=False)
+            features = _validation.check_features(X, "X")
+            labels = _validation.check_labels(y, "y", n_samples=len(features))
+            self._record_feature_names(X, reset=True)
+            return self._fit_checked(features, labels, None, devices, needs_source_model=False)
+        if y is not None:
+            y = _validation.check_labels(y, "y")  # before the costly extraction
         data = self._extract(X, devices)
         labels = data.labels
         if y is not None:
             labels = y
         if labels is None:
             raise InvalidArgumentError(
-                "fit needs labels: pass y, or an mx.io.DataIter that provides labels."
+                "fit needs labels: this classifier requires y to be passed, but the target y is "
+                "None. Pass y, or an mx.io.DataIter that provides labels."
             )
-        check_consistent_length(data.features, labels)
+        labels = _validation.check_labels(labels, "y", n_samples=len(data.features))
         return self._fit_checked(
             data.features, labels, data.feature_indices_per_layer, devices, needs_source_model=True
         )
@@ -266,7 +281,9 @@ class MetaModelRepurposer(Repurposer):
         """
         devices = self._resolve_devices(context)
         features = self._as_feature_array(features)
-        check_consistent_length(features, labels)
+        labels = _validation.check_labels(
+            labels, "labels", n_samples=len(features), x_name="features"
+        )
         return self._fit_checked(
             features,
             labels,
@@ -308,13 +325,25 @@ class MetaModelRepurposer(Repurposer):
         return self
 
     # ---------------------------------------------------------------- predict
-    def _as_feature_array(self, features: Any) -> np.ndarray:
+    def _as_feature_array(self, features: Any, expected_features: int | None = None) -> np.ndarray:
         if _is_data_iterator(features):
             raise InvalidTypeError(
                 "Expected a feature array [N, D], got a data iterator; use fit/predict for "
                 "source-model inputs."
             )
-        return check_array(features, dtype=[np.float64, np.float32])
+        return _validation.check_features(
+            features,
+            "features",
+            expected_features=expected_features,
+            estimator_name=type(self).__name__,
+        )
+
+    def _record_feature_names(self, X: Any, reset: bool) -> None:
+        """scikit-learn's bookkeeping of ``n_features_in_``/``feature_names_in_`` (X is checked)."""
+        try:
+            validate_data(self, X, reset=reset, skip_check_array=True)
+        except ValueError as error:  # feature names that differ from fit's
+            raise InvalidArgumentError(str(error)) from error
 
     def _prediction_features(self, X: Any, devices: list[Device]) -> np.ndarray:
         self._check_fitted()
@@ -330,7 +359,14 @@ class MetaModelRepurposer(Repurposer):
                     "A data iterator needs a source model to extract features from; this "
                     "repurposer has source_model=None and takes feature arrays."
                 )
-            return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+            features = _validation.check_features(
+                X,
+                "X",
+                expected_features=getattr(self, "n_features_in_", self.n_meta_features_),
+                estimator_name=type(self).__name__,
+            )
+            self._record_feature_names(X, reset=False)
+            return features
         return self._extract(X, devices).features
 
     def _check_prediction_features(self, features: np.ndarray) -> np.ndarray:
@@ -346,13 +382,25 @@ class MetaModelRepurposer(Repurposer):
         self._require_available(devices)
         with self._using_devices(devices):
             probabilities = self._predict_probability_from_features(features)
-        return np.asarray(probabilities, dtype=np.float64)
+        return _validation.check_probabilities(
+            probabilities, len(features), len(self.classes_), type(self).__name__
+        )
 
     def _labels_from_features(self, features: np.ndarray, devices: list[Device]) -> np.ndarray:
         self._check_prediction_features(features)
         self._require_available(devices)
         with self._using_devices(devices):
-            encoded = self._predict_label_from_features(features)
+            encoded = np.asarray(self._predict_label_from_features(features))
+        if (
+            encoded.shape != (len(features),)
+            or encoded.dtype.kind not in "iu"
+            or (encoded.size and (encoded.min() < 0 or encoded.max() >= len(self.classes_)))
+        ):
+            raise InvalidArgumentError(
+                f"{type(self).__name__}'s head returned label codes of shape {encoded.shape} "
+                f"(dtype {encoded.dtype}); expected one integer in 0..{len(self.classes_) - 1} "
+                "per row: the head is inconsistent with classes_."
+            )
         return self._decode_labels(encoded)
 
     def predict_proba(self, X: Any, context: Any = None) -> np.ndarray:
@@ -378,13 +426,17 @@ class MetaModelRepurposer(Repurposer):
         """Class probabilities from features you extracted yourself."""
         self._check_fitted()
         devices = self._resolve_devices(context)
-        return self._proba_from_features(self._as_feature_array(features), devices)
+        return self._proba_from_features(
+            self._as_feature_array(features, self.n_meta_features_), devices
+        )
 
     def predict_features(self, features: Any, context: Any = None) -> np.ndarray:
         """Predicted labels (user's values) from features you extracted yourself."""
         self._check_fitted()
         devices = self._resolve_devices(context)
-        return self._labels_from_features(self._as_feature_array(features), devices)
+        return self._labels_from_features(
+            self._as_feature_array(features, self.n_meta_features_), devices
+        )
 
     # ---------------------------------------------------------------- hooks (Xfer's names)
     def _train_model_from_features(
@@ -444,6 +496,42 @@ class MetaModelRepurposer(Repurposer):
             "n_features_in": int(self.n_features_in_) if hasattr(self, "n_features_in_") else None,
         }
         return state, arrays
+
+    def _check_loaded_state(self) -> None:
+        """The loaded indices, widths and head must fit together: a trial prediction on two rows
+        of the saved width must give one probability per class (else ValueError)."""
+        width = self.n_meta_features_
+        if width < 1:
+            raise ValueError(f"n_meta_features is {width}")
+        for layer_indices in self.feature_indices_per_layer_:
+            if (
+                layer_indices.ndim != 1
+                or layer_indices.dtype.kind not in "iu"
+                or layer_indices.size == 0
+                or layer_indices.min() < 0
+                or layer_indices.max() >= width
+            ):
+                raise ValueError(
+                    f"feature indices {layer_indices!r:.60} do not index {width} feature columns"
+                )
+        if hasattr(self, "n_features_in_") and not self._needs_source_model:
+            if self.n_features_in_ != width:
+                raise ValueError(
+                    f"n_features_in ({self.n_features_in_}) differs from n_meta_features ({width})"
+                )
+        probe = np.vstack([np.ones(width), np.linspace(-1.0, 1.0, width)])
+        from xfer.exceptions import ProbabilityEstimatesDisabledError
+
+        try:
+            try:
+                self.predict_proba_features(probe, context="cpu")
+            except ProbabilityEstimatesDisabledError:
+                self.predict_features(probe, context="cpu")
+        except (ValueError, IndexError, TypeError, RuntimeError) as error:
+            raise ValueError(
+                f"the saved head does not predict {len(self.classes_)} classes from {width} "
+                f"features ({type(error).__name__}: {error})"
+            ) from error
 
     def _set_fitted_state(self, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         n_layers = int(config["n_feature_layers"])
