@@ -137,7 +137,8 @@ def test_inspect_lists_layers(workspace, capsys):
     assert code == 0 and out.splitlines()[1].startswith("fc1") and "1 layers of MXNet checkpoint" in out
 
 
-def test_extract_then_fit_any_head_on_the_feature_file(workspace, tmp_path, capsys):
+def test_extract_then_fit_any_head_on_the_feature_file(workspace, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # bars on a terminal
     code, out, err = call("extract", str(workspace / "photos"), *CHECKPOINT, "--output",
                           str(tmp_path / "f.npz"), cwd=workspace, capsys=capsys)  # fmt: skip
     assert code == 0, err
@@ -180,7 +181,7 @@ def test_bad_files_stop_with_their_name_or_are_skipped(workspace, tmp_path, caps
                           "--layer", "flatten", "--image-size", "16", "--output", "m",
                           "--skip-bad-files", cwd=tmp_path, capsys=capsys)  # fmt: skip
     assert code == 0
-    assert "xfer: skipped 1 unreadable or mislabelled files:\n  photos/red/broken.jpg: is not an image" in err
+    assert "xfer: Skipped 1 unreadable or mislabelled image files: photos/red/broken.jpg (is not an image" in err
     assert "Fitted LrRepurposer on 24 images" in out
 
 

@@ -3,6 +3,17 @@
 ``import xfer`` is light: the public names below and the submodules (``xfer.zoo``,
 ``xfer.datasets``, ``xfer.files``, ``xfer.metrics``, ``xfer.model_handler``...) are imported on
 first use, so MXNet, PyTorch and the model packages load only when something needs them.
+
+Progress bars and logs
+----------------------
+Every repurposer, fine-tuner and ``get_layer_output`` takes ``verbose``: ``0``/``False`` (the
+default) shows nothing, ``1``/``True`` (or any larger int) shows tqdm progress bars on the long
+loops (feature extraction, training) on stderr. Log records go to loggers named ``xfer.<module>``
+whatever ``verbose`` is (INFO: one line per fit or epoch; DEBUG: finer steps; MXNet's own Module
+messages under ``xfer.mxnet``) and show when your application configures logging, e.g.
+``logging.basicConfig(level=logging.INFO)``; xfer never configures the root logger. While a bar
+is open, console log lines print above it instead of breaking it. In Jupyter, bars are widgets
+when ``ipywidgets`` is installed and text otherwise.
 """
 
 from __future__ import annotations

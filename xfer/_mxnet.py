@@ -14,6 +14,7 @@ engine's worker threads, which set their own counts, so this does not change MXN
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
 
@@ -55,4 +56,8 @@ import mxnet as mx  # noqa: E402
 # chose a thread count yet and OpenMP's default is right.
 restore_openmp_threads(_threads_before or openmp_default_threads())
 
-__all__ = ["mx"]
+#: Logger given to every ``mx.mod.Module`` xfer creates: MXNet's Module logs through the root
+#: logger by default (and ``logging.info`` there configures the root logger as a side effect).
+MODULE_LOGGER = logging.getLogger("xfer.mxnet")
+
+__all__ = ["mx", "MODULE_LOGGER"]

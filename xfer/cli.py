@@ -7,7 +7,8 @@ saved model and an evaluation report with plots::
     xfer fit photos --holdout 0.2 --head gp --output my_model
     xfer evaluate my_model --report my_report
 
-Exit codes: 0 success; 1 an error in the data, the model or an option's value (one line on
+Progress bars show on long steps when stderr is a terminal (``--quiet`` hides them and the
+summary lines). Exit codes: 0 success; 1 an error in the data, the model or an option's value (one line on
 stderr says what and how to fix it); 2 a command-line usage error; 3 an internal error (a bug:
 the traceback is printed); 130 interrupted.
 """
@@ -138,7 +139,7 @@ def _add_data_options(parser: argparse.ArgumentParser, *, what: str) -> None:
 def _add_noise_options(parser: argparse.ArgumentParser, default: Any) -> None:
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", default=default,
-                       help="no progress bars and no summary; only errors")  # fmt: skip
+                       help="no progress bars (shown on a terminal) and no summary; only errors")  # fmt: skip
     noise.add_argument("-v", "--verbose", action="store_true", default=default,
                        help="also log each step")  # fmt: skip
 
@@ -492,7 +493,7 @@ def _extract(source: Any, layers: list[str], data: Data, args: argparse.Namespac
     handler = source if isinstance(source, ModelHandler) else ModelHandler(source)
     outputs, _ = handler.get_layer_output(
         data.inputs, layers, context=args.context, batch_size=args.batch_size,
-        verbose=not args.quiet,
+        verbose=_bars(args),
     )  # fmt: skip
     import numpy as np
 
@@ -501,16 +502,14 @@ def _extract(source: Any, layers: list[str], data: Data, args: argparse.Namespac
     ]
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars on long steps: on a terminal, unless --quiet (never in logs or pipes)."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _print(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(message, flush=True)
-
-
-def _skipped_note(args: argparse.Namespace, data: Data) -> None:
-    if data.skipped:
-        lines = "\n".join(f"  {s.path}: {s.reason}" for s in data.skipped)
-        print(f"xfer: skipped {len(data.skipped)} unreadable or mislabelled files:\n{lines}",
-              file=sys.stderr)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,7 +553,6 @@ def run_extract(args: argparse.Namespace) -> int:
     data = read_data(args.data, spec, args)
     if data.kind == "features":
         raise UsageError("DATA is already a feature file")
-    _skipped_note(args, data)
     started = time.perf_counter()
     features, sizes = _extract(load_source(spec), layers, data, args)
     meta = {"format": FEATURES_FORMAT, "version": 1, "model": spec, "layers": layers,
@@ -589,7 +587,7 @@ def _make_head(args: argparse.Namespace, source: Any, layers: list[str]) -> Any:
     cls = heads[args.head]
     head = cls(source, layers)
     valid = head.get_params(deep=False)
-    defaults = {"random_state": args.seed, "verbose": not args.quiet,
+    defaults = {"random_state": args.seed, "verbose": _bars(args),
                 "extraction_batch_size": args.batch_size,
                 "enable_probability_estimates": True}  # SVM: evaluate needs probabilities
     params = {k: v for k, v in defaults.items() if k in valid}
@@ -620,7 +618,6 @@ def run_fit(args: argparse.Namespace) -> int:
         spec = model_spec(args)
         layers = args.layer or default_layers(spec)
         data = read_data(args.data, spec, args)
-    _skipped_note(args, data)
     if data.labels is None:
         from xfer.exceptions import DataFileError
 
@@ -746,7 +743,7 @@ def _data_for_model(args: argparse.Namespace, record: dict[str, Any], purpose: s
 def _probabilities(model: Any, data: Data, args: argparse.Namespace) -> Any:
     if data.kind == "features":
         return model.predict_proba_features(data.inputs, context=args.context)
-    model.set_params(verbose=not args.quiet, extraction_batch_size=args.batch_size)
+    model.set_params(verbose=_bars(args), extraction_batch_size=args.batch_size)
     return model.predict_proba(data.inputs, context=args.context)
 
 
@@ -782,7 +779,6 @@ def run_predict(args: argparse.Namespace) -> int:
     """``xfer predict``: labels and probabilities of DATA to a CSV file."""
     model, record = load_fitted(args.model)
     data = _data_for_model(args, record, "predict")
-    _skipped_note(args, data)
     proba = _probabilities(model, data, args)
     header, rows = _prediction_rows(model, data, proba, with_labels=False)
     _write_csv(Path(args.output), header, rows)
@@ -802,7 +798,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--bins must be positive, got {args.bins}")
     model, record = load_fitted(args.model)
     data = _data_for_model(args, record, "evaluate")
-    _skipped_note(args, data)
     if data.labels is None:
         raise DataFileError(f"{args.data} has no labels to evaluate against.", path=str(args.data),
                             reason="no labels")  # fmt: skip

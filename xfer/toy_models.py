@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xfer._mxnet import mx
+from xfer._mxnet import MODULE_LOGGER, mx
 
 
 def digits_cnn_symbol(num_classes: int = 5, with_batchnorm: bool = True):
@@ -60,7 +60,9 @@ def train_digits_cnn(
     mx.random.seed(seed)
     np.random.seed(seed)
     train = mx.io.NDArrayIter(images, targets, batch_size, shuffle=True, label_name="softmax_label")
-    module = mx.mod.Module(digits_cnn_symbol(len(classes), with_batchnorm), context=mx.cpu())
+    module = mx.mod.Module(
+        digits_cnn_symbol(len(classes), with_batchnorm), context=mx.cpu(), logger=MODULE_LOGGER
+    )
     module.fit(
         train,
         num_epoch=num_epochs,

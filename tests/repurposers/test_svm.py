@@ -9,7 +9,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from xfer import SvmRepurposer
-from xfer.exceptions import ProbabilityEstimatesDisabledError
+from xfer.exceptions import NotFittedError, ProbabilityEstimatesDisabledError
 from xfer.testing import RepurposerTestCase, make_blob_features
 
 
@@ -142,3 +142,40 @@ def test_large_data_calibrates_on_a_held_out_fifth(monkeypatch, tmp_path):
     assert head.score(features, labels) > 0.95
     head.save(tmp_path / "svm")
     np.testing.assert_array_equal(xfer.load(tmp_path / "svm").predict_proba(features), proba)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_decision_function_lets_scikit_learn_calibrate_and_score_the_svm(n_classes):
+    """CalibratedClassifierCV needs decision_function; neg_log_loss and roc_auc then work."""
+    from sklearn.model_selection import cross_val_score
+
+    features, labels = make_blob_features(n_per_class=12, n_classes=n_classes, seed=3)
+    names = np.array(["ant", "bee", "cow"])[labels]
+    svm = SvmRepurposer(None, None, random_state=0).fit(features, names)
+    decision = svm.decision_function(features)
+    assert decision.shape == ((24,) if n_classes == 2 else (36, 3))
+    if n_classes == 2:  # positive values favour classes_[1], as in scikit-learn
+        assert (svm.classes_[(decision > 0).astype(int)] == svm.predict(features)).all()
+    else:
+        assert (svm.classes_[decision.argmax(axis=1)] == svm.predict(features)).all()
+    np.testing.assert_array_equal(decision, svm.decision_function_features(features))
+
+    calibrated = CalibratedClassifierCV(SvmRepurposer(None, None, random_state=0), cv=3)
+    proba = calibrated.fit(features, names).predict_proba(features)
+    assert proba.shape == (len(names), n_classes)
+    scores = cross_val_score(calibrated, features, names, cv=3, scoring="neg_log_loss")
+    assert np.all(np.isfinite(scores)) and np.all(scores <= 0)
+    if n_classes == 2:
+        auc = cross_val_score(SvmRepurposer(None, None), features, names, cv=3, scoring="roc_auc")
+        assert np.all(auc > 0.9)
+
+
+def test_decision_function_through_the_source_model(digits_source_model, target_digits):
+    images, labels = target_digits
+    svm = SvmRepurposer(digits_source_model, ["fc1"]).fit(images[:60], labels[:60])
+    features = svm.get_features_from_source_model(images[60:80]).features
+    np.testing.assert_allclose(
+        svm.decision_function(images[60:80]), svm.decision_function_features(features)
+    )
+    with pytest.raises(NotFittedError):
+        SvmRepurposer(None, None).decision_function(features)

@@ -46,10 +46,10 @@ def phases_to_run(phases: list[Phase], progress: Progress) -> Iterator[tuple[int
 
 
 def progress_bar(total_epochs: int, batches_per_epoch: int, epochs_done: int) -> Any:
-    """A tqdm bar counting the batches of the whole run."""
-    from tqdm.auto import tqdm
+    """A tqdm bar counting the batches of the whole run (log lines print above it)."""
+    from xfer._progress import progress_bar as xfer_progress_bar
 
-    return tqdm(
+    return xfer_progress_bar(
         total=total_epochs * batches_per_epoch,
         desc="Training",
         unit="batch",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from xfer import serialization
-from xfer._mxnet import mx
+from xfer._mxnet import MODULE_LOGGER, mx
 from xfer.context import devices_from_function, to_mxnet
 from xfer.data import as_batches, data_descs
 from xfer.exceptions import (
@@ -583,7 +583,7 @@ class MXNetModelHandler(ModelHandler):
             Devices for this call (default: the handler's ``devices``); a list splits each batch.
         batch_size : int, optional
             Batch size for array data (default 64).
-        verbose : bool, default=False
+        verbose : bool or int, default=False
             Show a progress bar.
 
         Returns
@@ -661,7 +661,8 @@ class MXNetModelHandler(ModelHandler):
         outputs = mx.sym.Group([_node_output(self.symbol, name) for name in layer_names])
         self._check_shapes_for_input(outputs, data_shape)
         label_names = [a for a in outputs.list_arguments() if a.endswith("_label")]
-        module = mx.mod.Module(outputs, data_names=[self.data_name], label_names=label_names, context=contexts)
+        module = mx.mod.Module(outputs, data_names=[self.data_name], label_names=label_names, context=contexts,
+                               logger=MODULE_LOGGER)
         label_shapes = None
         if label_names:
             arg_shapes, _, _ = outputs.infer_shape(**{self.data_name: data_shape})
@@ -733,12 +734,13 @@ class MXNetModelHandler(ModelHandler):
         data_shapes = data_descs(iterator.provide_data)
         label_shapes = data_descs(iterator.provide_label) or None
         label_names = [desc.name for desc in label_shapes or []]
-        module = mx.mod.Module(
+        module = ReadyModule(
             symbol,
             data_names=[desc.name for desc in data_shapes],
             label_names=label_names,
             context=to_mxnet(context, default=self.devices),
             fixed_param_names=sorted(fixed & arguments),
+            logger=MODULE_LOGGER,
         )
         module.bind(data_shapes=data_shapes, label_shapes=label_shapes)
         module.init_params(
@@ -798,6 +800,48 @@ class MXNetModelHandler(ModelHandler):
 
 
 # ---------------------------------------------------------------------- helpers
+class ReadyModule(mx.mod.Module):
+    """The ``mx.mod.Module`` :meth:`MXNetModelHandler.get_module` returns: bound and initialised.
+
+    ``Module.fit`` binds and initialises again; on a module that is already bound to the same
+    shapes and initialised, those calls are no-ops here instead of MXNet's "Already bound" and
+    "Parameters already initialized" warnings. Anything else (other shapes, ``force_rebind``,
+    ``force_init``, new parameters) goes to MXNet as usual.
+    """
+
+    def bind(self, data_shapes: Any, label_shapes: Any = None, for_training: bool = True,
+             inputs_need_grad: bool = False, force_rebind: bool = False, shared_module: Any = None,
+             grad_req: str = "write") -> None:  # fmt: skip
+        if (
+            self.binded
+            and not force_rebind
+            and for_training == self.for_training
+            and inputs_need_grad == self.inputs_need_grad
+            and _shapes(data_shapes) == _shapes(self.data_shapes)
+            and _shapes(label_shapes) == _shapes(self.label_shapes)
+        ):
+            return
+        super().bind(data_shapes, label_shapes, for_training, inputs_need_grad, force_rebind,
+                     shared_module, grad_req)  # fmt: skip
+
+    def init_params(self, initializer: Any = None, arg_params: Any = None, aux_params: Any = None,
+                    allow_missing: bool = False, force_init: bool = False,
+                    allow_extra: bool = False) -> None:  # fmt: skip
+        if self.params_initialized and not force_init and arg_params is None and aux_params is None:
+            return
+        if initializer is None:
+            initializer = mx.init.Uniform(0.01)  # MXNet's own default
+        super().init_params(initializer, arg_params, aux_params, allow_missing, force_init,
+                            allow_extra)  # fmt: skip
+
+
+def _shapes(descs: Any) -> list[tuple[str, tuple]] | None:
+    if not descs:
+        return None
+    return [(d[0], tuple(d[1])) if isinstance(d, (tuple, list)) else (d.name, tuple(d.shape))
+            for d in descs]  # fmt: skip
+
+
 def _node_output(symbol: Any, name: str, index: int = 0) -> Any:
     internals = symbol.get_internals()
     outputs = internals.list_outputs()
@@ -872,16 +916,10 @@ def _subgraph_fusion_disabled(disabled: bool = True):
             os.environ["MXNET_SUBGRAPH_BACKEND"] = previous
 
 
-def _progress(iterable: Any, verbose: bool, description: str) -> Any:
-    if not verbose:
-        return iterable
-    from tqdm.auto import tqdm
+def _progress(iterable: Any, verbose: Any, description: str) -> Any:
+    from xfer._progress import progress_bar
 
-    try:
-        total = len(iterable)
-    except TypeError:
-        total = None
-    return tqdm(iterable, total=total, desc=description, unit="batch")
+    return progress_bar(iterable, verbose=verbose, desc=description, unit="batch")
 
 
 def _load_checkpoint_files(prefix: str, epoch: int) -> tuple[Any, dict, dict]:

@@ -708,7 +708,7 @@ class TorchModelHandler(ModelHandler):
             when its parameters live elsewhere.
         batch_size : int, optional
             Batch size for array, Dataset and text data (default 64).
-        verbose : bool, default=False
+        verbose : bool or int, default=False
             Show a progress bar.
 
         Returns
@@ -1365,16 +1365,10 @@ def _freeze_batchnorm(module: Any) -> None:
         parameter.requires_grad_(False)
 
 
-def _progress(iterable: Any, verbose: bool, description: str) -> Any:
-    if not verbose:
-        return iterable
-    from tqdm.auto import tqdm
+def _progress(iterable: Any, verbose: Any, description: str) -> Any:
+    from xfer._progress import progress_bar
 
-    try:
-        total = len(iterable)
-    except TypeError:
-        total = None
-    return tqdm(iterable, total=total, desc=description, unit="batch")
+    return progress_bar(iterable, verbose=verbose, desc=description, unit="batch")
 
 
 def frozen_batchnorm_layers(model: Any) -> list[str]:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xfer._progress import check_verbose, progress_bar
 from xfer.context import torch_num_threads
 from xfer.exceptions import (
     InvalidArgumentError,
@@ -102,9 +103,9 @@ class BnnClassifierCore:
         ``start_annealing + max(int(0.1 * num_epochs), 1)``.
     num_samples_mc_prediction : int, default=100
         Weight samples averaged at prediction.
-    verbose : int, default=0
-        ``> 0``: tqdm bar over epochs and loss/accuracy logged every epoch to
-        ``xfer.repurposers.bnn``.
+    verbose : bool or int, default=0
+        ``> 0``: a tqdm bar over epochs. The loss of every epoch is logged to
+        ``xfer.repurposers.bnn`` (INFO) whatever the value.
     random_state : int or None, default=None
         Seed of initialisation, minibatch order and training noise; ``None`` draws a fresh seed
         from NumPy's global generator at each fit.
@@ -190,7 +191,7 @@ class BnnClassifierCore:
         check_int("start_annealing", self.start_annealing, 0, allow_none=True)
         check_int("end_annealing", self.end_annealing, 1, allow_none=True)
         check_int("num_samples_mc_prediction", self.num_samples_mc_prediction, 1)
-        check_int("verbose", int(self.verbose) if isinstance(self.verbose, bool) else self.verbose, 0)
+        check_verbose(self.verbose)
         check_int("random_state", self.random_state, 0, allow_none=True)
         check_int("max_steps_per_epoch", self.max_steps_per_epoch, 1)
         check_int("prediction_seed", self.prediction_seed, 0)
@@ -407,11 +408,7 @@ class BnnClassifierCore:
         noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
         start, end = self.annealing_window()
         steps_per_epoch = math.ceil(n / batch)
-        bar = None
-        if self.verbose:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=int(self.num_epochs), desc="BNN", leave=False)
+        bar = progress_bar(total=int(self.num_epochs), desc="BNN", leave=False, verbose=self.verbose)
         adam_step = 0
         for epoch in range(int(self.num_epochs)):
             beta = annealing_weight(epoch, start, end)
@@ -441,8 +438,7 @@ class BnnClassifierCore:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", kl_weight=f"{beta:.2f}")
-            if self.verbose:
-                _LOGGER.info("epoch %d: loss %.5f, KL weight %.3f", epoch, value, beta)
+            _LOGGER.info("epoch %d: loss %.5f, KL weight %.3f", epoch, value, beta)
         if bar is not None:
             bar.close()
         mu = theta[:n_params].detach().clone()

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from linear_operator.operators import DenseLinearOperator
 
+from xfer._progress import progress_bar
 from xfer.context import torch_num_threads
 from xfer.exceptions import (
     InvalidArgumentError,
@@ -387,8 +388,9 @@ class GpClassifierCore:
     random_state : int or None, default=None
         Seeds inducing-point selection, minibatch order and Monte Carlo noise of training.
         ``None`` uses seed 0 (training is deterministic either way).
-    verbose : bool, default=False
-        Show a tqdm bar and log the loss.
+    verbose : bool or int, default=False
+        Show a tqdm bar. The loss is logged to ``xfer.repurposers.gp`` (DEBUG, every 25 steps)
+        whatever the value.
     exact_threshold : int, default=2000
         Largest number of training rows fitted by the exact GP; above it the sparse GP is used.
     standardize : {"layer", "column", "none"}, default="layer"
@@ -678,11 +680,7 @@ class GpClassifierCore:
         return self
 
     def _progress(self, total: int, desc: str) -> Any:
-        if not self.verbose:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, leave=False)
+        return progress_bar(total=total, desc=desc, leave=False, verbose=self.verbose)
 
     def _fit_exact(
         self, x_np: np.ndarray, labels: np.ndarray, device: torch.device, rng: np.random.RandomState
@@ -736,8 +734,8 @@ class GpClassifierCore:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
-        if self.verbose and step % 25 == 0:
-            _LOGGER.info("step %d: loss %.5f", step, value)
+        if step % 25 == 0:
+            _LOGGER.debug("step %d: loss %.5f", step, value)
 
     def _fit_sparse(
         self, x_np: np.ndarray, labels: np.ndarray, device: torch.device, rng: np.random.RandomState, seed: int

@@ -56,8 +56,9 @@ class BnnRepurposer(MetaModelRepurposer):
         num_epochs``).
     num_samples_mc_prediction : int, default=100
         Monte Carlo samples averaged at prediction.
-    verbose : int, default=0
-        Progress bars and log messages.
+    verbose : bool or int, default=0
+        ``1``/``True``: progress bars; ``0``/``False``: none. Log records go to the ``xfer``
+        loggers whatever the value (see "Progress bars and logs" in :mod:`xfer`).
     random_state : int, optional
         Seed of training.
     extraction_batch_size : int, optional

@@ -52,8 +52,9 @@ class GpRepurposer(MetaModelRepurposer):
         Seed; training and prediction are deterministic.
     extraction_batch_size : int, optional
         Batch size for feature extraction.
-    verbose : bool, default=False
-        Progress bars and log messages.
+    verbose : bool or int, default=False
+        ``1``/``True``: progress bars; ``0``/``False``: none. Log records go to the ``xfer``
+        loggers whatever the value (see "Progress bars and logs" in :mod:`xfer`).
     """
 
     #: Number of inducing points of the sparse GP (Xfer's attribute).
@@ -97,7 +98,7 @@ class GpRepurposer(MetaModelRepurposer):
             apply_l2_norm=self.apply_l2_norm,
             kernel_per_layer=self.kernel_per_layer,
             random_state=_seed(self.random_state),
-            verbose=bool(self.verbose),
+            verbose=self.verbose,
         )
         return core.fit(
             features, labels, len(self.classes_), feature_indices_per_layer, self._torch_device()

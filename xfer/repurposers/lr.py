@@ -115,8 +115,9 @@ class LrRepurposer(MetaModelRepurposer):
         Kept for the common contract (L-BFGS is deterministic).
     extraction_batch_size : int, optional
         Batch size for feature extraction.
-    verbose : bool, default=False
-        Progress bars and log messages.
+    verbose : bool or int, default=False
+        ``1``/``True``: progress bars; ``0``/``False``: none. Log records go to the ``xfer``
+        loggers whatever the value (see "Progress bars and logs" in :mod:`xfer`).
 
     Attributes
     ----------

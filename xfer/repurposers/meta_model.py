@@ -35,6 +35,7 @@ from sklearn.utils.validation import validate_data
 
 from xfer import _validation
 from xfer._mxnet import mx
+from xfer._progress import check_verbose
 from xfer.context import Device, format_context, to_torch
 from xfer.exceptions import (
     InvalidArgumentError,
@@ -85,8 +86,9 @@ class MetaModelRepurposer(Repurposer):
         Number of devices for feature extraction.
     extraction_batch_size : int, optional
         Batch size for feature extraction from arrays (default: the ModelHandler's).
-    verbose : bool, default=False
-        Progress bars and log messages.
+    verbose : bool or int, default=False
+        ``1``/``True``: progress bars; ``0``/``False``: none. Log records go to the ``xfer``
+        loggers whatever the value (see "Progress bars and logs" in :mod:`xfer`).
     """
 
     _save_source_model_default = True
@@ -171,7 +173,7 @@ class MetaModelRepurposer(Repurposer):
             names,
             context=format_context(devices),
             batch_size=self.extraction_batch_size,
-            verbose=bool(self.verbose),
+            verbose=check_verbose(self.verbose),
         )
         arrays = [np.asarray(outputs[name]) for name in names]
         arrays = [a.reshape(a.shape[0], -1) for a in arrays]
@@ -301,6 +303,7 @@ class MetaModelRepurposer(Repurposer):
         needs_source_model: bool,
     ) -> MetaModelRepurposer:
         self._require_available(devices)
+        check_verbose(self.verbose)
         for attribute in ("classes_", "target_model_"):
             self.__dict__.pop(attribute, None)
         indices = self._check_feature_indices(feature_indices_per_layer, features.shape[1])

@@ -57,7 +57,8 @@ import numpy as np
 from sklearn.utils.validation import check_consistent_length
 
 from xfer import serialization
-from xfer._mxnet import mx
+from xfer._mxnet import MODULE_LOGGER, mx
+from xfer._progress import check_verbose
 from xfer.context import format_context, to_mxnet
 from xfer.data import as_batches
 from xfer.exceptions import (
@@ -235,8 +236,9 @@ class NeuralNetworkRepurposer(Repurposer):
     random_state : int, optional
         Seed of initialisation, shuffling, the validation split and MXNet's random operators:
         with it, training on CPU is reproducible bit for bit.
-    verbose : bool, default=False
-        Progress bar and per-epoch log lines.
+    verbose : bool or int, default=False
+        ``1``/``True``: progress bars; ``0``/``False``: none. Log records go to the ``xfer``
+        loggers whatever the value (see "Progress bars and logs" in :mod:`xfer`).
 
     Attributes
     ----------
@@ -670,7 +672,7 @@ class NeuralNetworkRepurposer(Repurposer):
             checkpoint_dir=None if self.checkpoint_dir is None else Path(self.checkpoint_dir),
             resume=resume,
             fingerprint=self._fingerprint(data, codes, validation, len(contexts)),
-            verbose=bool(self.verbose),
+            verbose=check_verbose(self.verbose),
             label_name=network.label_name,
         )
         result = training.train(
@@ -709,7 +711,7 @@ class NeuralNetworkRepurposer(Repurposer):
             checkpoint_dir=None if self.checkpoint_dir is None else Path(self.checkpoint_dir),
             resume=resume,
             fingerprint=self._fingerprint(data, codes, validation, 1),
-            verbose=bool(self.verbose),
+            verbose=check_verbose(self.verbose),
         )
         result = _torch_training.train(
             network.handler,
@@ -935,7 +937,7 @@ class NeuralNetworkRepurposer(Repurposer):
             [self.output_layer_],
             context=self._torch_device(devices)[0] if torch_target else format_context(devices),
             batch_size=int(self.batch_size),
-            verbose=bool(self.verbose),
+            verbose=check_verbose(self.verbose),
         )
         values = np.asarray(outputs[self.output_layer_], dtype=np.float64)
         if torch_target:  # the torch target network gives logits
@@ -958,6 +960,7 @@ class NeuralNetworkRepurposer(Repurposer):
             data_names=[handler.data_name],
             label_names=[f"{self.output_layer_}_label"],
             context=to_mxnet(self._default_devices()),
+            logger=MODULE_LOGGER,
         )
         module._arg_params = dict(handler.arg_params)  # what mx.mod.Module.load does
         module._aux_params = dict(handler.aux_params)

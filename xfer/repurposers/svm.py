@@ -146,8 +146,9 @@ class SvmRepurposer(MetaModelRepurposer):
         Most threads for linear algebra (``-1``: all).
     extraction_batch_size : int, optional
         Batch size for feature extraction.
-    verbose : bool, default=False
-        Progress bars and log messages.
+    verbose : bool or int, default=False
+        ``1``/``True``: progress bars; ``0``/``False``: none. Log records go to the ``xfer``
+        loggers whatever the value (see "Progress bars and logs" in :mod:`xfer`).
     """
 
     def __init__(
@@ -339,8 +340,49 @@ class SvmRepurposer(MetaModelRepurposer):
     def _predict_label_from_features(self, features: np.ndarray) -> np.ndarray:
         return self.target_model_.predict_codes(features)
 
+    def decision_function(self, X: Any, context: Any = None) -> np.ndarray:
+        """The SVM's (uncalibrated) decision values, as scikit-learn's ``decision_function``.
+
+        With it, scikit-learn's ``CalibratedClassifierCV`` calibrates this head, and scorers that
+        read decision values (``roc_auc``) work on it.
+
+        Parameters
+        ----------
+        X : ndarray, mx.io.DataIter or torch Dataset/DataLoader
+            Source-model inputs, or features ``[N, D]`` when ``source_model`` is None.
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for feature extraction (default: the constructor's).
+
+        Returns
+        -------
+        ndarray
+            Shape ``(n_samples,)`` for two classes (positive values favour ``classes_[1]``), else
+            ``(n_samples, n_classes)`` one-vs-rest scores in the order of ``classes_``.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        """
+        devices = self._resolve_devices(context)
+        features = self._prediction_features(X, devices)
+        return self.target_model_.decision_function(self._check_prediction_features(features))
+
     def decision_function_features(self, features: Any, context: Any = None) -> np.ndarray:
-        """The SVM's (uncalibrated) decision values for features you extracted yourself."""
+        """The SVM's (uncalibrated) decision values for features you extracted yourself.
+
+        Parameters
+        ----------
+        features : array-like of shape (n_samples, n_features)
+            Features as the head was trained on (concatenated feature layers).
+        context : optional
+            Ignored (the SVM runs on the CPU); accepted for a uniform signature.
+
+        Returns
+        -------
+        ndarray
+            As :meth:`decision_function`.
+        """
         self._check_fitted()
         return self.target_model_.decision_function(
             self._check_prediction_features(self._as_feature_array(features))

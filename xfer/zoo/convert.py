@@ -551,7 +551,7 @@ def torch_to_mxnet(
     >>> module.output_shapes
     [('softmax_output', (1, 2))]
     """
-    from xfer._mxnet import mx
+    from xfer._mxnet import MODULE_LOGGER, mx
     from xfer.context import to_mxnet
 
     symbol, arg_params, aux_params = torch_to_mxnet_symbol(model, input_shape)
@@ -562,7 +562,8 @@ def torch_to_mxnet(
         symbol = mx.sym.SoftmaxOutput(symbol, name="softmax")
         label_names = ("softmax_label",)
         label_shapes = [("softmax_label", (int(input_shape[0]),))]
-    module = mx.mod.Module(symbol, data_names=("data",), label_names=label_names, context=contexts)
+    module = mx.mod.Module(symbol, data_names=("data",), label_names=label_names, context=contexts,
+                           logger=MODULE_LOGGER)  # fmt: skip
     module.bind(data_shapes=[("data", tuple(int(s) for s in input_shape))], label_shapes=label_shapes,
                 for_training=False)  # fmt: skip
     module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=False)

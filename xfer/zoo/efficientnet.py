@@ -355,14 +355,15 @@ def efficientnet_lite0(
     ):
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
 
-    from xfer._mxnet import mx
+    from xfer._mxnet import MODULE_LOGGER, mx
     from xfer.context import to_mxnet
 
     contexts = to_mxnet(context)
     arg_params, aux_params = efficientnet_lite0_params()
     symbol = efficientnet_lite0_symbol(image_size)
     module = mx.mod.Module(
-        symbol, data_names=("data",), label_names=("softmax_label",), context=contexts
+        symbol, data_names=("data",), label_names=("softmax_label",), context=contexts,
+        logger=MODULE_LOGGER,
     )
     module.bind(
         data_shapes=[("data", (int(batch_size), 3, image_size, image_size))],
