@@ -1,8 +1,12 @@
-"""The tutorials run top to bottom and print their key figures; the documentation site builds.
+"""The tutorials run top to bottom, print their key figures and are stored with matching outputs;
+the documentation site builds.
 
 Each notebook in ``docs/tutorials`` is executed with nbclient in a fresh ``python3`` kernel of
-this interpreter, in a temporary working directory. The Sphinx site is built with warnings as
-errors and with the notebooks *not* executed by Sphinx (``nb_execution_mode = "off"``).
+this interpreter, in a temporary working directory (``scripts/tutorials.py``, which also
+regenerates the stored notebooks). The executed notebook is compared in kind with the stored one:
+the same cells, figures where figures were, no errors. The Sphinx site is built with warnings as
+errors and with the notebooks *not* executed by Sphinx (``nb_execution_mode = "off"``): it shows
+the stored outputs.
 
 Set ``XFER_EXECUTED_NOTEBOOKS=<folder>`` to keep the executed notebooks (with outputs).
 """
@@ -13,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +24,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 TUTORIALS = DOCS / "tutorials"
-CELL_TIMEOUT_S = 300
+sys.path.insert(0, str(ROOT / "scripts"))
+import tutorials  # noqa: E402  (scripts/tutorials.py: runs and stores the notebooks)
+
+sys.path.pop(0)
 
 # Lines every notebook must print (regular expressions over the text of all its outputs).
 NUMBER = r"\d+\.\d+"
 KEY_LINES: dict[str, list[str]] = {
+    "00_your_images": [
+        r"ImageFolder\('photos', 60 images, 4 classes\)",
+        rf"test accuracy {NUMBER}, NLL {NUMBER}, ECE {NUMBER} on 12 images",
+        r"the loaded model predicts the same: True",
+        r"DataFileError: photos/Bag/download\.jpg: is not an image Pillow can read",
+        r"photos/Bag/download\.jpg: is not an image",
+        r"Fitted GpRepurposer on 48 images of 4 classes",
+        rf"accuracy {NUMBER}, NLL {NUMBER}, ECE {NUMBER} on 12 examples; report in clothes_report",
+        rf"command line: accuracy {NUMBER}, NLL {NUMBER}, ECE {NUMBER} on 12 held-out images",
+    ],
     "01_overview": [
         rf"ImageNet model: mean top-1 probability {NUMBER}",
         rf"^LR\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$",
@@ -91,6 +107,7 @@ KEY_LINES: dict[str, list[str]] = {
 }
 # Notebooks whose point is a figure: at least this many images in their outputs.
 MIN_FIGURES = {
+    "00_your_images": 4,
     "01_overview": 3,
     "02_model_handler": 2,
     "03_text_transfer": 2,
@@ -101,7 +118,7 @@ MIN_FIGURES = {
 
 
 def _notebooks() -> list[str]:
-    return sorted(path.stem for path in TUTORIALS.glob("[0-9]*.ipynb"))
+    return tutorials.notebook_names()
 
 
 def test_every_notebook_has_key_lines():
@@ -128,23 +145,13 @@ def _output_text(notebook) -> tuple[str, int]:
 @pytest.mark.parametrize("name", _notebooks())
 def test_notebook_executes(name, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     # The kernelspec runs `python`: make it this interpreter, and make `import xfer` this checkout.
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    for variable, value in tutorials.kernel_environment().items():
+        monkeypatch.setenv(variable, value)
 
-    notebook = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    start = time.perf_counter()
-    client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
-    seconds = time.perf_counter() - start
+    notebook, seconds = tutorials.execute(name, tmp_path)  # CellExecutionError on any error
     print(f"{name}: executed in {seconds:.1f} s")
 
     keep = os.environ.get("XFER_EXECUTED_NOTEBOOKS")
@@ -157,6 +164,13 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     for pattern in KEY_LINES[name]:
         assert re.search(pattern, text, flags=re.M), f"{name} did not print {pattern!r}:\n{text}"
     assert images >= MIN_FIGURES.get(name, 0), f"{name} shows {images} figures"
+    # The stored notebook shows what its code produces (in kind): regenerate it when not.
+    problems = tutorials.differences(tutorials.read(name), notebook)
+    assert not problems, (
+        f"The stored {name}.ipynb no longer matches what its code produces: "
+        + "; ".join(problems)
+        + f". Store it again with its outputs: {tutorials.REGENERATE.format(name=name)}"
+    )
 
 
 # Every script in examples/ runs, with small arguments where it has them (the full-size runs are
