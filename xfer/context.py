@@ -20,7 +20,15 @@ _DEVICE_PATTERN = re.compile(r"^\s*(cpu|gpu|cuda)\s*(?::\s*(\d+))?\s*$", re.IGNO
 
 @dataclass(frozen=True)
 class Device:
-    """A backend-neutral device: ``kind`` is ``"cpu"`` or ``"gpu"``; ``index`` its number."""
+    """A backend-neutral device.
+
+    Parameters
+    ----------
+    kind : {"cpu", "gpu"}
+        The kind of device.
+    index : int, default=0
+        Its number (``gpu:1`` is ``Device("gpu", 1)``).
+    """
 
     kind: str
     index: int = 0
@@ -99,7 +107,25 @@ def resolve_context(context: Any = None, default: Any = None) -> list[Device]:
 
 
 def devices_from_function(context_function: Any, num_devices: int = 1) -> list[Device]:
-    """Xfer's ``(context_function, num_devices)`` pair as a device list (``mx.gpu, 2`` -> gpu:0, gpu:1)."""
+    """Xfer's ``(context_function, num_devices)`` pair as a device list (``mx.gpu, 2`` -> gpu:0, gpu:1).
+
+    Parameters
+    ----------
+    context_function : callable, str, mx.Context or torch.device
+        Xfer's ``mx.cpu``/``mx.gpu`` (called with 0, 1, ...), or any device :func:`resolve_context`
+        reads.
+    num_devices : int, default=1
+        How many devices of that kind.
+
+    Returns
+    -------
+    list of Device
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``num_devices`` is not a positive integer, or the device is not understood.
+    """
     if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
         raise InvalidArgumentError(f"num_devices must be a positive integer, got {num_devices!r}.")
     if callable(context_function) and not hasattr(context_function, "device_type"):
@@ -111,13 +137,34 @@ def devices_from_function(context_function: Any, num_devices: int = 1) -> list[D
 
 
 def format_context(devices: Sequence[Device]) -> str | list[str]:
-    """A JSON-safe form of a device list (``"cpu:0"`` or ``["gpu:0", "gpu:1"]``)."""
+    """A JSON-safe form of a device list (``"cpu:0"`` or ``["gpu:0", "gpu:1"]``).
+
+    Parameters
+    ----------
+    devices : sequence of Device
+
+    Returns
+    -------
+    str or list of str
+        One name for one device, else a list.
+    """
     names = [str(d) for d in devices]
     return names[0] if len(names) == 1 else names
 
 
 def to_mxnet(context: Any = None, default: Any = None) -> list:
     """Resolve ``context`` to a list of ``mx.Context``, checking that GPUs exist.
+
+    Parameters
+    ----------
+    context : str, mx.Context, torch.device, Device or list, optional
+        What the user asked for (see :func:`resolve_context`).
+    default : optional
+        Used when ``context`` is None (default ``"cpu"``).
+
+    Returns
+    -------
+    list of mx.Context
 
     Raises
     ------
@@ -150,6 +197,15 @@ def torch_num_threads(num_threads: int | None) -> Iterator[None]:
 
     Small problems (a GP on 150 points) run faster on one thread: OpenMP's start-up and
     hand-off cost more than the work, and much more when another process holds a core.
+
+    Parameters
+    ----------
+    num_threads : int or None
+        Threads inside the block; the previous count is restored after it.
+
+    Yields
+    ------
+    None
     """
     import torch
 
@@ -169,6 +225,17 @@ def to_torch(context: Any = None, default: Any = None):
 
     Torch heads run on one device; a list with more than one device is refused here (use the
     fine-tuners' distributed training for several GPUs).
+
+    Parameters
+    ----------
+    context : str, mx.Context, torch.device, Device or list of one, optional
+        What the user asked for (see :func:`resolve_context`).
+    default : optional
+        Used when ``context`` is None (default ``"cpu"``).
+
+    Returns
+    -------
+    torch.device
 
     Raises
     ------

@@ -28,6 +28,15 @@ class Batch:
     """One batch: ``data`` always has the full batch size (padded); ``num_valid`` rows are real.
 
     For text (:attr:`Batches.is_text`) ``data`` is a list of ``num_valid`` strings, never padded.
+
+    Parameters
+    ----------
+    data : ndarray or list of str
+        ``batch_size`` examples (the last batch padded with zeros), or the texts.
+    labels : ndarray or None
+        The labels of the ``num_valid`` real examples, when the data has labels.
+    num_valid : int
+        How many of the rows are real examples.
     """
 
     data: np.ndarray | list
@@ -36,7 +45,20 @@ class Batch:
 
 
 class Batches:
-    """A re-iterable stream of :class:`Batch` over user data.
+    """A re-iterable stream of :class:`Batch` over user data (made by :func:`as_batches`).
+
+    Parameters
+    ----------
+    source : object
+        The user's data (array, DataIter, list of texts, torch Dataset or DataLoader).
+    labels : ndarray or None
+        Labels of array or text data.
+    batch_size, sample_shape, num_examples, has_labels
+        As the attributes below.
+    dtype : numpy dtype or None, default=numpy.float32
+        Type the batches are converted to (None: unchanged).
+    kind : {"array", "dataiter", "text", "dataset", "loader"}, optional
+        How to read ``source`` (default: array for NumPy arrays, else dataiter).
 
     Attributes
     ----------
@@ -151,6 +173,14 @@ def data_descs(descs: Any) -> list:
     MXNet iterators describe their arrays either with ``DataDesc`` objects (``NDArrayIter``) or
     with plain ``(name, shape)`` tuples (``ImageIter``, ``ImageRecordIter``, ``CSVIter``,
     ``PrefetchingIter``, many user iterators); both are accepted. ``None`` gives ``[]``.
+
+    Parameters
+    ----------
+    descs : list of mx.io.DataDesc or (name, shape) tuples, or None
+
+    Returns
+    -------
+    list of mx.io.DataDesc
     """
     from xfer._mxnet import mx
 
@@ -312,6 +342,11 @@ def as_batches(
         or ``DataLoader`` (their own size; a loader's shorter last batch is padded).
     allow_text : bool, default=False
         Accept a list of strings (for models that tokenise their own input).
+
+    Returns
+    -------
+    Batches
+        Iterate it (as often as needed) for :class:`Batch` objects.
 
     Raises
     ------

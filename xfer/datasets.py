@@ -102,6 +102,8 @@ class Dataset:
         Name of each class.
     description : str
         Where the data comes from.
+    indices : ndarray of int or None
+        Positions of these examples in the full split they were drawn from (None: all of it).
     """
 
     data: Any
@@ -119,7 +121,17 @@ class Dataset:
         return np.asarray(self.class_names, dtype=object)[self.target].astype(str)
 
     def subset(self, indices: Any) -> Dataset:
-        """A new :class:`Dataset` with the examples at ``indices`` (same ``class_names``)."""
+        """A new :class:`Dataset` with the examples at ``indices`` (same ``class_names``).
+
+        Parameters
+        ----------
+        indices : array-like of int
+            Positions of the examples to keep.
+
+        Returns
+        -------
+        Dataset
+        """
         indices = np.asarray(indices, dtype=np.int64)
         if isinstance(self.data, np.ndarray):
             data = self.data[indices]

@@ -56,12 +56,21 @@ class ModelFileNotFoundError(XferError, FileNotFoundError):
 class DataFileError(XferError, ValueError):
     """A data file that cannot be read or is mislabelled; the message names the file and why.
 
+    Parameters
+    ----------
+    message : str
+        The whole message (file, what is wrong, how to fix it).
+    path : str, default=""
+        The file (or ``"table.csv line N"``).
+    reason : str, default=""
+        What is wrong with it.
+
     Attributes
     ----------
     path : str
-        The file (or ``"table.csv line N"``).
+        As given.
     reason : str
-        What is wrong with it.
+        As given.
     """
 
     def __init__(self, message: str, path: str = "", reason: str = ""):

@@ -708,7 +708,17 @@ class FeatureStore:
         return self._labels
 
     def chunk_rows(self, bytes_per_value: int = 8) -> int:
-        """Rows that fit in ``chunk_mb`` at ``bytes_per_value`` bytes per feature (at least 1)."""
+        """Rows that fit in ``chunk_mb`` at ``bytes_per_value`` bytes per feature (at least 1).
+
+        Parameters
+        ----------
+        bytes_per_value : int, default=8
+            Size of one feature in the caller's working copy (8 for float64).
+
+        Returns
+        -------
+        int
+        """
         return max(1, int(self.chunk_mb * 2**20) // (self.num_features * bytes_per_value))
 
     def _map(self, shard: int) -> np.memmap:
@@ -754,7 +764,22 @@ class FeatureStore:
             yield self.rows(start, stop), None if labels is None else labels[start:stop]
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start..stop-1`` as a float32 array."""
+        """Rows ``start..stop-1`` as a float32 array.
+
+        Parameters
+        ----------
+        start, stop : int
+            The half-open range of rows.
+
+        Returns
+        -------
+        ndarray of float32, shape (stop - start, num_features)
+
+        Raises
+        ------
+        InvalidArgumentError
+            A range outside the store.
+        """
         if not 0 <= start <= stop <= self._num_examples:
             raise InvalidArgumentError(f"Rows {start}..{stop} are outside 0..{self._num_examples}.")
         out = np.empty((stop - start, self.num_features), dtype=np.float32)
@@ -773,7 +798,22 @@ class FeatureStore:
         return out
 
     def take(self, indices: Any) -> np.ndarray:
-        """The rows at ``indices`` (any order, repeats allowed) as a float32 array."""
+        """The rows at ``indices`` (any order, repeats allowed) as a float32 array.
+
+        Parameters
+        ----------
+        indices : array-like of int
+            Row positions.
+
+        Returns
+        -------
+        ndarray of float32, shape (len(indices), num_features)
+
+        Raises
+        ------
+        InvalidArgumentError
+            An index outside the store.
+        """
         indices = np.asarray(indices, dtype=np.int64).ravel()
         if indices.size and (indices.min() < 0 or indices.max() >= self._num_examples):
             raise InvalidArgumentError(f"Row indices must lie in 0..{self._num_examples - 1}.")
@@ -789,7 +829,13 @@ class FeatureStore:
         return out
 
     def to_array(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """All features as one float32 array (when they fit in memory), with the labels."""
+        """All features as one float32 array (when they fit in memory), with the labels.
+
+        Returns
+        -------
+        features : ndarray of float32, shape (num_examples, num_features)
+        labels : ndarray or None
+        """
         return self.rows(0, self._num_examples), self.labels
 
 
@@ -802,7 +848,16 @@ def _file_sha256(path: Path) -> str:
 
 
 def is_feature_store(value: Any) -> bool:
-    """Whether ``value`` is a :class:`FeatureStore`."""
+    """Whether ``value`` is a :class:`FeatureStore`.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    bool
+    """
     return isinstance(value, FeatureStore)
 
 

@@ -78,7 +78,27 @@ def _check(labels: Any, probabilities: Any, classes: Any = None) -> tuple[np.nda
 
 
 def accuracy(labels: Any, probabilities: Any, classes: Any = None) -> float:
-    """Fraction of rows whose most probable class is the true one."""
+    """Fraction of rows whose most probable class is the true one.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,)
+        True labels: int codes ``0..K-1``, or the user's label values with ``classes``.
+    probabilities : array-like of shape (n_samples, n_classes)
+        Predicted probabilities, columns in the order of ``classes``.
+    classes : array-like of shape (n_classes,), optional
+        The label of each column (e.g. ``repurposer.classes_``); needed for labels that are not
+        int codes.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, non-finite probabilities, or labels not in ``classes``.
+    """
     codes, probabilities = _check(labels, probabilities, classes)
     return float(np.mean(np.argmax(probabilities, axis=1) == codes))
 
@@ -86,14 +106,57 @@ def accuracy(labels: Any, probabilities: Any, classes: Any = None) -> float:
 def negative_log_likelihood(
     labels: Any, probabilities: Any, classes: Any = None, eps: float = 1e-15
 ) -> float:
-    """Mean ``-log p(true class)``, probabilities clipped to ``[eps, 1]``."""
+    """Mean ``-log p(true class)``, probabilities clipped to ``[eps, 1]``.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,)
+        True labels: int codes ``0..K-1``, or the user's label values with ``classes``.
+    probabilities : array-like of shape (n_samples, n_classes)
+        Predicted probabilities, columns in the order of ``classes``.
+    classes : array-like of shape (n_classes,), optional
+        The label of each column (e.g. ``repurposer.classes_``); needed for labels that are not
+        int codes.
+    eps : float, default=1e-15
+        Smallest probability used (a zero would give an infinite loss).
+
+    Returns
+    -------
+    float
+        Lower is better; 0 for certain, correct predictions.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, non-finite probabilities, or labels not in ``classes``.
+    """
     codes, probabilities = _check(labels, probabilities, classes)
     picked = probabilities[np.arange(codes.size), codes]
     return float(-np.mean(np.log(np.clip(picked, eps, 1.0))))
 
 
 def brier_score(labels: Any, probabilities: Any, classes: Any = None) -> float:
-    """Mean over rows of ``sum_k (p_k - 1[k = y])^2`` (multi-class Brier score, in [0, 2])."""
+    """Mean over rows of ``sum_k (p_k - 1[k = y])^2`` (multi-class Brier score, in [0, 2]).
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,)
+        True labels: int codes ``0..K-1``, or the user's label values with ``classes``.
+    probabilities : array-like of shape (n_samples, n_classes)
+        Predicted probabilities, columns in the order of ``classes``.
+    classes : array-like of shape (n_classes,), optional
+        The label of each column (e.g. ``repurposer.classes_``); needed for labels that are not
+        int codes.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, non-finite probabilities, or labels not in ``classes``.
+    """
     codes, probabilities = _check(labels, probabilities, classes)
     one_hot = np.zeros_like(probabilities)
     one_hot[np.arange(codes.size), codes] = 1.0
@@ -123,7 +186,30 @@ class ReliabilityDiagram(NamedTuple):
 def reliability_diagram(
     labels: Any, probabilities: Any, classes: Any = None, n_bins: int = 15
 ) -> ReliabilityDiagram:
-    """Bin rows by top-class confidence into ``n_bins`` equal-width bins of [0, 1]."""
+    """Bin rows by top-class confidence into ``n_bins`` equal-width bins of [0, 1].
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,)
+        True labels: int codes ``0..K-1``, or the user's label values with ``classes``.
+    probabilities : array-like of shape (n_samples, n_classes)
+        Predicted probabilities, columns in the order of ``classes``.
+    classes : array-like of shape (n_classes,), optional
+        The label of each column (e.g. ``repurposer.classes_``); needed for labels that are not
+        int codes.
+    n_bins : int, default=15
+        Number of equal-width confidence bins.
+
+    Returns
+    -------
+    ReliabilityDiagram
+        Per-bin mean confidence, accuracy and count.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, non-finite probabilities, or labels not in ``classes``.
+    """
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise InvalidArgumentError(f"n_bins must be a positive integer, got {n_bins!r}.")
     codes, probabilities = _check(labels, probabilities, classes)
@@ -142,7 +228,30 @@ def reliability_diagram(
 def expected_calibration_error(
     labels: Any, probabilities: Any, classes: Any = None, n_bins: int = 15
 ) -> float:
-    """ECE: ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over ``n_bins`` equal-width bins."""
+    """ECE: ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over ``n_bins`` equal-width bins.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,)
+        True labels: int codes ``0..K-1``, or the user's label values with ``classes``.
+    probabilities : array-like of shape (n_samples, n_classes)
+        Predicted probabilities, columns in the order of ``classes``.
+    classes : array-like of shape (n_classes,), optional
+        The label of each column (e.g. ``repurposer.classes_``); needed for labels that are not
+        int codes.
+    n_bins : int, default=15
+        Number of equal-width confidence bins.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0 when confidence matches accuracy in every bin.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, non-finite probabilities, or labels not in ``classes``.
+    """
     diagram = reliability_diagram(labels, probabilities, classes, n_bins)
     filled = diagram.bin_count > 0
     if not np.any(filled):
@@ -155,7 +264,31 @@ def expected_calibration_error(
 def plot_reliability_diagram(
     labels: Any, probabilities: Any, classes: Any = None, n_bins: int = 15, ax: Any = None
 ) -> Any:
-    """Draw a reliability diagram with matplotlib; returns the axes."""
+    """Draw a reliability diagram (accuracy per confidence bin, ECE in the title) with matplotlib.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,)
+        True labels: int codes ``0..K-1``, or the user's label values with ``classes``.
+    probabilities : array-like of shape (n_samples, n_classes)
+        Predicted probabilities, columns in the order of ``classes``.
+    classes : array-like of shape (n_classes,), optional
+        The label of each column (e.g. ``repurposer.classes_``); needed for labels that are not
+        int codes.
+    n_bins : int, default=15
+        Number of equal-width confidence bins.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: a new 4 x 4 inch figure).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, non-finite probabilities, or labels not in ``classes``.
+    """
     import matplotlib.pyplot as plt
 
     diagram = reliability_diagram(labels, probabilities, classes, n_bins)

@@ -145,7 +145,12 @@ def register_repurposer(cls: T | None = None, *, key: str | None = None) -> Any:
 
 
 def registered_repurposers() -> dict[str, type]:
-    """A copy of the registry: ``{serialization_key: class}``."""
+    """A copy of the registry: ``{serialization_key: class}``.
+
+    Returns
+    -------
+    dict of str to type
+    """
     return dict(_REGISTRY)
 
 
@@ -484,6 +489,16 @@ def saving(directory: str | os.PathLike) -> Iterator[SaveTransaction]:
     hold an exclusive ``flock`` on it (readers a shared one), so concurrent saves leave one
     whole model. Nested blocks for the same directory join the outer one.
 
+    Parameters
+    ----------
+    directory : str or path-like
+        Where the files of the save go (created).
+
+    Yields
+    ------
+    SaveTransaction
+        The save; :func:`atomic_write` calls inside the block join it.
+
     Raises
     ------
     ModelSaveError
@@ -523,6 +538,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     into place with the others when the block ends); otherwise it is a save of its own. A crash
     or an exception never leaves a half-written ``path``: it keeps its old content or gets the
     new one.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+    write : callable
+        ``write(temporary_path)`` writes the content to the temporary file it is given.
     """
     path = Path(path)
     with saving(path.parent) as transaction:
@@ -530,7 +552,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+    data : bytes
+        Its content.
+    """
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
@@ -551,7 +581,20 @@ def to_strict_json(obj: Any) -> str:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as strict JSON, atomically."""
+    """Write ``obj`` as strict JSON (no ``NaN``/``Infinity``), atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+    obj : object
+        JSON-safe data (dicts, lists, strings, finite numbers, booleans, None).
+
+    Raises
+    ------
+    SerializationError
+        ``obj`` cannot be written as strict JSON.
+    """
     atomic_write_bytes(path, to_strict_json(obj).encode("utf-8"))
 
 
@@ -584,7 +627,18 @@ class SavedFiles:
 def reading(directory: str | os.PathLike) -> Iterator[SavedFiles]:
     """A consistent view of ``directory`` for loading: no save there runs meanwhile (a shared
     lock), and the files of a save a killed process left recorded are read as that save wrote
-    them. Nested blocks for the same directory (or inside a save there) reuse the view."""
+    them. Nested blocks for the same directory (or inside a save there) reuse the view.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        The folder of the saved files.
+
+    Yields
+    ------
+    SavedFiles
+        ``view.path(name)`` is the file that holds ``name``'s content.
+    """
     directory = Path(directory)
     key = _directory_key(directory)
     reads = _active_reads()
@@ -912,6 +966,16 @@ def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a manifest: strict JSON, an xfer manifest, a supported format version,
     its own checksum (format 2), and the type of every key a loader reads.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.json`` manifest.
+
+    Returns
+    -------
+    dict
+        The manifest.
 
     Raises
     ------

@@ -36,8 +36,24 @@ IMAGE_COLOURS = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 190,
 def make_blob_features(
     n_per_class: int = 20, n_classes: int = 3, n_features: int = 6, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Well-separated Gaussian blobs: float32 features ``[n_classes * n_per_class, n_features]``
-    and int labels ``0..n_classes-1`` (shuffled)."""
+    """Well-separated Gaussian blobs: float32 features and int labels ``0..n_classes-1`` (shuffled).
+
+    Parameters
+    ----------
+    n_per_class : int, default=20
+        Rows of each class.
+    n_classes : int, default=3
+        Number of classes.
+    n_features : int, default=6
+        Columns.
+    seed : int, default=0
+        Seed of the centres and the noise.
+
+    Returns
+    -------
+    features : ndarray of float32, shape (n_classes * n_per_class, n_features)
+    labels : ndarray of int, shape (n_classes * n_per_class,)
+    """
     rng = np.random.RandomState(seed)
     centres = rng.normal(0.0, 4.0, size=(n_classes, n_features))
     labels = np.repeat(np.arange(n_classes), n_per_class)
@@ -47,7 +63,24 @@ def make_blob_features(
 
 
 def make_tiny_source_model(n_inputs: int = 6, n_hidden: int = 8, n_outputs: int = 3, seed: int = 0):
-    """An untrained MXNet MLP ``fc1(n_hidden) relu1 fc2 softmax`` as ``(symbol, arg_params, aux_params)``."""
+    """An untrained MXNet MLP ``fc1(n_hidden) relu1 fc2 softmax`` with random weights.
+
+    Parameters
+    ----------
+    n_inputs : int, default=6
+        Width of the input.
+    n_hidden : int, default=8
+        Units of ``fc1``.
+    n_outputs : int, default=3
+        Units of ``fc2``.
+    seed : int, default=0
+        Seed of the weights.
+
+    Returns
+    -------
+    tuple
+        ``(symbol, arg_params, aux_params)``, a source model every repurposer accepts.
+    """
     from xfer._mxnet import mx
 
     data = mx.sym.var("data")
@@ -131,19 +164,72 @@ class RepurposerTestCase:
     def create_repurposer(
         self, source_model: Any = None, feature_layer_names: list[str] | None = None, **kwargs: Any
     ) -> Any:
-        """A fresh, unfitted repurposer (fast settings; ``random_state`` fixed)."""
+        """A fresh, unfitted repurposer (fast settings; ``random_state`` fixed): implement this.
+
+        Parameters
+        ----------
+        source_model : optional
+            The source model, or None for a head on feature arrays.
+        feature_layer_names : list of str, optional
+            Its feature layers.
+        **kwargs
+            Further constructor arguments some checks pass (``random_state``...).
+
+        Returns
+        -------
+        Repurposer
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------ helpers
     def data(self, seed: int = 0, n_per_class: int = 20) -> tuple[np.ndarray, np.ndarray]:
+        """Blob features of this case's size (see :func:`make_blob_features`).
+
+        Parameters
+        ----------
+        seed : int, default=0
+            Seed of the blobs.
+        n_per_class : int, default=20
+            Rows of each class.
+
+        Returns
+        -------
+        features, labels : ndarray
+        """
         return make_blob_features(n_per_class, self.n_classes, self.n_features, seed)
 
     def probabilities_or_labels(self, repurposer: Any, X: Any, **kwargs: Any) -> np.ndarray:
+        """``predict_proba(X)``, or ``predict(X)`` for a head without probabilities.
+
+        Parameters
+        ----------
+        repurposer : Repurposer
+            A fitted repurposer.
+        X : array-like
+            Its inputs.
+        **kwargs
+            Passed on (``context=``).
+
+        Returns
+        -------
+        ndarray
+        """
         if self.has_predict_proba:
             return repurposer.predict_proba(X, **kwargs)
         return repurposer.predict(X, **kwargs)
 
     def fitted_on_features(self, labels_map: Any = None) -> tuple[Any, np.ndarray, np.ndarray]:
+        """A repurposer fitted on :meth:`data`, with the data.
+
+        Parameters
+        ----------
+        labels_map : sequence, optional
+            ``labels_map[code]`` replaces each int label (to test strings or offset ints).
+
+        Returns
+        -------
+        repurposer, X, y
+        """
         X, y = self.data()
         if labels_map is not None:
             y = np.asarray(labels_map)[y]

@@ -18,6 +18,18 @@ def digits_cnn_symbol(num_classes: int = 5, with_batchnorm: bool = True):
     """The toy CNN: ``conv1 [bn1] relu1 pool1 conv2 relu2 flatten fc1(64) relu3 fc2 softmax``.
 
     Input: ``N x 1 x 8 x 8`` digits scaled to [0, 1].
+
+    Parameters
+    ----------
+    num_classes : int, default=5
+        Outputs of ``fc2``.
+    with_batchnorm : bool, default=True
+        Include ``bn1``.
+
+    Returns
+    -------
+    mx.sym.Symbol
+        The untrained graph, ending in ``SoftmaxOutput`` (label ``softmax_label``).
     """
     net = mx.sym.var("data")
     net = mx.sym.Convolution(net, num_filter=16, kernel=(3, 3), pad=(1, 1), name="conv1")
@@ -35,7 +47,19 @@ def digits_cnn_symbol(num_classes: int = 5, with_batchnorm: bool = True):
 
 
 def load_digit_images(classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn digits as ``N x 1 x 8 x 8`` float32 in [0, 1] and int labels."""
+    """scikit-learn digits as ``N x 1 x 8 x 8`` float32 in [0, 1] and int labels.
+
+    Parameters
+    ----------
+    classes : sequence of int, optional
+        Keep only these digits (default: all ten).
+
+    Returns
+    -------
+    images : ndarray of float32, N x 1 x 8 x 8
+    labels : ndarray of int
+        The digit of each image.
+    """
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -54,7 +78,26 @@ def train_digits_cnn(
     seed: int = 0,
     with_batchnorm: bool = True,
 ):
-    """Train the toy CNN on the digits of ``classes`` (relabelled 0..K-1); returns a bound Module."""
+    """Train the toy CNN on the digits of ``classes`` (relabelled 0..K-1).
+
+    Parameters
+    ----------
+    classes : sequence of int, default=(0, 1, 2, 3, 4)
+        The digits to train on (Xfer's toy task uses 0-4 as the source task).
+    num_epochs : int, default=10
+        Epochs of Adam at learning rate 0.01.
+    batch_size : int, default=32
+        Examples per step.
+    seed : int, default=0
+        Seed of MXNet's and NumPy's generators.
+    with_batchnorm : bool, default=True
+        Include ``bn1``.
+
+    Returns
+    -------
+    mx.mod.Module
+        The trained, bound module.
+    """
     images, labels = load_digit_images(classes)
     targets = np.searchsorted(np.asarray(sorted(classes)), labels).astype(np.float32)
     mx.random.seed(seed)
@@ -78,6 +121,17 @@ def torch_digits_cnn(num_classes: int = 5, seed: int = 0):
 
     ``conv1 bn1 relu1 pool1 conv2 relu2 flatten fc1 relu3 fc2 softmax`` (``softmax`` is an
     ``nn.Softmax``: the model outputs probabilities). Untrained; see :func:`train_torch_digits_cnn`.
+
+    Parameters
+    ----------
+    num_classes : int, default=5
+        Outputs of ``fc2``.
+    seed : int, default=0
+        Seed of the initial weights.
+
+    Returns
+    -------
+    torch.nn.Sequential
     """
     from collections import OrderedDict
 
@@ -105,7 +159,24 @@ def torch_digits_cnn(num_classes: int = 5, seed: int = 0):
 def train_torch_digits_cnn(
     classes: Sequence[int] = (0, 1, 2, 3, 4), num_epochs: int = 10, batch_size: int = 32, seed: int = 0
 ):
-    """Train :func:`torch_digits_cnn` on the digits of ``classes``; returns the model in eval mode."""
+    """Train :func:`torch_digits_cnn` on the digits of ``classes`` (relabelled 0..K-1).
+
+    Parameters
+    ----------
+    classes : sequence of int, default=(0, 1, 2, 3, 4)
+        The digits to train on.
+    num_epochs : int, default=10
+        Epochs of Adam.
+    batch_size : int, default=32
+        Examples per step.
+    seed : int, default=0
+        Seed of the weights and the shuffling.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        The trained model, in eval mode.
+    """
     import torch
 
     images, labels = load_digit_images(classes)

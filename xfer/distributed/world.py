@@ -102,6 +102,16 @@ class World:
 
         Under torch it is computed in float64; through an MXNet kvstore in float32 (its servers
         add float32), which is exact for whole numbers up to 2**24.
+
+        Parameters
+        ----------
+        values : array-like of float
+            This process's vector.
+
+        Returns
+        -------
+        ndarray of float64
+            The sum over all processes.
         """
         values = np.asarray(values, dtype=np.float64).ravel()
         if self.backend == "torch":
@@ -117,7 +127,18 @@ class World:
         return values.copy()
 
     def gather_bytes(self, data: bytes) -> list[bytes]:
-        """Every process's ``data``, in rank order."""
+        """Every process's ``data``, in rank order.
+
+        Parameters
+        ----------
+        data : bytes
+            This process's bytes.
+
+        Returns
+        -------
+        list of bytes
+            One entry per rank.
+        """
         if self.size == 1:
             return [bytes(data)]
         if self.backend == "torch":
@@ -154,7 +175,12 @@ def _mxnet_sum(values: np.ndarray) -> np.ndarray:
 
 def current_world() -> World:
     """The job this process belongs to: ``torch.distributed`` if initialised, else the MXNet
-    kvstore job it was started in (``DMLC_ROLE=worker``), else a world of one."""
+    kvstore job it was started in (``DMLC_ROLE=worker``), else a world of one.
+
+    Returns
+    -------
+    World
+    """
     dist = _torch_distributed()
     if dist is not None:
         return World(dist.get_rank(), dist.get_world_size(), "torch")
@@ -169,6 +195,20 @@ def shard_indices(num_examples: int, rank: int, size: int) -> np.ndarray:
 
     Every example belongs to exactly one rank, and each rank's part is spread over the whole data
     (data sorted by class still gives every rank every class).
+
+    Parameters
+    ----------
+    num_examples : int
+        Size of the data.
+    rank : int
+        This process, ``0..size-1``.
+    size : int
+        Number of processes.
+
+    Returns
+    -------
+    ndarray of int64
+        The positions of this rank's examples.
 
     Raises
     ------

@@ -58,6 +58,12 @@ class History:
 
     @staticmethod
     def keys() -> list[str]:
+        """The per-epoch fields, in order.
+
+        Returns
+        -------
+        list of str
+        """
         return [
             "epoch",
             "phase",
@@ -70,7 +76,12 @@ class History:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (NaN and infinity become None)."""
+        """A JSON-safe dict (NaN and infinity become None).
+
+        Returns
+        -------
+        dict
+        """
         raw = asdict(self)
         for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"):
             raw[key] = [finite_or_none(v) for v in raw[key]]
@@ -78,10 +89,27 @@ class History:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> History:
+        """The history :meth:`to_dict` wrote (unknown keys are ignored).
+
+        Parameters
+        ----------
+        raw : dict
+
+        Returns
+        -------
+        History
+        """
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def append(self, **values: Any) -> None:
+        """Record one epoch.
+
+        Parameters
+        ----------
+        **values
+            One value for each of :meth:`keys`.
+        """
         for key in self.keys():
             getattr(self, key).append(values[key])
 

@@ -73,17 +73,50 @@ class ModelHandler:
 
     @classmethod
     def accepts(cls, model: Any) -> bool:  # pragma: no cover - overridden by backends
+        """Whether this backend reads ``model`` (the registry asks each backend in turn).
+
+        Parameters
+        ----------
+        model : object
+            What the user passed to ``ModelHandler(...)``.
+
+        Returns
+        -------
+        bool
+        """
         return False
 
     # Freezing is bookkeeping on layer names, the same for every backend; each backend's
     # get_module turns the frozen set into fixed parameters and frozen BatchNorm statistics.
     def freeze(self, layer_names: list[str]) -> None:
         """Freeze layers: their parameters stay fixed in modules built by ``get_module``, and
-        frozen BatchNorm layers use their stored statistics, which are never updated."""
+        frozen BatchNorm layers use their stored statistics, which are never updated.
+
+        Parameters
+        ----------
+        layer_names : list of str
+            Layers of the model.
+
+        Raises
+        ------
+        LayerNotFoundError
+            A name that is not a layer of the model.
+        """
         self._frozen |= set(self._check_layer_names(layer_names))
 
     def unfreeze(self, layer_names: list[str] | None = None) -> None:
-        """Unfreeze the given layers, or all layers when ``layer_names`` is None."""
+        """Unfreeze the given layers, or all layers when ``layer_names`` is None.
+
+        Parameters
+        ----------
+        layer_names : list of str, optional
+            Layers to unfreeze (default: all).
+
+        Raises
+        ------
+        LayerNotFoundError
+            A name that is not a layer of the model.
+        """
         if layer_names is None:
             self._frozen.clear()
         else:
@@ -130,6 +163,22 @@ class ModelHandler:
         MXNet: ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``. PyTorch:
         ``<prefix>.safetensors``, loaded into ``model`` (the architecture: weights files cannot
         hold code, so the network's class must come from you).
+
+        Parameters
+        ----------
+        prefix : str or path-like
+            The prefix given to ``save_checkpoint``.
+        epoch : int, default=0
+            MXNet: the epoch number of the parameter file.
+        model : torch.nn.Module, optional
+            PyTorch: the architecture to load the weights into.
+        **kwargs
+            Passed to the backend's ``load_checkpoint``.
+
+        Returns
+        -------
+        ModelHandler
+            The backend's handler (``MXNetModelHandler`` or ``TorchModelHandler``).
         """
         import os
 

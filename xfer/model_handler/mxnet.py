@@ -150,6 +150,17 @@ class MXNetModelHandler(ModelHandler):
     # ------------------------------------------------------------------ construction
     @classmethod
     def accepts(cls, model: Any) -> bool:
+        """Whether ``model`` is an MXNet model this backend reads.
+
+        Parameters
+        ----------
+        model : object
+            What was passed to ``ModelHandler(...)``.
+
+        Returns
+        -------
+        bool
+        """
         if isinstance(model, (mx.mod.Module, mx.sym.Symbol, mx.gluon.HybridBlock)):
             return True
         if isinstance(model, tuple) and model:
@@ -218,6 +229,19 @@ class MXNetModelHandler(ModelHandler):
     def load_checkpoint(cls, prefix: str, epoch: int = 0, **kwargs: Any) -> MXNetModelHandler:
         """Load ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``.
 
+        Parameters
+        ----------
+        prefix : str
+            Path prefix of the checkpoint.
+        epoch : int, default=0
+            Epoch number of the parameter file.
+        **kwargs
+            Passed to the constructor (``context_function``, ``num_devices``...).
+
+        Returns
+        -------
+        MXNetModelHandler
+
         Raises
         ------
         ModelFileNotFoundError
@@ -256,6 +280,15 @@ class MXNetModelHandler(ModelHandler):
     def get_layer_type(self, layer_name: str) -> str:
         """Operator name of a layer (``'Convolution'``).
 
+        Parameters
+        ----------
+        layer_name : str
+            A layer of the model.
+
+        Returns
+        -------
+        str
+
         Raises
         ------
         LayerNotFoundError
@@ -267,7 +300,18 @@ class MXNetModelHandler(ModelHandler):
         return types[layer_name]
 
     def get_layer_names_matching_type(self, layer_type: str | LayerType) -> list[str]:
-        """Names of the layers whose operator is ``layer_type`` (case-insensitive)."""
+        """Names of the layers whose operator is ``layer_type`` (case-insensitive).
+
+        Parameters
+        ----------
+        layer_type : str or LayerType
+            An operator name (``"Convolution"``, ``"fullyconnected"``) or a :class:`LayerType`.
+
+        Returns
+        -------
+        list of str
+            In graph order.
+        """
         wanted = str(layer_type.value if isinstance(layer_type, LayerType) else layer_type).lower()
         return [name for name, op in self.layer_type_dict.items() if op.lower() == wanted]
 
@@ -278,6 +322,16 @@ class MXNetModelHandler(ModelHandler):
         parameters of ``conv10``. A layer that is not in the graph (for instance one removed by
         ``drop_layer_bottom``) has no parameters: it contributes none, with a logged warning,
         as in Xfer.
+
+        Parameters
+        ----------
+        layer_names : list of str
+            Layers of the model.
+
+        Returns
+        -------
+        list of str
+            Parameter names (``conv1_weight``, ``bn1_moving_mean``...), in graph order.
 
         Raises
         ------
@@ -313,6 +367,11 @@ class MXNetModelHandler(ModelHandler):
     def drop_layer_top(self, num_layers_to_drop: int = 1) -> None:
         """Remove the ``num_layers_to_drop`` layers nearest the output.
 
+        Parameters
+        ----------
+        num_layers_to_drop : int, default=1
+            How many layers.
+
         Raises
         ------
         ModelArchitectureError
@@ -346,6 +405,11 @@ class MXNetModelHandler(ModelHandler):
 
     def drop_layer_bottom(self, num_layers_to_drop: int = 1) -> None:
         """Remove the ``num_layers_to_drop`` layers nearest the input; the next layer reads the input.
+
+        Parameters
+        ----------
+        num_layers_to_drop : int, default=1
+            How many layers.
 
         Raises
         ------
@@ -449,6 +513,12 @@ class MXNetModelHandler(ModelHandler):
     def add_layer_top(self, layer_list: list) -> None:
         """Stack unconnected ``mx.sym`` layers (a list, or one layer) on the output, in list order.
 
+        Parameters
+        ----------
+        layer_list : list of mx.sym.Symbol or mx.sym.Symbol
+            Layers built without their data input (``mx.sym.FullyConnected(num_hidden=5,
+            name="fc_new")``); the first reads the model's output.
+
         Raises
         ------
         ModelError
@@ -474,6 +544,16 @@ class MXNetModelHandler(ModelHandler):
         first layer, in list order.
 
         The first layer of the list reads the input; the model's old first layer reads the last.
+
+        Parameters
+        ----------
+        layer_list : list of mx.sym.Symbol or mx.sym.Symbol
+            Layers built without their data input.
+
+        Raises
+        ------
+        ModelArchitectureError, InvalidArgumentError
+            The model's input feeds several layers, or a new name clashes with the model.
         """
         layers = self._check_new_layers(layer_list)
         chain = mx.sym.var(self.data_name)
@@ -482,7 +562,18 @@ class MXNetModelHandler(ModelHandler):
         self.update_sym(self.symbol(**{self.data_name: chain}))
 
     def update_sym(self, new_symbol: Any) -> None:
-        """Replace the graph; parameters the new graph does not use are dropped."""
+        """Replace the graph; parameters the new graph does not use are dropped.
+
+        Parameters
+        ----------
+        new_symbol : mx.sym.Symbol
+            The new graph.
+
+        Raises
+        ------
+        InvalidTypeError
+            ``new_symbol`` is not a symbol.
+        """
         if not isinstance(new_symbol, mx.sym.Symbol):
             raise InvalidTypeError(f"new_symbol must be an mx.sym.Symbol, got {type(new_symbol).__name__}.")
         arguments = set(new_symbol.list_arguments())
@@ -704,6 +795,12 @@ class MXNetModelHandler(ModelHandler):
         initializer : mx.init.Initializer, optional
             For new and re-initialised parameters (default: Xavier, gaussian, in, magnitude 2).
 
+        Returns
+        -------
+        mx.mod.Module
+            Bound to the iterator's shapes and initialised; ``module.fit(iterator, ...)`` trains
+            it without binding or initialising again.
+
         Raises
         ------
         InvalidTypeError
@@ -759,6 +856,13 @@ class MXNetModelHandler(ModelHandler):
         Both files go into place together (:func:`xfer.serialization.saving`): interrupted at
         any moment, the prefix keeps the old checkpoint or gets the new one, never a mix.
 
+        Parameters
+        ----------
+        prefix : str
+            Path prefix of the files.
+        epoch : int, default=0
+            Epoch number in the parameter file's name.
+
         Raises
         ------
         ModelSaveError
@@ -774,11 +878,28 @@ class MXNetModelHandler(ModelHandler):
             self.save_symbol(prefix)
 
     def save_symbol(self, model_name: str) -> None:
-        """Write the graph to ``<model_name>-symbol.json`` (atomically)."""
+        """Write the graph to ``<model_name>-symbol.json`` (atomically).
+
+        Parameters
+        ----------
+        model_name : str
+            Path prefix of the file.
+        """
         atomic_write(f"{model_name}-symbol.json", self.symbol.save)
 
     def visualize_net(self, filename: str | None = None, format: str = "pdf") -> Any:
         """The graph as a ``graphviz.Digraph``; with ``filename``, also rendered to a file.
+
+        Parameters
+        ----------
+        filename : str, optional
+            Render to this file (needs graphviz's ``dot`` program).
+        format : str, default="pdf"
+            File format (``"pdf"``, ``"svg"``, ``"png"``...).
+
+        Returns
+        -------
+        graphviz.Digraph
 
         Raises
         ------

@@ -259,6 +259,17 @@ class TorchModelHandler(ModelHandler):
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
+        """Whether ``model`` is a ``torch.nn.Module`` (this backend reads it).
+
+        Parameters
+        ----------
+        model : object
+            What was passed to ``ModelHandler(...)``.
+
+        Returns
+        -------
+        bool
+        """
         return _is_module(model)
 
     # ------------------------------------------------------------------ model state
@@ -363,6 +374,15 @@ class TorchModelHandler(ModelHandler):
     def get_layer_type(self, layer_name: str) -> str:
         """Class name of a layer's module (``'Conv2d'``); ``'Output'`` for the pseudo-layer ``output``.
 
+        Parameters
+        ----------
+        layer_name : str
+            A layer of the model.
+
+        Returns
+        -------
+        str
+
         Raises
         ------
         LayerNotFoundError
@@ -381,6 +401,15 @@ class TorchModelHandler(ModelHandler):
         (:class:`~xfer.model_handler.consts.LayerType`) match their torch counterparts
         (``LayerType.CONVOLUTION`` -> ``Conv1d/2d/3d``, ``LayerType.FULLYCONNECTED`` -> ``Linear``,
         ``LayerType.BATCHNORM`` -> every BatchNorm...).
+
+        Parameters
+        ----------
+        layer_type : str, LayerType or type
+            What to match.
+
+        Returns
+        -------
+        list of str
         """
         if isinstance(layer_type, type):
             return [
@@ -410,6 +439,16 @@ class TorchModelHandler(ModelHandler):
         num_batches_tracked``. Parameters used by function calls outside any layer module belong
         to no layer. A layer that is not in the model contributes none, with a logged warning,
         as in Xfer.
+
+        Parameters
+        ----------
+        layer_names : list of str
+            Layers of the model.
+
+        Returns
+        -------
+        list of str
+            ``state_dict`` keys of those layers.
 
         Raises
         ------
@@ -467,6 +506,11 @@ class TorchModelHandler(ModelHandler):
         Function calls after a dropped layer (a final ``flatten`` or ``normalize``) go with it;
         the new output is the input of the last dropped layer.
 
+        Parameters
+        ----------
+        num_layers_to_drop : int, default=1
+            How many layers.
+
         Raises
         ------
         ModelArchitectureError
@@ -504,6 +548,11 @@ class TorchModelHandler(ModelHandler):
 
     def drop_layer_bottom(self, num_layers_to_drop: int = 1) -> None:
         """Remove the ``num_layers_to_drop`` layers nearest the input; what read them reads the input.
+
+        Parameters
+        ----------
+        num_layers_to_drop : int, default=1
+            How many layers.
 
         Raises
         ------
@@ -641,7 +690,12 @@ class TorchModelHandler(ModelHandler):
         """Insert new ``torch.nn`` modules between the input and the first layer, in list order.
 
         The first new layer reads the input; everything that read the input reads the last.
-        Same arguments and errors as :meth:`add_layer_top`.
+        Same errors as :meth:`add_layer_top`.
+
+        Parameters
+        ----------
+        layer_list : list of torch.nn.Module, list of (str, torch.nn.Module), or dict
+            The new layers, named as for :meth:`add_layer_top`.
         """
         layers = self._check_new_layers(layer_list)
         if _is_flat_sequential(self.model):
@@ -673,7 +727,13 @@ class TorchModelHandler(ModelHandler):
         self._set_model(module)
 
     def update_sym(self, new_model: Any) -> None:
-        """Replace the network (Xfer's ``update_sym`` for torch): frozen layers it lacks are forgotten."""
+        """Replace the network (Xfer's ``update_sym`` for torch): frozen layers it lacks are forgotten.
+
+        Parameters
+        ----------
+        new_model : torch.nn.Module
+            The new network.
+        """
         if not _is_module(new_model):
             raise InvalidTypeError(f"new_model must be a torch.nn.Module, got {type(new_model).__name__}.")
         self._set_model(new_model)
@@ -921,6 +981,11 @@ class TorchModelHandler(ModelHandler):
 
         Both are written atomically (temp file + rename). Nothing is pickled: load with
         :meth:`load_checkpoint`, giving a module of the same structure.
+
+        Parameters
+        ----------
+        prefix : str
+            Path prefix of the two files.
         """
         from safetensors.torch import save_file
 
@@ -960,6 +1025,10 @@ class TorchModelHandler(ModelHandler):
             fresh source model and pass that handler.
         **kwargs
             Passed to the constructor (``context_function``, ``tracing``).
+
+        Returns
+        -------
+        TorchModelHandler
 
         Raises
         ------
@@ -1055,6 +1124,17 @@ class TorchModelHandler(ModelHandler):
 
         A traced model shows every node of its fx graph (layers as boxes with their class name,
         function calls as ellipses); an untraced one shows its layers without connections.
+
+        Parameters
+        ----------
+        filename : str, optional
+            Render to this file (needs graphviz's ``dot`` program).
+        format : str, default="pdf"
+            File format (``"pdf"``, ``"svg"``, ``"png"``...).
+
+        Returns
+        -------
+        graphviz.Digraph
 
         Raises
         ------

@@ -89,31 +89,130 @@ class Repurposer(ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- Xfer spellings
     def repurpose(self, train_iterator: Any, context: Any = None) -> Repurposer:
-        """Train the target model on ``train_iterator`` (Xfer spelling of :meth:`fit`)."""
+        """Train the target model on ``train_iterator`` (Xfer spelling of :meth:`fit`).
+
+        Parameters
+        ----------
+        train_iterator : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Source-model inputs (Xfer passed an ``mx.io.DataIter`` with labels).
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for this call (default: the constructor's ``context_function``).
+
+        Returns
+        -------
+        self
+        """
         return self.fit(train_iterator, context=context)
 
     def predict_label(self, test_iterator: Any, context: Any = None) -> np.ndarray:
-        """Predicted labels, in the user's label values (Xfer spelling of :meth:`predict`)."""
+        """Predicted labels, in the user's label values (Xfer spelling of :meth:`predict`).
+
+        Parameters
+        ----------
+        test_iterator : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Source-model inputs (Xfer passed an ``mx.io.DataIter``; its labels are ignored).
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for this call (default: the constructor's ``context_function``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         return self.predict(test_iterator, context=context)
 
     def predict_probability(self, test_iterator: Any, context: Any = None) -> np.ndarray:
-        """Class probabilities ``[N, n_classes]`` (Xfer spelling of :meth:`predict_proba`)."""
+        """Class probabilities ``[N, n_classes]`` (Xfer spelling of :meth:`predict_proba`).
+
+        Parameters
+        ----------
+        test_iterator : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Source-model inputs (Xfer passed an ``mx.io.DataIter``; its labels are ignored).
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for this call (default: the constructor's ``context_function``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
+        """
         return self.predict_proba(test_iterator, context=context)
 
     # ---------------------------------------------------------------- scikit-learn spellings
     def fit(self, X: Any, y: Any = None, context: Any = None) -> Repurposer:  # pragma: no cover
+        """Train the target model (every repurposer implements it).
+
+        Parameters
+        ----------
+        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Source-model inputs (features ``[N, D]`` for a head without a source model; texts for
+            a text model).
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for this call (default: the constructor's ``context_function``).
+        y : array-like of shape (n_samples,), optional
+            Labels of any values (ints, strings); not needed when ``X`` brings its own (an
+            iterator or dataset with labels).
+
+        Returns
+        -------
+        self
+        """
         raise NotImplementedError
 
     def predict_proba(self, X: Any, context: Any = None) -> np.ndarray:  # pragma: no cover
+        """Class probabilities (every repurposer implements it).
+
+        Parameters
+        ----------
+        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Source-model inputs (features ``[N, D]`` for a head without a source model; texts for
+            a text model).
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for this call (default: the constructor's ``context_function``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
+        """
         raise NotImplementedError
 
     def predict(self, X: Any, context: Any = None) -> np.ndarray:
-        """Predicted labels: ``classes_[argmax(predict_proba(X))]``."""
+        """Predicted labels: ``classes_[argmax(predict_proba(X))]``.
+
+        Parameters
+        ----------
+        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Source-model inputs (features ``[N, D]`` for a head without a source model; texts for
+            a text model).
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for this call (default: the constructor's ``context_function``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            In the label values given to ``fit``.
+        """
         probabilities = self.predict_proba(X, context=context)
         return self.classes_[np.argmax(probabilities, axis=1)]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None, context: Any = None) -> float:
         """Mean accuracy of :meth:`predict` on ``X`` against ``y``.
+
+        Parameters
+        ----------
+        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Inputs, as for :meth:`predict`.
+        y : array-like of shape (n_samples,)
+            True labels.
+        sample_weight : array-like of shape (n_samples,), optional
+            Weight of each example.
+        context : str, mx.Context, torch.device or list, optional
+            Device(s) for this call.
+
+        Returns
+        -------
+        float
+            Accuracy in [0, 1].
 
         Raises
         ------
@@ -225,6 +324,15 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         """Save to ``model_directory/model_name`` (Xfer spelling; load with :func:`xfer.load`).
 
         All or nothing, as :meth:`save`.
+
+        Parameters
+        ----------
+        model_name : str
+            Name (prefix) of the files.
+        model_directory : str or path-like, default=""
+            Folder of the files (created).
+        save_source_model : bool, optional
+            Also save the source model (default: the class's choice, True for meta-model heads).
         """
         prefix = serialization.model_prefix(model_name, model_directory)
         self._save_all(serialization.save_prefix(prefix), save_source_model)
@@ -342,6 +450,15 @@ class Repurposer(ClassifierMixin, BaseEstimator):
 
         ``deep`` descends only into scikit-learn estimators: an ``mx.mod.Module`` source model
         has a ``get_params`` of its own that returns MXNet weights, not hyper-parameters.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Also return the parameters of scikit-learn estimators among the parameters.
+
+        Returns
+        -------
+        dict of str to object
         """
         params = super().get_params(deep=False)
         if deep:

@@ -411,22 +411,51 @@ class MetaModelRepurposer(Repurposer):
 
         Parameters
         ----------
-        X : ndarray or mx.io.DataIter
+        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
             Source-model inputs (labels, if any, are ignored), or features when
             ``source_model`` is None.
         context : optional
             Device(s) for this call.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
         """
         devices = self._resolve_devices(context)
         return self._proba_from_features(self._prediction_features(X, devices), devices)
 
     def predict(self, X: Any, context: Any = None) -> np.ndarray:
-        """Predicted labels in the user's label values."""
+        """Predicted labels in the user's label values.
+
+        Parameters
+        ----------
+        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Source-model inputs, or features when ``source_model`` is None.
+        context : optional
+            Device(s) for this call.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         devices = self._resolve_devices(context)
         return self._labels_from_features(self._prediction_features(X, devices), devices)
 
     def predict_proba_features(self, features: Any, context: Any = None) -> np.ndarray:
-        """Class probabilities from features you extracted yourself."""
+        """Class probabilities from features you extracted yourself.
+
+        Parameters
+        ----------
+        features : array-like of shape (n_samples, n_features)
+            Features as the head was trained on (the feature layers' outputs, concatenated in
+            the order of ``feature_layer_names``).
+        context : optional
+            Device for the head (GP, BNN).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         self._check_fitted()
         devices = self._resolve_devices(context)
         return self._proba_from_features(
@@ -434,7 +463,20 @@ class MetaModelRepurposer(Repurposer):
         )
 
     def predict_features(self, features: Any, context: Any = None) -> np.ndarray:
-        """Predicted labels (user's values) from features you extracted yourself."""
+        """Predicted labels (user's values) from features you extracted yourself.
+
+        Parameters
+        ----------
+        features : array-like of shape (n_samples, n_features)
+            Features as the head was trained on (the feature layers' outputs, concatenated in
+            the order of ``feature_layer_names``).
+        context : optional
+            Device for the head (GP, BNN).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         self._check_fitted()
         devices = self._resolve_devices(context)
         return self._labels_from_features(

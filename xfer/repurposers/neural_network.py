@@ -505,7 +505,21 @@ class NeuralNetworkRepurposer(Repurposer):
     def repurpose(
         self, train_iterator: Any, context: Any = None, **fit_options: Any
     ) -> NeuralNetworkRepurposer:
-        """Train the target network on ``train_iterator`` (Xfer spelling of :meth:`fit`)."""
+        """Train the target network on ``train_iterator`` (Xfer spelling of :meth:`fit`).
+
+        Parameters
+        ----------
+        train_iterator : mx.io.DataIter, ndarray or torch Dataset/DataLoader
+            Training inputs with their labels.
+        context : str, mx.Context or list, optional
+            Device(s) for this fit.
+        **fit_options
+            ``validation_data``, ``resume``: as for :meth:`fit`.
+
+        Returns
+        -------
+        self
+        """
         return self.fit(train_iterator, context=context, **fit_options)
 
     def fit(
@@ -920,6 +934,10 @@ class NeuralNetworkRepurposer(Repurposer):
             Inputs; labels are not needed (an iterator's labels are ignored).
         context : optional
             Device(s) for this call; a loaded model runs where it is asked to.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
         """
         self._check_fitted()
         devices = self._resolve_devices(context)
@@ -968,7 +986,18 @@ class NeuralNetworkRepurposer(Repurposer):
         return module
 
     def plot_history(self, ax: Any = None) -> Any:
-        """Plot the training curves of the last fit (see :meth:`History.plot`)."""
+        """Plot the training curves of the last fit (see :meth:`History.plot`).
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Where to draw (default: a new figure).
+
+        Returns
+        -------
+        matplotlib.axes.Axes or array of them
+            What :meth:`History.plot` returns.
+        """
         self._check_fitted()
         return self.history_.plot(ax)
 

@@ -327,7 +327,24 @@ class SvmRepurposer(MetaModelRepurposer):
         return super().predict_proba(X, context=context)
 
     def predict_probability(self, test_iterator: Any, context: Any = None) -> np.ndarray:
-        """Calibrated probabilities (Xfer spelling); ``ValueError`` without probability estimates."""
+        """Calibrated probabilities (Xfer spelling); ``ValueError`` without probability estimates.
+
+        Parameters
+        ----------
+        test_iterator : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
+            Source-model inputs (or features without a source model).
+        context : optional
+            Device(s) for this call.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+
+        Raises
+        ------
+        ProbabilityEstimatesDisabledError
+            Fitted without ``enable_probability_estimates=True``.
+        """
         if not self.enable_probability_estimates:
             raise _probabilities_disabled()
         return self.predict_proba(test_iterator, context=context)

@@ -174,6 +174,15 @@ class MiniLM(nn.Module):
 
         Tensors are on the device of the model's parameters; T is the longest text of the batch
         (at most ``max_length``).
+
+        Parameters
+        ----------
+        texts : list of str
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            The three tensors by name, ready for :meth:`encode_tokens` (``**tokens``).
         """
         texts = _check_texts(texts)
         device = self.embeddings.word_embeddings.weight.device
@@ -191,7 +200,19 @@ class MiniLM(nn.Module):
         }
 
     def encode_tokens(self, input_ids, attention_mask, token_type_ids=None):
-        """Last-layer token embeddings (N x T x 384) of tokenised input."""
+        """Last-layer token embeddings (N x T x 384) of tokenised input.
+
+        Parameters
+        ----------
+        input_ids, attention_mask : torch.Tensor
+            int64 N x T, as :meth:`tokenize` gives them.
+        token_type_ids : torch.Tensor, optional
+            int64 N x T (default: zeros).
+
+        Returns
+        -------
+        torch.Tensor
+        """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         mask = attention_mask.bool()
@@ -201,13 +222,40 @@ class MiniLM(nn.Module):
         return x
 
     def token_embeddings(self, texts: Sequence[str]) -> tuple[Any, Any]:
-        """Token-level output: (last hidden state N x T x 384, attention mask N x T)."""
+        """Token-level output of texts.
+
+        Parameters
+        ----------
+        texts : list of str
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            Last hidden state, N x T x 384.
+        attention_mask : torch.Tensor
+            N x T, 1 on real tokens.
+        """
         tokens = self.tokenize(texts)
         return self.encode_tokens(**tokens), tokens["attention_mask"]
 
     @staticmethod
     def pool(hidden, attention_mask, normalize: bool = True):
-        """Attention-masked mean over tokens, then (by default) L2 normalisation."""
+        """Attention-masked mean over tokens, then (by default) L2 normalisation.
+
+        Parameters
+        ----------
+        hidden : torch.Tensor
+            Token embeddings, N x T x D.
+        attention_mask : torch.Tensor
+            N x T, 1 on real tokens.
+        normalize : bool, default=True
+            Scale every row to unit L2 norm (as sentence-transformers does for this model).
+
+        Returns
+        -------
+        torch.Tensor
+            N x D sentence vectors.
+        """
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
         summed = (hidden * mask).sum(dim=1)
         mean = summed / mask.sum(dim=1).clamp(min=1e-9)
@@ -235,6 +283,23 @@ class MiniLM(nn.Module):
 
         Texts are sorted by length inside so that each batch pads little; the output keeps the
         input order.
+
+        Parameters
+        ----------
+        texts : list of str
+            The texts.
+        batch_size : int, default=32
+            Texts per forward pass.
+
+        Returns
+        -------
+        ndarray of float32, shape (n_texts, 384)
+            Unit-norm sentence vectors.
+
+        Raises
+        ------
+        InvalidTypeError, InvalidArgumentError
+            Texts that are not a list of strings, or a bad ``batch_size``.
         """
         texts = _check_texts(texts)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
