@@ -539,6 +539,79 @@ def extract_features(
     return store
 
 
+def write_features(
+    directory: str | os.PathLike,
+    features: Any,
+    labels: Any = None,
+    *,
+    layer_names: list[str] | None = None,
+    layer_widths: list[int] | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> FeatureStore:
+    """Write features you already have (an array or a memory map) as a store, shard by shard.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        A new or empty directory (or one holding the same store, which is completed).
+    features : ndarray of shape (n_samples, n_features)
+        Read ``shard_size`` rows at a time (a memory map is never loaded whole).
+    labels : array-like of shape (n_samples,), optional
+        Numbers or strings.
+    layer_names : list of str, optional
+        What the columns are (default ``["features"]``).
+    layer_widths : list of int, optional
+        Columns of each layer, in order (default: all columns in one layer).
+    shard_size : int, default=4096
+        Rows per shard.
+
+    Returns
+    -------
+    FeatureStore
+
+    Raises
+    ------
+    InvalidArgumentError
+        Features that are not 2-D, labels of another length, widths that do not add up, or a
+        directory holding something else.
+    """
+    _check_positive("shard_size", shard_size, allow_none=False)
+    rows = _Rows(features, labels)
+    if rows.kind != "array" or rows.data.ndim != 2:
+        raise InvalidArgumentError("features must be a 2-D array (n_samples x n_features).")
+    width = rows.data.shape[1]
+    layer_names = list(layer_names or ["features"])
+    layer_widths = list(layer_widths or [width])
+    if sum(layer_widths) != width or len(layer_widths) != len(layer_names):
+        raise InvalidArgumentError(
+            f"layer_widths {layer_widths} must give one width per layer name {layer_names} and add "
+            f"up to the {width} columns."
+        )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    num_shards = -(-rows.count // shard_size)
+    _claim_directory(directory, {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "num_examples": rows.count,
+        "shard_size": int(shard_size),
+        "num_shards": num_shards,
+        "layer_names": layer_names,
+        "data": rows.describe(),
+        "model": None,
+    })  # fmt: skip
+    bounds = np.cumsum([0] + layer_widths)
+    for shard in range(num_shards):
+        if _is_complete(directory, shard):
+            continue
+        start, stop = shard * shard_size, min((shard + 1) * shard_size, rows.count)
+        block, block_labels = rows.rows(start, stop)
+        block = np.asarray(block, dtype=np.float32)
+        parts = [block[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        _write_shard(directory, shard, (start, stop), parts, block_labels)
+    return FeatureStore(directory)
+
+
 def _claim_directory(directory: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest, or check that the one there describes the same extraction."""
     path = directory / "manifest.json"
@@ -861,4 +934,11 @@ def is_feature_store(value: Any) -> bool:
     return isinstance(value, FeatureStore)
 
 
-__all__ = ["extract_features", "FeatureStore", "DEFAULT_SHARD_SIZE", "DEFAULT_CHUNK_MB", "is_feature_store"]
+__all__ = [
+    "extract_features",
+    "write_features",
+    "FeatureStore",
+    "DEFAULT_SHARD_SIZE",
+    "DEFAULT_CHUNK_MB",
+    "is_feature_store",
+]

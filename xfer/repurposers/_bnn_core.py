@@ -45,6 +45,8 @@ from xfer.exceptions import (
     NotFittedError,
     SerializationError,
 )
+from xfer.feature_store import FeatureStore
+from xfer.repurposers import _out_of_core
 from xfer.repurposers._checks import (
     check_device,
     check_features,
@@ -331,8 +333,9 @@ class BnnClassifierCore:
 
         Parameters
         ----------
-        features : numpy.ndarray
-            Float array of shape ``(N, D)``.
+        features : numpy.ndarray or FeatureStore
+            Float array of shape ``(N, D)``, or features on disk (each minibatch is then read
+            from the files).
         labels : numpy.ndarray
             Integer class indices in ``0..n_classes-1``, shape ``(N,)``.
         n_classes : int
@@ -353,12 +356,15 @@ class BnnClassifierCore:
             Arguments of the wrong type.
         """
         self._validate_options()
-        features = check_features(features)
+        store = features if isinstance(features, FeatureStore) else None
+        if store is None:
+            features = check_features(features)
+        n, n_columns = (len(store), store.num_features) if store is not None else features.shape
         check_int("n_classes", n_classes, 2)
         if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
             raise InvalidTypeError("labels must be an integer numpy array of class indices 0..n_classes-1.")
-        if labels.shape != (features.shape[0],):
-            raise InvalidArgumentError(f"labels must have shape ({features.shape[0]},), got {labels.shape}.")
+        if labels.shape != (n,):
+            raise InvalidArgumentError(f"labels must have shape ({n},), got {labels.shape}.")
         if labels.min() < 0 or labels.max() >= n_classes:
             raise InvalidArgumentError(
                 f"labels must lie in 0..{n_classes - 1} (n_classes={n_classes}); got values from "
@@ -368,10 +374,12 @@ class BnnClassifierCore:
 
         self._reset_fitted()
         self.n_classes_ = int(n_classes)
-        self.n_features_ = int(features.shape[1])
-        self.feature_mean_, self.feature_scale_ = fit_standardizer(features, None, "column")
+        self.n_features_ = int(n_columns)
+        if store is None:
+            self.feature_mean_, self.feature_scale_ = fit_standardizer(features, None, "column")
+        else:
+            self.feature_mean_, self.feature_scale_ = _out_of_core.fit_standardizer(store, None, "column")
 
-        n = features.shape[0]
         batch = int(self.batch_size)
         if math.ceil(n / batch) > int(self.max_steps_per_epoch):
             batch = math.ceil(n / int(self.max_steps_per_epoch))
@@ -393,7 +401,10 @@ class BnnClassifierCore:
         return self
 
     def _train(self, features: np.ndarray, labels: np.ndarray, device: torch.device, batch: int, seed: int) -> None:
-        x_all = torch.as_tensor(self._transform(features), dtype=torch.float32, device=device)
+        if isinstance(features, FeatureStore):  # minibatches gathered from the files
+            x_all = _out_of_core.StoreRows(features, self._transform, self.n_features_, torch.float32, device)
+        else:
+            x_all = torch.as_tensor(self._transform(features), dtype=torch.float32, device=device)
         y_all = torch.as_tensor(labels.astype(np.int64), device=device)
         n = x_all.shape[0]
         init_generator = torch.Generator(device="cpu").manual_seed(seed)

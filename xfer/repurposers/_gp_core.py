@@ -48,6 +48,8 @@ from xfer.exceptions import (
     NotFittedError,
     SerializationError,
 )
+from xfer.feature_store import FeatureStore
+from xfer.repurposers import _out_of_core
 from xfer.repurposers._checks import (
     check_device,
     check_features,
@@ -624,8 +626,9 @@ class GpClassifierCore:
 
         Parameters
         ----------
-        features : numpy.ndarray
-            Float array of shape ``(N, D)``.
+        features : numpy.ndarray or FeatureStore
+            Float array of shape ``(N, D)``, or features on disk (the sparse path then reads
+            each minibatch from the files; a store of at most ``exact_threshold`` rows is loaded).
         labels : numpy.ndarray
             Integer class indices in ``0..n_classes-1``, shape ``(N,)``.
         n_classes : int
@@ -648,21 +651,34 @@ class GpClassifierCore:
             Arguments of the wrong type.
         """
         self._validate_options()
-        features = check_features(features)
-        labels = _check_labels(labels, features.shape[0], n_classes)
+        store = features if isinstance(features, FeatureStore) else None
+        if store is not None and len(store) <= self.exact_threshold:
+            features, store = store.to_array()[0], None  # small enough for the exact GP
+        if store is None:
+            features = check_features(features)
+        n_rows, n_columns = (len(store), store.num_features) if store is not None else features.shape
+        labels = _check_labels(labels, n_rows, n_classes)
         device = check_device(device)
-        layers = _check_layer_indices(feature_indices_per_layer, features.shape[1])
+        layers = _check_layer_indices(feature_indices_per_layer, n_columns)
 
         self._reset_fitted()
         self.n_classes_ = int(n_classes)
-        self.n_features_ = int(features.shape[1])
+        self.n_features_ = int(n_columns)
         self.layer_indices_ = layers
-        self.mode_ = "exact" if features.shape[0] <= self.exact_threshold else "sparse"
+        self.mode_ = "exact" if n_rows <= self.exact_threshold else "sparse"
         seed = 0 if self.random_state is None else int(self.random_state)
         rng = np.random.RandomState(seed)
 
-        self._fit_preprocessing(features)
-        x_np = self._transform(features)
+        if store is None:
+            self._fit_preprocessing(features)
+            x_np = self._transform(features)
+        else:  # rows are read, pre-processed and moved to the device one minibatch at a time
+            self.feature_mean_, self.feature_scale_ = _out_of_core.fit_standardizer(
+                store, self.layer_indices_, self.standardize, transform=self._l2
+            )
+            x_np = _out_of_core.StoreRows(
+                store, self._transform, len(self._kernel_columns()), torch.float32, device
+            )
         _LOGGER.info(
             "Fitting %s GP: %d rows, %d columns, %d classes, %d kernel block(s).",
             self.mode_, x_np.shape[0], x_np.shape[1], self.n_classes_, len(self._block_sizes()),
@@ -741,7 +757,10 @@ class GpClassifierCore:
         self, x_np: np.ndarray, labels: np.ndarray, device: torch.device, rng: np.random.RandomState, seed: int
     ) -> None:
         n = x_np.shape[0]
-        x = torch.as_tensor(x_np, dtype=torch.float32, device=device)
+        if isinstance(x_np, _out_of_core.StoreRows):  # minibatches gathered from the files
+            x = x_np
+        else:
+            x = torch.as_tensor(x_np, dtype=torch.float32, device=device)
         y = torch.as_tensor(labels, dtype=torch.long, device=device)
         num_inducing = min(int(self.num_inducing), n)
         # Stratified choice of inducing inputs: every class is represented.

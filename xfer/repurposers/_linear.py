@@ -152,14 +152,25 @@ def fit_standardizer(
     keeps the relative scale of a layer's units. ``"none"``: identity. ``None`` layers: one block.
     """
     features = np.asarray(features, dtype=np.float64)
-    n_features = features.shape[1]
+    check_standardize_mode(mode)
+    if mode == "none":
+        return np.zeros(features.shape[1]), np.ones(features.shape[1])
+    return standardizer_from_moments(
+        features.mean(axis=0), features.std(axis=0), feature_indices_per_layer, mode
+    )
+
+
+def standardizer_from_moments(
+    mean: np.ndarray, std: np.ndarray, feature_indices_per_layer: list[np.ndarray] | None, mode: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_standardizer` from the columns' means and standard deviations (computed in one
+    pass over data that is not in memory, e.g. by :mod:`xfer.repurposers._out_of_core`)."""
+    n_features = len(mean)
     check_standardize_mode(mode)
     if mode == "none":
         return np.zeros(n_features), np.ones(n_features)
     if feature_indices_per_layer is None:
         feature_indices_per_layer = [np.arange(n_features)]
-    mean = features.mean(axis=0)
-    std = features.std(axis=0)
     scale = np.ones(n_features)
     for columns in feature_indices_per_layer:
         block = std[columns]

@@ -180,6 +180,9 @@ class BnnRepurposer(MetaModelRepurposer):
         )
         return core.fit(features, labels, len(self.classes_), self._bnn_device())
 
+    # The core takes a FeatureStore too: it draws the minibatches from the files.
+    _train_model_from_store = _train_model_from_features
+
     def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
         return self.target_model_.predict_proba(features, self._bnn_device())
 

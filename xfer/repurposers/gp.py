@@ -104,6 +104,9 @@ class GpRepurposer(MetaModelRepurposer):
             features, labels, len(self.classes_), feature_indices_per_layer, self._torch_device()
         )
 
+    # The core takes a FeatureStore too: its sparse path draws the minibatches from the files.
+    _train_model_from_store = _train_model_from_features
+
     def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
         return self.target_model_.predict_proba(features, self._torch_device())
 

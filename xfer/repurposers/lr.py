@@ -169,13 +169,24 @@ class LrRepurposer(MetaModelRepurposer):
         self.random_state = random_state
         self.standardize = standardize
 
-    def _train_model_from_features(
-        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
-    ) -> LogisticModel:
+    def _check_options(self) -> None:
         _check_positive("c", self.c)
         _check_positive("tol", self.tol)
         _check_positive("max_iter", self.max_iter, integer=True)
         _linear.check_standardize_mode(self.standardize)
+
+    def _warn_not_converged(self) -> None:
+        warnings.warn(
+            f"LrRepurposer: logistic regression did not converge in {10 * self.max_iter} "
+            f"iterations (tol={self.tol}). Increase max_iter or tol, or lower c.",
+            ConvergenceWarning,
+            stacklevel=5,
+        )
+
+    def _train_model_from_features(
+        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+    ) -> LogisticModel:
+        self._check_options()
         features = np.asarray(features, dtype=np.float64)
         with threadpool_limits(limits=_thread_limit(self.n_jobs)):
             mean, scale = _linear.fit_standardizer(
@@ -196,14 +207,29 @@ class LrRepurposer(MetaModelRepurposer):
                     "LogisticRegression did not converge in %d iterations; continuing.", cap
                 )
             else:
-                warnings.warn(
-                    f"LrRepurposer: logistic regression did not converge in {10 * self.max_iter} "
-                    f"iterations (tol={self.tol}). Increase max_iter or tol, or lower c.",
-                    ConvergenceWarning,
-                    stacklevel=4,
-                )
+                self._warn_not_converged()
         self.n_iter_ = int(np.max(classifier.n_iter_))
         return LogisticModel(mean, scale, classifier.coef_, classifier.intercept_)
+
+    def _train_model_from_store(
+        self, store: Any, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+    ) -> LogisticModel:
+        """The same fit from features on disk: L-BFGS on the same objective, one pass over the
+        store per evaluation (see :mod:`xfer.repurposers._out_of_core`)."""
+        from xfer.repurposers import _out_of_core
+
+        self._check_options()
+        with threadpool_limits(limits=_thread_limit(self.n_jobs)):
+            mean, scale = _out_of_core.fit_standardizer(
+                store, feature_indices_per_layer, self.standardize
+            )
+            coef, intercept, iterations, converged = _out_of_core.fit_logistic(
+                store, labels, len(self.classes_), mean, scale, self.c, self.tol, self.max_iter
+            )
+        if not converged:
+            self._warn_not_converged()
+        self.n_iter_ = iterations
+        return LogisticModel(mean, scale, coef, intercept)
 
     def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
         return self.target_model_.predict_proba(features)

@@ -42,6 +42,7 @@ from xfer.exceptions import (
     InvalidTypeError,
     layer_not_found,
 )
+from xfer.feature_store import FeatureStore
 from xfer.repurposers.base import Repurposer
 
 logger = logging.getLogger("xfer.repurposers.meta_model")
@@ -219,9 +220,11 @@ class MetaModelRepurposer(Repurposer):
 
         Parameters
         ----------
-        X : ndarray or mx.io.DataIter
+        X : ndarray, mx.io.DataIter or FeatureStore
             Source-model inputs (or, when ``source_model`` is None, features ``[N, D]``). An
-            iterator supplies its own labels.
+            iterator supplies its own labels. A :class:`~xfer.feature_store.FeatureStore`
+            (features on disk, e.g. larger than memory) is read a piece at a time by the heads
+            that can (LR, GP, BNN); its labels are used unless ``y`` is given.
         y : array-like of shape (n_samples,), optional
             Labels of any values (ints, strings); required unless ``X`` is an iterator with labels.
         context : str, mx.Context, torch.device or list, optional
@@ -232,6 +235,8 @@ class MetaModelRepurposer(Repurposer):
         self
         """
         devices = self._resolve_devices(context)
+        if isinstance(X, FeatureStore):
+            return self._fit_store(X, y, devices)
         if self.source_model is None:
             if _is_data_iterator(X):
                 raise InvalidArgumentError(
@@ -269,9 +274,10 @@ class MetaModelRepurposer(Repurposer):
 
         Parameters
         ----------
-        features : array-like of shape (n_samples, n_features)
+        features : array-like of shape (n_samples, n_features), or FeatureStore
+            The features (a store is read from disk a piece at a time; see :meth:`fit`).
         labels : array-like of shape (n_samples,)
-            Labels of any values.
+            Labels of any values (None: a store's own labels).
         feature_indices_per_layer : list of int arrays, optional
             Columns of ``features`` from each layer (default: one layer).
         context : optional
@@ -282,6 +288,8 @@ class MetaModelRepurposer(Repurposer):
         self
         """
         devices = self._resolve_devices(context)
+        if isinstance(features, FeatureStore):
+            return self._fit_store(features, labels, devices)
         features = self._as_feature_array(features)
         labels = _validation.check_labels(
             labels, "labels", n_samples=len(features), x_name="features"
@@ -294,9 +302,34 @@ class MetaModelRepurposer(Repurposer):
             needs_source_model=self.source_model is not None,
         )
 
+    def _fit_store(self, store: FeatureStore, labels: Any, devices: list[Device]) -> MetaModelRepurposer:
+        """Train on the features of a store on disk (heads with ``_train_model_from_store``)."""
+        if self.source_model is not None and store.layer_names != self._validated_layer_names():
+            raise InvalidArgumentError(
+                f"The FeatureStore holds layers {store.layer_names}, but this repurposer reads "
+                f"{self.feature_layer_names}: extract the store from feature_layer_names, or "
+                "construct the repurposer with the store's layers."
+            )
+        if labels is None:
+            labels = store.labels
+        if labels is None:
+            raise InvalidArgumentError(
+                "fit needs labels: the FeatureStore has none (its data had no labels); pass y."
+            )
+        labels = _validation.check_labels(labels, "y", n_samples=len(store), x_name="the store")
+        if self.source_model is None:
+            self.n_features_in_ = store.num_features
+        return self._fit_checked(
+            store,
+            labels,
+            store.feature_indices_per_layer,
+            devices,
+            needs_source_model=self.source_model is not None,
+        )
+
     def _fit_checked(
         self,
-        features: np.ndarray,
+        features: np.ndarray | FeatureStore,
         labels: Any,
         feature_indices_per_layer: list | None,
         devices: list[Device],
@@ -306,24 +339,36 @@ class MetaModelRepurposer(Repurposer):
         check_verbose(self.verbose)
         for attribute in ("classes_", "target_model_"):
             self.__dict__.pop(attribute, None)
-        indices = self._check_feature_indices(feature_indices_per_layer, features.shape[1])
+        on_disk = isinstance(features, FeatureStore)
+        n_rows, n_columns = (
+            (len(features), features.num_features) if on_disk else features.shape
+        )
+        if on_disk and type(self)._train_model_from_store is MetaModelRepurposer._train_model_from_store:
+            raise InvalidTypeError(
+                f"{type(self).__name__} cannot train on a FeatureStore (features on disk); "
+                "LrRepurposer, GpRepurposer and BnnRepurposer can. If the features fit in memory, "
+                "pass store.to_array() instead."
+            )
+        indices = self._check_feature_indices(feature_indices_per_layer, n_columns)
         encoded = self._encode_labels(labels)
         with self._using_devices(devices):
             logger.info(
-                "%s: training on %d examples x %d features, %d classes.",
+                "%s: training on %d examples x %d features, %d classes%s.",
                 type(self).__name__,
-                features.shape[0],
-                features.shape[1],
+                n_rows,
+                n_columns,
                 len(self.classes_),
+                " (read from disk)" if on_disk else "",
             )
+            train = self._train_model_from_store if on_disk else self._train_model_from_features
             try:
-                target_model = self._train_model_from_features(features, encoded, indices)
+                target_model = train(features, encoded, indices)
             except BaseException:
                 del self.classes_  # a failed fit leaves the repurposer unfitted
                 raise
         self.target_model_ = target_model
         self.feature_indices_per_layer_ = indices
-        self.n_meta_features_ = int(features.shape[1])
+        self.n_meta_features_ = int(n_columns)
         self._needs_source_model = needs_source_model
         return self
 
@@ -406,14 +451,25 @@ class MetaModelRepurposer(Repurposer):
             )
         return self._decode_labels(encoded)
 
+    def _over_store(self, store: FeatureStore, compute: Any, devices: list[Device]) -> np.ndarray:
+        """``compute(features, devices)`` over a store's rows, a chunk at a time."""
+        self._check_fitted()
+        if self.source_model is not None and store.layer_names != self._validated_layer_names():
+            raise InvalidArgumentError(
+                f"The FeatureStore holds layers {store.layer_names}, but this repurposer reads "
+                f"{self.feature_layer_names}."
+            )
+        return np.concatenate([compute(chunk, devices) for chunk, _ in store.chunks()])
+
     def predict_proba(self, X: Any, context: Any = None) -> np.ndarray:
         """Class probabilities ``[N, n_classes]`` in the order of ``classes_``.
 
         Parameters
         ----------
-        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
-            Source-model inputs (labels, if any, are ignored), or features when
-            ``source_model`` is None.
+        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader, list of str or FeatureStore
+            Source-model inputs (labels, if any, are ignored), features when ``source_model`` is
+            None, or a :class:`~xfer.feature_store.FeatureStore` of the feature layers (read a
+            chunk at a time).
         context : optional
             Device(s) for this call.
 
@@ -422,6 +478,8 @@ class MetaModelRepurposer(Repurposer):
         ndarray of shape (n_samples, n_classes)
         """
         devices = self._resolve_devices(context)
+        if isinstance(X, FeatureStore):
+            return self._over_store(X, self._proba_from_features, devices)
         return self._proba_from_features(self._prediction_features(X, devices), devices)
 
     def predict(self, X: Any, context: Any = None) -> np.ndarray:
@@ -429,8 +487,8 @@ class MetaModelRepurposer(Repurposer):
 
         Parameters
         ----------
-        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader or list of str
-            Source-model inputs, or features when ``source_model`` is None.
+        X : ndarray, mx.io.DataIter, torch Tensor/Dataset/DataLoader, list of str or FeatureStore
+            Source-model inputs, features when ``source_model`` is None, or a store of them.
         context : optional
             Device(s) for this call.
 
@@ -439,6 +497,8 @@ class MetaModelRepurposer(Repurposer):
         ndarray of shape (n_samples,)
         """
         devices = self._resolve_devices(context)
+        if isinstance(X, FeatureStore):
+            return self._over_store(X, self._labels_from_features, devices)
         return self._labels_from_features(self._prediction_features(X, devices), devices)
 
     def predict_proba_features(self, features: Any, context: Any = None) -> np.ndarray:
@@ -446,7 +506,7 @@ class MetaModelRepurposer(Repurposer):
 
         Parameters
         ----------
-        features : array-like of shape (n_samples, n_features)
+        features : array-like of shape (n_samples, n_features), or FeatureStore
             Features as the head was trained on (the feature layers' outputs, concatenated in
             the order of ``feature_layer_names``).
         context : optional
@@ -458,6 +518,8 @@ class MetaModelRepurposer(Repurposer):
         """
         self._check_fitted()
         devices = self._resolve_devices(context)
+        if isinstance(features, FeatureStore):
+            return self._over_store(features, self._proba_from_features, devices)
         return self._proba_from_features(
             self._as_feature_array(features, self.n_meta_features_), devices
         )
@@ -479,6 +541,8 @@ class MetaModelRepurposer(Repurposer):
         """
         self._check_fitted()
         devices = self._resolve_devices(context)
+        if isinstance(features, FeatureStore):
+            return self._over_store(features, self._labels_from_features, devices)
         return self._labels_from_features(
             self._as_feature_array(features, self.n_meta_features_), devices
         )
@@ -491,6 +555,13 @@ class MetaModelRepurposer(Repurposer):
         raise NotImplementedError(
             f"{type(self).__name__} must implement _train_model_from_features."
         )
+
+    def _train_model_from_store(
+        self, store: FeatureStore, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+    ) -> Any:
+        """Train from features on disk, reading them a piece at a time (optional: heads that
+        implement it accept a :class:`~xfer.feature_store.FeatureStore` in ``fit``)."""
+        raise NotImplementedError  # _fit_checked refuses a store before calling this
 
     def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
         """Probabilities ``[N, K]`` from ``self.target_model_``."""
