@@ -66,9 +66,10 @@ def _child(kind: str, arguments: dict, env: dict | None = None) -> dict:
 
 # ------------------------------------------------------------------------------ heads
 def write_feature_store(directory: Path, rows: int, width: int = 1_280, classes: int = 10,
-                        seed: int = 0, chunk: int = 10_000) -> None:
+                        seed: int = 0, first_row: int = 0, chunk: int = 10_000) -> None:
     """The ``scale`` section's kind of features (class structure in a 32-d subspace, ReLU), drawn
-    ``chunk`` rows at a time into a memory map, then stored in shards."""
+    ``chunk`` rows at a time into a memory map, then stored in shards. ``seed`` fixes the classes;
+    rows are drawn from ``(seed, first_row + row)``, so a later ``first_row`` gives held-out rows."""
     from xfer.feature_store import write_features
 
     rng = np.random.RandomState(seed)
@@ -80,7 +81,7 @@ def write_feature_store(directory: Path, rows: int, width: int = 1_280, classes:
     labels = np.empty(rows, dtype=np.int64)
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
-        part = np.random.RandomState([seed, start])
+        part = np.random.RandomState([seed, first_row + start])
         labels[start:stop] = part.randint(0, classes, stop - start)
         latent = centres[labels[start:stop]] + part.normal(0, 1.0, (stop - start, latent_dim)).astype(np.float32)
         block = latent @ basis / np.sqrt(latent_dim) + part.normal(0, 0.5, (stop - start, width)).astype(np.float32)
@@ -122,7 +123,7 @@ def heads(rows: int, memory_rows: int, test_rows: int = 2_000, workdir: Path | N
     with tempfile.TemporaryDirectory(dir=workdir) as scratch:
         scratch = Path(scratch)
         write_feature_store(scratch / "train", rows, seed=0)
-        write_feature_store(scratch / "test", test_rows, seed=1)
+        write_feature_store(scratch / "test", test_rows, seed=0, first_row=10**9)
         results = []
         for name in HEADS:
             common = {"store": str(scratch / "train"), "test": str(scratch / "test"), "head": name}

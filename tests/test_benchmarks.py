@@ -90,3 +90,24 @@ def test_calibration_report_runs_every_head(monkeypatch):
     for head in ("LR (baseline)", "GP", "GP, sparse learning rate 0.01", "BNN"):
         assert f"| {head} | " in text
     assert "| 1.00 |" in text  # LR's NLL over itself
+
+
+def test_scale_out_report_marks_targets():
+    """The scale_out section's tables from fixed figures: time per row and memory against their
+    targets, the speed-up and the identity of the features."""
+    from benchmarks import scale_out
+
+    heads = [
+        {"head": "LR", "memory": {"seconds": 2.0, "peak_mb": 700, "accuracy": 0.9, "rows": 10_000},
+         "shards": {"seconds": 40.0, "peak_mb": 800, "accuracy": 0.91, "rows": 100_000}, "load": "0.5 / 0.6"},
+        {"head": "BNN", "memory": {"seconds": 10.0, "peak_mb": 700, "accuracy": 0.9, "rows": 10_000},
+         "shards": {"seconds": 400.0, "peak_mb": 900, "accuracy": 0.9, "rows": 100_000}, "load": "0.5 / 0.6"},
+    ]
+    extraction = {"count": 20_000, "identical": True, "max_difference": 0.0,
+                  "runs": {1: {"seconds": 100.0, "count": 20_000, "load": "1.0 / 1.0"},
+                           2: {"seconds": 55.0, "count": 20_000, "load": "1.0 / 1.0"}}}
+    text = scale_out.report_rows(heads, extraction)
+    assert "| LR | 2.0 | 40.0 | 2.00 (met) | 800 |" in text
+    assert "| BNN | 10.0 | 400.0 | 4.00 (MISSED) |" in text
+    assert "Speed-up 2 processes / 1: **1.82x** (target >= 1.6: met); features identical: True" in text
+    assert "scale_out" in run.SECTIONS

@@ -317,8 +317,9 @@ class MetaModelRepurposer(Repurposer):
                 "fit needs labels: the FeatureStore has none (its data had no labels); pass y."
             )
         labels = _validation.check_labels(labels, "y", n_samples=len(store), x_name="the store")
-        if self.source_model is None:
+        if self.source_model is None:  # scikit-learn's bookkeeping, as _record_feature_names does
             self.n_features_in_ = store.num_features
+            self.__dict__.pop("feature_names_in_", None)
         return self._fit_checked(
             store,
             labels,
