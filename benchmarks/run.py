@@ -7,7 +7,7 @@ Usage::
 
     python -m benchmarks.run                 # everything (tens of minutes on 2 cores)
     python -m benchmarks.run --quick         # a few minutes, smaller sizes, for development
-    python -m benchmarks.run --only heads    # one section: heads, scale, extraction, fine_tune, torch, calibration, scale_out
+    python -m benchmarks.run --only heads    # one section: heads, scale, extraction, fine_tune, torch, calibration, ood, calibration_scale, scale_out
     python -m benchmarks.run --output -      # print instead of writing docs/benchmarks.md
     python -m benchmarks.run --only extraction --update   # rerun one section, keep the others
 """
@@ -70,6 +70,8 @@ SECTIONS: dict[str, Callable[[bool], str]] = {
     "fine_tune": _optional("fine_tune", "report"),
     "torch": _optional("torch_backend", "report"),
     "calibration": _optional("calibration", "report"),
+    "ood": _optional("calibration", "ood_report"),
+    "calibration_scale": _optional("calibration", "scale_report"),
     "scale_out": _optional("scale_out", "report"),
 }
 

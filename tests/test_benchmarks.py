@@ -74,8 +74,8 @@ def test_torch_report_tables_from_measurements(monkeypatch):
 
 
 @pytest.mark.slow
-def test_calibration_report_runs_every_head(monkeypatch):
-    """The calibration section on small synthetic features instead of 12,000 extracted images."""
+def test_calibration_scale_report_runs_every_head(monkeypatch):
+    """The at-scale calibration section on small synthetic features instead of 12,000 extracted images."""
     import numpy as np
 
     calibration = pytest.importorskip("benchmarks.calibration")
@@ -85,9 +85,9 @@ def test_calibration_report_runs_every_head(monkeypatch):
     x_train = (centres[y_train] + rng.normal(0, 1, (60, 8))).astype(np.float32)
     x_test = (centres[y_test] + rng.normal(0, 1, (30, 8))).astype(np.float32)
     monkeypatch.setattr(calibration, "features", lambda per_class, test_count: (x_train, y_train, x_test, y_test))
-    text = calibration.report(quick=True)
+    text = calibration.scale_report(quick=True)
     assert "60 x 8 labelled, 30 test" in text
-    for head in ("LR (baseline)", "GP", "GP, sparse learning rate 0.01", "BNN"):
+    for head in ("LR (baseline)", "GP", "GP, sparse learning rate 0.01", "BNN", "Laplace"):
         assert f"| {head} | " in text
     assert "| 1.00 |" in text  # LR's NLL over itself
 
@@ -111,3 +111,52 @@ def test_scale_out_report_marks_targets():
     assert "| BNN | 10.0 | 400.0 | 4.00 (MISSED) |" in text
     assert "Speed-up 2 processes / 1: **1.82x** (target >= 1.6: met); features identical: True" in text
     assert "scale_out" in run.SECTIONS
+
+
+def test_few_shot_and_ood_tables_on_synthetic_tasks(monkeypatch):
+    """The calibration and ood sections: draws, metrics, verdicts and OOD AUROC on tiny fake tasks."""
+    import numpy as np
+
+    calibration = pytest.importorskip("benchmarks.calibration")
+    uncertainty_tasks = pytest.importorskip("benchmarks.uncertainty_tasks")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 6))
+    pool_y, test_y = np.repeat(np.arange(3), 8), np.repeat(np.arange(3), 10)
+    fake = uncertainty_tasks.TaskData(
+        centres[pool_y] + rng.normal(0, 1, (24, 6)), pool_y,
+        centres[test_y] + rng.normal(0, 1, (30, 6)), test_y, ["a", "b", "c"],
+        {"digits": rng.normal(0, 20, (12, 6))},
+    )  # fmt: skip
+    tasks = {"fashion": uncertainty_tasks.Task("Fake images", 4, 8, 10, ("digits",))}
+    monkeypatch.setattr(uncertainty_tasks, "TASKS", tasks)
+    monkeypatch.setattr(uncertainty_tasks, "task_data", lambda name, task=None: fake)
+    import xfer
+
+    heads = {
+        "LR": lambda seed: xfer.LrRepurposer(None, None),
+        "Laplace": lambda seed: xfer.LaplaceRepurposer(None, None),
+        "Uniform": lambda seed: _Uniform(),
+    }
+    monkeypatch.setattr(calibration, "few_shot_heads", lambda: heads)
+    monkeypatch.setattr(calibration, "_RESULTS", {})
+    text = calibration.report(quick=True)
+    assert "Mean over 2 random draws" in text
+    assert "| Fake images, 4/class | LR | " in text and "| baseline |" in text
+    assert "| Fake images, 4/class | Uniform | 0.333 (0.333-0.333) | 1.099 |" in text
+    assert "worse: accuracy, NLL, collapse" in text
+    ood = calibration.ood_report(quick=True)
+    assert "| Fake images | 500 scikit-learn digits | " in ood
+    assert "| 0.500 (0.50-0.50) |" in ood  # the constant head cannot tell anything apart
+
+
+class _Uniform:
+    def fit(self, x, y):
+        import numpy as np
+
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict_proba(self, x):
+        import numpy as np
+
+        return np.full((len(x), len(self.classes_)), 1.0 / len(self.classes_))

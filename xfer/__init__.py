@@ -35,6 +35,7 @@ _EXPORTS = {
     "SvmRepurposer": "xfer.repurposers",
     "GpRepurposer": "xfer.repurposers",
     "BnnRepurposer": "xfer.repurposers",
+    "LaplaceRepurposer": "xfer.repurposers",
     "load": "xfer.serialization",
 }
 #: Submodules reachable as attributes after ``import xfer`` (imported on first use).
@@ -55,6 +56,7 @@ __all__ = [  # the names of _EXPORTS, spelled out for static tools
     "SvmRepurposer",
     "GpRepurposer",
     "BnnRepurposer",
+    "LaplaceRepurposer",
     "load",
 ]
 
@@ -62,6 +64,7 @@ if TYPE_CHECKING:  # what static tools see
     from xfer.repurposers import (
         BnnRepurposer,
         GpRepurposer,
+        LaplaceRepurposer,
         LrRepurposer,
         MetaModelRepurposer,
         NeuralNetworkFineTuneRepurposer,

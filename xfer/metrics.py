@@ -31,6 +31,7 @@ __all__ = [
     "reliability_diagram",
     "ReliabilityDiagram",
     "plot_reliability_diagram",
+    "ood_auroc",
 ]
 
 
@@ -259,6 +260,42 @@ def expected_calibration_error(
     weights = diagram.bin_count[filled] / diagram.bin_count.sum()
     gaps = np.abs(diagram.bin_accuracy[filled] - diagram.bin_confidence[filled])
     return float(np.sum(weights * gaps))
+
+
+def ood_auroc(in_distribution_scores: Any, out_of_distribution_scores: Any) -> float:
+    """How well a score tells inputs of the task from inputs outside it: the ROC AUC.
+
+    The probability that a random in-distribution input scores higher than a random
+    out-of-distribution one (ties count one half): 1.0 separates them perfectly, 0.5 is chance.
+    Use a score that is high for familiar inputs, e.g. the max-probability
+    (``predict_proba(X).max(axis=1)``) or minus the entropy.
+
+    Parameters
+    ----------
+    in_distribution_scores : array-like of shape (n_in,)
+    out_of_distribution_scores : array-like of shape (n_out,)
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from xfer import metrics
+    >>> metrics.ood_auroc([0.9, 0.8, 0.95], [0.6, 0.85])
+    0.8333333333333334
+    """
+    from scipy.stats import rankdata
+
+    inside = np.asarray(in_distribution_scores, dtype=np.float64).ravel()
+    outside = np.asarray(out_of_distribution_scores, dtype=np.float64).ravel()
+    if inside.size == 0 or outside.size == 0:
+        raise InvalidArgumentError("ood_auroc needs at least one score of each kind.")
+    if not (np.all(np.isfinite(inside)) and np.all(np.isfinite(outside))):
+        raise InvalidArgumentError("ood_auroc scores contain NaN or infinity.")
+    ranks = rankdata(np.concatenate([inside, outside]))  # ties get their mean rank
+    rank_sum = float(np.sum(ranks[: inside.size]))
+    return (rank_sum - inside.size * (inside.size + 1) / 2.0) / (inside.size * outside.size)
 
 
 def plot_reliability_diagram(

@@ -8,6 +8,7 @@ from xfer.repurposers.fine_tune import (
     NeuralNetworkRandomFreezeRepurposer,
 )
 from xfer.repurposers.gp import GpRepurposer
+from xfer.repurposers.laplace import LaplaceRepurposer
 from xfer.repurposers.lr import LrRepurposer
 from xfer.repurposers.meta_model import MetaModelData, MetaModelRepurposer
 from xfer.repurposers.neural_network import NeuralNetworkRepurposer, TargetNetwork
@@ -21,6 +22,7 @@ __all__ = [
     "SvmRepurposer",
     "GpRepurposer",
     "BnnRepurposer",
+    "LaplaceRepurposer",
     "NeuralNetworkRepurposer",
     "NeuralNetworkFineTuneRepurposer",
     "NeuralNetworkRandomFreezeRepurposer",

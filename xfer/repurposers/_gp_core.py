@@ -57,7 +57,7 @@ from xfer.repurposers._checks import (
     check_positive_float,
     core_from_state,
 )
-from xfer.repurposers._linear import check_standardize_mode, fit_standardizer
+from xfer.repurposers._linear import check_standardize_mode, fit_standardizer, l2_normalize_layers
 
 _LOGGER = logging.getLogger("xfer.repurposers.gp")
 
@@ -541,14 +541,7 @@ class GpClassifierCore:
 
     # ------------------------------------------------------------- preprocess
     def _l2(self, features: np.ndarray) -> np.ndarray:
-        if not self.apply_l2_norm:
-            return features
-        features = features.copy()
-        for indices in self.layer_indices_:
-            block = features[:, indices]
-            norms = np.linalg.norm(block, axis=1, keepdims=True)
-            features[:, indices] = block / np.maximum(norms, 1e-12)
-        return features
+        return l2_normalize_layers(features, self.layer_indices_) if self.apply_l2_norm else features
 
     def _fit_preprocessing(self, features: np.ndarray) -> None:
         self.feature_mean_, self.feature_scale_ = fit_standardizer(

@@ -139,6 +139,18 @@ def check_standardize_mode(mode: object) -> str:
     return mode
 
 
+def l2_normalize_layers(
+    features: np.ndarray, feature_indices_per_layer: list[np.ndarray] | None
+) -> np.ndarray:
+    """Each layer's block of each row scaled to unit L2 norm (float64 copy; zero blocks stay 0)."""
+    features = np.array(features, dtype=np.float64)
+    for columns in feature_indices_per_layer or [np.arange(features.shape[1])]:
+        block = features[:, columns]
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        features[:, columns] = block / np.maximum(norms, 1e-12)
+    return features
+
+
 def fit_standardizer(
     features: np.ndarray, feature_indices_per_layer: list[np.ndarray] | None, mode: str
 ) -> tuple[np.ndarray, np.ndarray]:
