@@ -55,8 +55,9 @@ class LaplaceRepurposer(MetaModelRepurposer):
         Kept for the common contract (the fit is deterministic).
     extraction_batch_size : int, optional
         Batch size for feature extraction.
-    verbose : bool, default=False
-        Progress bars and log messages.
+    verbose : bool or int, default=False
+        Accepted for the common contract (the fit has no long loop to show); log records go to
+        ``xfer.repurposers.laplace`` whatever the value.
 
     Attributes
     ----------
