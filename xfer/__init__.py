@@ -37,12 +37,14 @@ _EXPORTS = {
     "BnnRepurposer": "xfer.repurposers",
     "LaplaceRepurposer": "xfer.repurposers",
     "load": "xfer.serialization",
+    "set_num_threads": "xfer.threads",
+    "get_num_threads": "xfer.threads",
 }
 #: Submodules reachable as attributes after ``import xfer`` (imported on first use).
 _SUBMODULES = (
     "cli", "context", "data", "datasets", "distributed", "exceptions", "feature_store", "files",
     "meta_model_repurposer",
-    "metrics", "model_handler", "repurposers", "serialization", "testing", "toy_models", "zoo",
+    "metrics", "model_handler", "repurposers", "serialization", "testing", "threads", "toy_models", "zoo",
 )  # fmt: skip
 
 __all__ = [  # the names of _EXPORTS, spelled out for static tools
@@ -58,6 +60,8 @@ __all__ = [  # the names of _EXPORTS, spelled out for static tools
     "BnnRepurposer",
     "LaplaceRepurposer",
     "load",
+    "set_num_threads",
+    "get_num_threads",
 ]
 
 if TYPE_CHECKING:  # what static tools see
@@ -74,6 +78,7 @@ if TYPE_CHECKING:  # what static tools see
         SvmRepurposer,
     )
     from xfer.serialization import load
+    from xfer.threads import get_num_threads, set_num_threads
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,7 @@ one core. The thread count is put back right after the import: torch's own setti
 imported first (a ``torch.set_num_threads`` call of the user's stands), otherwise OpenMP's
 default (``OMP_NUM_THREADS``, or the cores this process may use). MXNet's operators run in its
 engine's worker threads, which set their own counts, so this does not change MXNet's speed.
+Thread policy and the ``XFER_NUM_THREADS`` setting: :mod:`xfer.threads`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import xfer._numpy_compat  # noqa: F401  (NumPy < 2 and the np.bool alias, befor
 
 # Silence the per-bind "Subgraph backend MKLDNN is activated" log line (users can override).
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+# MXNet sizes its operator threads once, when its engine starts: XFER_NUM_THREADS (xfer.threads)
+# reaches it here unless the user set MXNet's own variable.
+if os.environ.get("XFER_NUM_THREADS", "").strip().isdigit() and int(os.environ["XFER_NUM_THREADS"]) > 0:
+    os.environ.setdefault("MXNET_OMP_MAX_THREADS", os.environ["XFER_NUM_THREADS"].strip())
 
 
 def openmp_default_threads() -> int:

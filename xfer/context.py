@@ -193,7 +193,7 @@ def to_mxnet(context: Any = None, default: Any = None) -> list:
 
 @contextlib.contextmanager
 def torch_num_threads(num_threads: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op CPU threads (``None``: leave them as they are).
+    """Run a torch computation under xfer's thread policy (:mod:`xfer.threads`), restored after.
 
     Small problems (a GP on 150 points) run faster on one thread: OpenMP's start-up and
     hand-off cost more than the work, and much more when another process holds a core.
@@ -201,23 +201,18 @@ def torch_num_threads(num_threads: int | None) -> Iterator[None]:
     Parameters
     ----------
     num_threads : int or None
-        Threads inside the block; the previous count is restored after it.
+        The caller's upper bound for this work (``None``: none); the policy may choose fewer
+        (the cores other processes leave free), a fixed setting or a user's own
+        ``torch.set_num_threads`` wins. The previous count is restored after the block.
 
     Yields
     ------
     None
     """
-    import torch
+    from xfer.threads import torch_threads
 
-    if num_threads is None:
+    with torch_threads(num_threads):
         yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(num_threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def to_torch(context: Any = None, default: Any = None):

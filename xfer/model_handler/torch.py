@@ -64,6 +64,7 @@ from xfer.exceptions import (
 from xfer.model_handler.base import ModelHandler, register_backend, render_digraph
 from xfer.model_handler.consts import LayerType
 from xfer.serialization import atomic_write
+from xfer.threads import torch_threads
 
 logger = logging.getLogger("xfer.model_handler.torch")
 
@@ -804,7 +805,7 @@ class TorchModelHandler(ModelHandler):
         filled = 0
         try:
             runner.model.eval()
-            with torch.inference_mode():
+            with torch.inference_mode(), torch_threads():
                 for batch in _progress(batches, verbose, "Extracting features"):
                     valid = batch.num_valid
                     if batches.is_text:
