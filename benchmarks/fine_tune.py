@@ -1,142 +1,111 @@
-"""Fine-tuning repurposers on Xfer's digits task, and their training loop against ``Module.fit``.
+"""Fine-tuning on Xfer's digits task: this package, Xfer 1.1.0 and a hand-written ``Module.fit``,
+measured in the same run with the same timing scope.
 
-Task (Xfer's toy example): the toy CNN trained on digits 0-4; target digits 5-9, 30 labelled
-examples per class to train on, the other 746 to test on. Xfer 1.1.0 reached 0.895 with
-``NeuralNetworkFineTuneRepurposer`` (cut at ``relu2``, 5 epochs) and 0.893 with
-``NeuralNetworkRandomFreezeRepurposer`` (``conv1`` fixed, 5 epochs).
+Task (Xfer's toy example, :mod:`benchmarks.xfer_digits`): the toy CNN trained on digits 0-4,
+saved once; target digits 5-9, 30 labelled examples per class, 746 to test. Two repurposers:
+fine-tune (cut at ``relu2``, new ``FullyConnected(5)`` + softmax, everything trained) and random
+freeze (top two layers replaced, ``conv1`` fixed). Xfer's settings: SGD, learning rate 0.1,
+batch 16, 5 epochs, for all three sides.
 
-Speed: time per epoch of xfer's training loop against a plain ``mx.mod.Module.fit`` of the same
-graph (same fixed parameters), the same data and batch size, in the same run. Epoch 1 (warm-up)
-is left out; the median over the remaining epochs and all seeds is reported.
+Sides, each in a fresh process per (side, repurposer, seed) with the same thread variables:
+
+* this package: ``NeuralNetworkFineTuneRepurposer(...).fit(images, labels)``;
+* Xfer 1.1.0 in its own environment: the same repurposer's ``repurpose(NDArrayIter)``;
+* ``Module.fit``: what a user writes by hand with MXNet -- cut the graph, add the head, one
+  ``mx.mod.Module(...).fit(...)`` with the source parameters.
+
+Timing scope, identical for the three: *per epoch* is a whole fit (building the network,
+binding, initialising, every epoch with its end-of-epoch work) divided by the epochs, timed in
+a process that already fitted once (warm); *first fit* is the first fit in a fresh process,
+imports included.
 
 Usage::
 
     python -m benchmarks.fine_tune            # 5 seeds
-    python -m benchmarks.fine_tune --quick    # 2 seeds
+    python -m benchmarks.fine_tune --quick    # 1 seed
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Any
 
-import numpy as np
+from benchmarks.report import Figure, Section, cell, mean_of, median_of
+from benchmarks.xfer_digits import measure_sides
 
-from xfer._mxnet import mx
-from xfer.repurposers.fine_tune import (
-    NeuralNetworkFineTuneRepurposer,
-    NeuralNetworkRandomFreezeRepurposer,
-)
-from xfer.toy_models import load_digit_images, train_digits_cnn
-
-XFER_ACCURACY = {"fine-tune (relu2)": 0.895, "random freeze (conv1 fixed)": 0.893}
 EPOCHS = 5
-BATCH_SIZE = 16
-OPTIMIZER = "adam"
-OPTIMIZER_PARAMS = {"learning_rate": 0.01}
+OPTIONS = {
+    "batch_size": 16,
+    "epochs": EPOCHS,
+    "optimizer": "sgd",
+    "optimizer_params": {"learning_rate": 0.1},
+}
+JOBS = ("fine-tune", "random-freeze")
+#: Per epoch, this package over ``Module.fit`` (issue #18).
+PER_EPOCH_RATIO_TARGET = 1.1
 
 
-def split_target(seed: int, per_class: int = 30) -> tuple[np.ndarray, ...]:
-    images, labels = load_digit_images(classes=range(5, 10))
-    rng = np.random.RandomState(seed)
-    train = np.concatenate(
-        [rng.choice(np.flatnonzero(labels == k), per_class, replace=False) for k in range(5, 10)]
-    )
-    test = np.setdiff1d(np.arange(len(labels)), train)
-    return images[train], labels[train], images[test], labels[test]
-
-
-def make_repurposers(source: Any, seed: int) -> dict[str, Any]:
-    common = dict(
-        batch_size=BATCH_SIZE,
-        num_epochs=EPOCHS,
-        optimizer=OPTIMIZER,
-        optimizer_params=OPTIMIZER_PARAMS,
-        random_state=seed,
-    )
-    return {
-        "fine-tune (relu2)": NeuralNetworkFineTuneRepurposer(source, "relu2", 5, **common),
-        "random freeze (conv1 fixed)": NeuralNetworkRandomFreezeRepurposer(
-            source, 5, ["conv1"], [], **common
-        ),
-    }
-
-
-def plain_module_fit_epoch_seconds(
-    repurposer: Any, X: np.ndarray, y: np.ndarray, seed: int
-) -> list[float]:
-    """``Module.fit`` of the repurposer's graph (same fixed parameters), seconds per epoch 2..N."""
-    network = repurposer._target_network(None, 5)
-    phase = repurposer._phases(network)[0]
-    mx.random.seed(seed)
-    np.random.seed(seed)
-    iterator = mx.io.NDArrayIter(
-        X, (y - 5).astype(np.float32), BATCH_SIZE, shuffle=True, label_name=network.label_name
-    )
-    module = network.handler.get_module(
-        iterator,
-        fixed_layer_parameters=phase.fixed_parameters,
-        random_layer_parameters=phase.random_parameters,
-    )
-    ends: list[float] = []
-    # get_module's module is bound and initialised: fit() binds and initialises nothing again.
-    module.fit(
-        iterator,
-        num_epoch=EPOCHS,
-        optimizer=OPTIMIZER,
-        optimizer_params=dict(OPTIMIZER_PARAMS),
-        eval_metric="acc",
-        epoch_end_callback=lambda *args: ends.append(time.perf_counter()),
-    )
-    return list(np.diff(ends))
-
-
-def measure(seeds: list[int]) -> dict[str, dict[str, list[float]]]:
-    source = train_digits_cnn(classes=(0, 1, 2, 3, 4), num_epochs=10, seed=0)
-    results: dict[str, dict[str, list[float]]] = {}
-    for seed in seeds:
-        X_train, y_train, X_test, y_test = split_target(seed)
-        for name, repurposer in make_repurposers(source, seed).items():
-            row = results.setdefault(name, {"accuracy": [], "xfer_epoch": [], "module_epoch": []})
-            repurposer.fit(X_train, y_train)
-            row["accuracy"].append(repurposer.score(X_test, y_test))
-            row["xfer_epoch"].extend(repurposer.history_.seconds[1:])
-            row["module_epoch"].extend(
-                plain_module_fit_epoch_seconds(repurposer, X_train, y_train, seed)
-            )
-    return results
-
-
-def table(results: dict[str, dict[str, list[float]]], seeds: list[int]) -> str:
+def fine_tune_section(results: dict[tuple[str, str], list[dict]], seeds: list[int], threads: int) -> Section:
+    """The fine-tuning table and figures from :func:`benchmarks.xfer_digits.measure_sides` results."""
+    figures: list[Figure] = []
     lines = [
-        f"{EPOCHS} epochs, batch {BATCH_SIZE}, {OPTIMIZER} lr {OPTIMIZER_PARAMS['learning_rate']}, "
-        f"150 training / 746 test digits, seeds {seeds} (accuracy: mean +- std over seeds; "
-        "time: median over epochs 2-5 of every seed).",
+        f"Xfer's settings on every side: SGD lr {OPTIONS['optimizer_params']['learning_rate']}, batch "
+        f"{OPTIONS['batch_size']}, {EPOCHS} epochs; 150 training / 746 test digits; seeds {seeds}; "
+        f"{threads} thread(s) everywhere. All measured in this run. Accuracy: mean over seeds. Per "
+        "epoch: a whole warm fit (network built, bound, initialised, trained, end-of-epoch work "
+        "included) / epochs, the same scope on every side, median over seeds; first fit: fresh "
+        "process, imports included.",
         "",
-        "| repurposer | accuracy | Xfer 1.1.0 | xfer ms/epoch | Module.fit ms/epoch | ratio |",
-        "|---|---|---|---|---|---|",
+        "| repurposer | accuracy | Xfer 1.1.0 accuracy | Module.fit accuracy | ms/epoch | Xfer ms/epoch | Module.fit ms/epoch | ratio to Module.fit | first fit s (ours / Xfer / Module.fit) |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
-    for name, row in results.items():
-        accuracy = np.asarray(row["accuracy"])
-        xfer_ms = 1000 * float(np.median(row["xfer_epoch"]))
-        module_ms = 1000 * float(np.median(row["module_epoch"]))
+    for job in JOBS:
+        ours, xfer, module = (results.get((job, side), []) for side in ("ours", "xfer", "module"))
+        if not ours or not module:
+            continue
+        per_epoch = {name: 1000 * median_of(rows, "warm_fit_s") / EPOCHS for name, rows in
+                     (("ours", ours), ("xfer", xfer), ("module", module))}  # fmt: skip
+        accuracy = Figure(
+            f"fine_tune.{job}.accuracy", mean_of(ours, "accuracy"), better="higher",
+            target=(">=", round(mean_of(xfer, "accuracy"), 6)) if xfer else None,
+        )  # fmt: skip
+        ratio = Figure(
+            f"fine_tune.{job}.per_epoch_ratio", per_epoch["ours"] / per_epoch["module"], "x", "lower",
+            ("<=", PER_EPOCH_RATIO_TARGET),
+        )  # fmt: skip
+        figures += [
+            accuracy,
+            ratio,
+            Figure(f"fine_tune.{job}.xfer_accuracy", mean_of(xfer, "accuracy"), better="higher"),
+            Figure(f"fine_tune.{job}.module_accuracy", mean_of(module, "accuracy"), better="higher"),
+            Figure(f"fine_tune.{job}.ms_per_epoch", per_epoch["ours"], "ms", "lower"),
+            Figure(f"fine_tune.{job}.xfer_ms_per_epoch", per_epoch["xfer"], "ms", "lower"),
+            Figure(f"fine_tune.{job}.module_ms_per_epoch", per_epoch["module"], "ms", "lower"),
+            Figure(f"fine_tune.{job}.first_fit_s", median_of(ours, "first_fit_s"), "s", "lower"),
+            Figure(f"fine_tune.{job}.xfer_first_fit_s", median_of(xfer, "first_fit_s"), "s", "lower"),
+        ]
         lines.append(
-            f"| {name} | {accuracy.mean():.3f} +- {accuracy.std():.3f} | {XFER_ACCURACY[name]:.3f} "
-            f"| {xfer_ms:.1f} | {module_ms:.1f} | {xfer_ms / module_ms:.2f}x |"
+            f"| {job} | {cell(accuracy, 3)} | {mean_of(xfer, 'accuracy'):.3f} | {mean_of(module, 'accuracy'):.3f} | "
+            f"{per_epoch['ours']:.1f} | {per_epoch['xfer']:.1f} | {per_epoch['module']:.1f} | {cell(ratio)} | "
+            f"{median_of(ours, 'first_fit_s'):.2f} / {median_of(xfer, 'first_fit_s'):.2f} / "
+            f"{median_of(module, 'first_fit_s'):.2f} |"
         )
-    return "\n".join(lines) + "\n"
+    return Section("\n".join(lines), figures)
 
 
-def report(quick: bool = False) -> str:
-    seeds = list(range(2 if quick else 5))
-    return "### Fine-tuning on Xfer's digits task\n\n" + table(measure(seeds), seeds)
+def report(quick: bool = False, threads: int = 1) -> Section:
+    seeds = [0] if quick else list(range(5))
+    results = measure_sides(JOBS, ("ours", "xfer", "module"), seeds, OPTIONS, threads)
+    section = fine_tune_section(results, seeds, threads)
+    section.markdown = "### Fine-tuning on Xfer's digits task\n\n" + section.markdown
+    return section
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds instead of 5")
-    print(report(quick=parser.parse_args().quick))
+    parser.add_argument("--quick", action="store_true", help="1 seed instead of 5")
+    parser.add_argument("--threads", type=int, default=1, help="threads for every side")
+    args = parser.parse_args()
+    print(report(quick=args.quick, threads=args.threads).markdown)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
-"""Smoke test of the benchmark harness (no timing assertions: machines here are shared)."""
+"""The benchmark harness on canned figures, and a tiny smoke run (no timing assertions: the
+machines here are shared; Xfer 1.1.0 is never installed by the tests)."""
 
 from __future__ import annotations
 
+import json
+import sys
+
+import numpy as np
 import pytest
 
-from benchmarks import feature_extraction, run
+from benchmarks import feature_extraction, report, run, xfer_env
+from benchmarks.report import Figure, Section
 
 
 @pytest.mark.slow
@@ -64,13 +70,16 @@ def test_torch_report_tables_from_measurements(monkeypatch):
         lambda repeats: {"image_size": 96, "batch_size": 32, "threads": 2, "plain": 100.0, "ours": 99.0,
                          "ratio": 0.99, "ratio_range": (0.95, 1.02)},
     )  # fmt: skip
-    text = torch_backend.report(quick=True)
+    section = torch_backend.report(quick=True)
+    text = section.markdown
     assert "logistic regression unless named" in text and "over 2 random draws" in text
     assert "| 0.750 ± 0.014 (0.740-0.760) | 0.745 ± 0.021 (0.730-0.760) |" in text
-    assert "MXNet within 0.01 (0.005)" in text
+    assert "torch 0.750 (≥ 0.730: ✓ met); MXNet within 0.01: 0.005 (≤ 0.010: ✓ met) |" in text
     assert "| MiniLM -> 20 Newsgroups (LR) | 160 | 300 | 0.630 ± 0.014 (0.620-0.640) |" in text
+    assert "| 0.630 (≥ 0.630: ✓ met) |" in text
     assert "| MiniLM -> 20 Newsgroups (GP head) | 160 | 300 | 0.640 ± 0.014" in text
-    assert "| 99.0 | 100.0 | 0.99 (0.95-1.02) | >= 0.95 |" in text
+    assert "| 99.0 | 100.0 | 0.99 (≥ 0.95: ✓ met) (range 0.95-1.02) |" in text
+    assert {f.key for f in section.figures} >= {"torch.fashion_mnist_96px.torch_accuracy", "torch.minilm_20ng.lr_accuracy"}
 
 
 @pytest.mark.slow
@@ -160,3 +169,220 @@ class _Uniform:
         import numpy as np
 
         return np.full((len(x), len(self.classes_)), 1.0 / len(self.classes_))
+
+
+# ---------------------------------------------------------------- figures, JSON and --compare
+
+
+def test_figure_targets_are_marked_met_or_missed():
+    assert Figure("a", 0.15, target=("<=", 0.2)).met is True
+    assert Figure("a", 0.25, target=("<=", 0.2)).met is False
+    assert Figure("a", 0.5, target=(">=", 0.5)).met is True
+    assert Figure("a", 0.5).met is None and Figure("a", None, target=("<=", 1)).met is None
+    assert report.cell(Figure("a", 0.15, target=("<=", 0.2))) == "0.15 (≤ 0.20: ✓ met)"
+    assert report.cell(Figure("a", 0.25, target=("<=", 0.2))) == "0.25 (≤ 0.20: ✗ MISSED)"
+    assert report.cell(Figure("a", 0.9, source="quoted"), 1) == "0.9 (quoted)"
+    assert report.cell(Figure("a", float("nan"))) == "n/a"
+    with pytest.raises(ValueError, match="Unknown target operator '=='"):
+        Figure("a", 1.0, target=("==", 1.0))
+    with pytest.raises(ValueError, match="source must be 'measured' or 'quoted'"):
+        Figure("a", 1.0, source="remembered")
+
+
+def test_summary_names_every_missed_target():
+    figures = [Figure("x.fast", 0.1, target=("<=", 0.2)), Figure("x.slow", 0.3, target=("<=", 0.2)), Figure("n", 3)]
+    lines = report.summary_lines(figures)
+    assert lines[0] == "Targets: 1 of 2 met; missed:"
+    assert lines[1] == "- `x.slow` = 0.3 (target ≤ 0.200)"
+    assert report.summary_lines(figures[:1]) == ["Targets: all 1 met."]
+    assert report.summary_lines([Figure("n", 3)]) == []
+
+
+def test_figures_round_trip_through_json():
+    figure = Figure("heads.GP.first_fit_ratio", 0.18, "x", "lower", ("<=", 0.2), "measured", "note")
+    data = json.loads(json.dumps(figure.to_json()))
+    assert data["met"] is True and data["target"] == ["<=", 0.2]
+    assert Figure.from_json(data) == figure
+
+
+def _data(**figures: Figure) -> dict:
+    return {"sections": {"s": {"figures": [f.to_json() for f in figures.values()]}}}
+
+
+def test_compare_shows_change_verdict_and_target_status():
+    old = _data(
+        a=Figure("a", 1.0, "x", "lower", ("<=", 0.5)), b=Figure("b", 100.0, better="higher"),
+        c=Figure("c", 2.0, better="lower"), gone=Figure("gone", 1.0),
+    )  # fmt: skip
+    new = _data(
+        a=Figure("a", 0.4, "x", "lower", ("<=", 0.5)), b=Figure("b", 80.0, better="higher"),
+        c=Figure("c", 2.02, better="lower"), added=Figure("added", 3.0, source="quoted"),
+    )  # fmt: skip
+    text = report.compare(old, new)
+    assert "| `a` | 1 | 0.4 | -60% | better | ≤ 0.500 | ✗ MISSED | ✓ met |" in text
+    assert "| `b` | 100 | 80 | -20% | worse |" in text
+    assert "| `c` | 2 | 2.02 | +1% |  |" in text, "under 5% is noise: no verdict"
+    assert "| `added` |  | 3 (quoted) |  | added |" in text
+    assert "| `gone` | 1 |  |  | removed |" in text
+    assert "Target status changed: `a`." in text
+
+
+def test_run_writes_json_beside_markdown_and_update_keeps_other_sections(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "machine_description", lambda: "test machine")
+    monkeypatch.setitem(
+        run.SECTIONS, "heads", lambda quick: Section("heads table", [Figure("heads.x", 0.3, target=("<=", 0.2))])
+    )
+    monkeypatch.setitem(run.SECTIONS, "scale", lambda quick: "scale table (plain Markdown)")
+    output = tmp_path / "benchmarks.md"
+    assert run.main(["--only", "heads", "--only", "scale", "--output", str(output)]) == 0
+    text = output.read_text()
+    assert "heads table" in text and "Targets: 0 of 1 met; missed:" in text and "- `heads.x` = 0.3" in text
+    assert "1-minute load average" in text and "`python -m benchmarks.run --only heads --only scale`" in text
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert data["machine"] == "test machine"
+    assert data["sections"]["heads"]["figures"][0]["key"] == "heads.x"
+    assert data["sections"]["heads"]["figures"][0]["met"] is False
+    assert data["sections"]["scale"]["figures"] == [] and data["sections"]["scale"]["command"].endswith("scale")
+    monkeypatch.setitem(run.SECTIONS, "scale", lambda quick: Section("scale v2", [Figure("scale.y", 1.0)]))
+    assert run.main(["--only", "scale", "--update", "--output", str(output)]) == 0
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert [f["key"] for f in data["sections"]["heads"]["figures"]] == ["heads.x"]
+    assert [f["key"] for f in data["sections"]["scale"]["figures"]] == ["scale.y"]
+
+
+def test_compare_runs_against_an_old_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run, "machine_description", lambda: "test machine")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(_data(x=Figure("heads.x", 0.3, "x", "lower", ("<=", 0.2)))))
+    monkeypatch.setitem(run.SECTIONS, "heads", lambda quick: Section("t", [Figure("heads.x", 0.1, "x", "lower", ("<=", 0.2))]))
+    output = tmp_path / "benchmarks.md"
+    assert run.main(["--only", "heads", "--output", str(output), "--compare", str(old)]) == 0
+    assert "| `heads.x` | 0.3 | 0.1 | -67% | better | ≤ 0.200 | ✗ MISSED | ✓ met |" in capsys.readouterr().out
+    # Two files: nothing runs.
+    monkeypatch.setitem(run.SECTIONS, "heads", lambda quick: pytest.fail("must not run"))
+    assert run.main(["--compare", str(old), str(tmp_path / "benchmarks.json")]) == 0
+    assert "Target status changed: `heads.x`." in capsys.readouterr().out
+
+
+def test_compare_takes_one_or_two_files(tmp_path):
+    with pytest.raises(SystemExit):
+        run.main(["--compare", "a.json", "b.json", "c.json"])
+
+
+# ------------------------------------------------------------------------ sections from canned rows
+
+
+def _row(side, accuracy, first, warm, *, imports=1.0, nll=0.2, torch_imported=False):
+    return {
+        "side": side, "accuracy": accuracy, "first_fit_s": first, "warm_fit_s": warm, "import_s": imports,
+        "first_fit_cpu_s": first, "warm_fit_cpu_s": warm, "predict_s": 0.01, "nll": nll, "ece": 0.05,
+        "torch_imported": torch_imported,
+    }  # fmt: skip
+
+
+def test_heads_section_from_canned_measurements():
+    from benchmarks import xfer_digits
+
+    results = {
+        ("LR", "ours"): [_row("ours", 0.94, 1.0, 0.2), _row("ours", 0.96, 1.2, 0.2)],
+        ("LR", "xfer"): [_row("xfer", 0.93, 1.1, 0.3), _row("xfer", 0.93, 1.3, 0.3)],
+        ("GP", "ours"): [_row("ours", 0.95, 3.0, 0.5, torch_imported=True)],
+        ("GP", "xfer"): [_row("xfer", 0.90, 10.0, 9.0)],
+    }
+    section = xfer_digits.heads_section(results, [0, 1], 1, (0.968, 0.962))
+    text = section.markdown
+    assert "| LR | 0.950 (≥ 0.930: ✓ met) | 0.930 |" in text
+    assert "| LR | 1.10 | 1.20 | 0.917 (≤ 1.000: ✓ met) | 0.20 | 0.30 | 0.67 |" in text
+    assert "| GP | 3.00 | 10.00 | 0.300 (≤ 0.200: ✗ MISSED) |" in text and "| yes |" in text
+    assert "| LR on raw pixels (reference) | 0.968 | scikit-learn: 0.962 |" in text
+    assert "| SVM |" not in text and "| BNN |" not in text, "heads without measurements are left out"
+    figures = {f.key: f for f in section.figures}
+    assert figures["heads.GP.first_fit_ratio"].met is False and figures["heads.LR.accuracy"].met is True
+    assert all(f.source == "measured" for f in section.figures)
+
+
+def test_scale_section_from_canned_measurements():
+    from benchmarks import xfer_digits
+
+    results = {
+        ("LR", "ours"): {"fit_s": 2.0, "predict_s": 0.02, "accuracy": 0.99, "peak_rss_mb": 700.0},
+        ("LR", "xfer"): {"fit_s": 40.0, "predict_s": 0.05, "accuracy": 0.98, "peak_rss_mb": 650.0},
+        ("GP", "ours"): {"fit_s": 70.0, "predict_s": 0.2, "accuracy": 0.99, "peak_rss_mb": 900.0},
+        ("GP", "xfer"): {"timed_out": True, "timeout": 600},
+    }
+    section = xfer_digits.scale_section(results, 10_000, 1_280, 2_000, threads=1, timeout=600)
+    text = section.markdown
+    assert "| LR | 2.00 (≤ 15.00: ✓ met) | 40.00 | 0.050 | 0.020 (≤ 2.000: ✓ met) | 0.050 | 0.990 | 0.980 | 700 / 650 |" in text
+    assert "| GP | 70.00 (≤ 60.00: ✗ MISSED) | > 600 (stopped) | < 0.117 |" in text
+    figures = {f.key: f for f in section.figures}
+    assert figures["scale.GP.xfer_fit_s"].value is None and figures["scale.LR.fit_ratio_to_xfer"].value == 0.05
+    small = xfer_digits.scale_section(results, 2_000, 256, 500, threads=1, timeout=300)
+    assert all(f.target is None for f in small.figures), "the targets are for the full size only"
+
+
+def test_fine_tune_section_from_canned_measurements():
+    from benchmarks import fine_tune
+
+    results = {
+        ("fine-tune", "ours"): [_row("ours", 0.96, 2.0, 0.5)],
+        ("fine-tune", "xfer"): [_row("xfer", 0.95, 3.0, 0.6)],
+        ("fine-tune", "module"): [_row("module", 0.955, 2.5, 0.48)],
+    }
+    section = fine_tune.fine_tune_section(results, [0], 1)
+    assert "| fine-tune | 0.960 (≥ 0.950: ✓ met) | 0.950 | 0.955 | 100.0 | 120.0 | 96.0 | 1.04 (≤ 1.10: ✓ met) |" in (
+        section.markdown
+    )
+    assert {f.key for f in section.figures} >= {"fine_tune.fine-tune.per_epoch_ratio", "fine_tune.fine-tune.accuracy"}
+
+
+def test_threads_section_from_canned_measurements():
+    from benchmarks import threads
+
+    columns = {"mxnet": "MXNet", "torch_policy": "torch, xfer's policy", "torch_all_cores": "torch, 2 threads (no policy)"}
+    rates = {
+        "as is": {"mxnet": [30.0, 32.0], "torch_policy": [25.0, 27.0], "torch_all_cores": [28.0, 30.0]},
+        "one busy process": {"mxnet": [20.0, 22.0], "torch_policy": [12.0, 12.0], "torch_all_cores": [2.0, 3.0]},
+    }
+    section = threads.threads_section({"count": 64, "repeats": 2, "cores": 2, "columns": columns, "rates": rates})
+    assert "| one busy process | 21.0 (20.0-22.0) | 12.0 (12.0-12.0) | 2.5 (2.0-3.0) | 0.57 (≥ 0.50: ✓ met) |" in (
+        section.markdown
+    )
+    assert "| as is | 31.0 (30.0-32.0) | 26.0 (25.0-27.0) | 29.0 (28.0-30.0) | 0.84 |" in section.markdown
+    assert {f.key for f in section.figures} >= {"threads.busy.torch_policy_over_mxnet", "threads.busy.mxnet_images_per_s"}
+
+
+# ----------------------------------------------------------------------- the Xfer side, isolated
+
+
+def test_xfer_runs_isolated_with_the_same_thread_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("XFER_BENCHMARK_CACHE", str(tmp_path))
+    venv = tmp_path / "xfer-1.1.0"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "xfer-benchmark-requirements.json").write_text(json.dumps(list(xfer_env.XFER_REQUIREMENTS)))
+    command = xfer_env.xfer_command(xfer_env.ROOT / "benchmarks" / "digits_child.py", "xfer", "LR")
+    assert command[:2] == [str(venv / "bin" / "python"), "-I"], "-I: no PYTHONPATH, so import xfer is Xfer's"
+    environment = xfer_env.thread_environment(1, {"PATH": "/bin"})
+    assert {name: environment[name] for name in xfer_env.THREAD_VARIABLES} == dict.fromkeys(xfer_env.THREAD_VARIABLES, "1")
+    assert xfer_env.ours_environment({"PYTHONPATH": "/x"})["PYTHONPATH"].split(":") == [str(xfer_env.ROOT), "/x"]
+
+
+def test_a_failing_child_reports_its_error(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text("import sys\nsys.exit('child went wrong')\n")
+    with pytest.raises(RuntimeError, match="failed \\(exit 1\\):\n.*child went wrong"):
+        xfer_env.run_json([sys.executable, str(script)], {"PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.slow
+def test_digits_child_smoke_run_on_this_package(tmp_path):
+    """The fresh-process child on a tiny task (1 source epoch, one seed), this package's side only."""
+    from benchmarks import fine_tune, xfer_digits
+
+    task = xfer_digits.prepare_task(tmp_path, [0], source_epochs=1)
+    lr = xfer_digits.run_child("ours", "LR", task, 0, {"warm": False}, threads=1)
+    assert 0.5 < lr["accuracy"] <= 1 and lr["first_fit_s"] >= lr["fit_s"] > 0 and lr["warm_fit_s"] is None
+    assert lr["torch_imported"] is False, "an MXNet LR user does not pay for torch"
+    assert np.isfinite(lr["nll"])
+    options = {**fine_tune.OPTIONS, "epochs": 1}
+    module = xfer_digits.run_child("module", "random-freeze", task, 0, options, threads=1)
+    assert module["warm_fit_s"] > 0 and 0 <= module["accuracy"] <= 1

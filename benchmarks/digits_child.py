@@ -1,0 +1,228 @@
+"""One measurement of Xfer's digits task in a fresh process, for either package (or plain MXNet).
+
+Run by :mod:`benchmarks.xfer_digits` and :mod:`benchmarks.fine_tune`, never imported by them:
+under Xfer 1.1.0's environment it runs with ``python -I`` (``import xfer`` is Xfer's), under this
+package's environment ``import xfer`` is this checkout. It uses only the standard library, NumPy
+and what the side itself imports, so both sides pay for exactly their own imports.
+
+Timing scope, the same for every side: ``first_fit_s`` runs from the first line of this script
+(interpreter start-up excluded) to the end of the first fit: imports, reading the shared source
+checkpoint, building the repurposer and fitting it (feature extraction included). ``fit_s`` is
+that fit call alone; ``warm_fit_s`` a second fit of a new repurposer in the same process. The
+``*_cpu_s`` figures are the process's CPU time (all threads) over the same spans: on a shared
+machine they move much less than wall time.
+
+Usage (the runner builds these commands)::
+
+    python digits_child.py SIDE JOB TASK_FOLDER SEED [OPTIONS_JSON]
+
+``SIDE`` is ``ours``, ``xfer`` or ``module`` (a hand-written ``Module.fit``, fine-tuning jobs
+only); ``JOB`` is ``LR``, ``SVM``, ``GP``, ``BNN``, ``fine-tune`` or ``random-freeze``. The JSON
+result goes to the file named by ``$BENCHMARK_RESULT``.
+"""
+
+import time
+
+START = time.perf_counter()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+
+
+def _cpu_seconds():
+    """CPU time of this process so far (all threads): what the work cost, whatever the load."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+HEADS = ("LR", "SVM", "GP", "BNN")
+NETWORKS = ("fine-tune", "random-freeze")
+
+
+def _import_side(side):
+    """The side's own imports, as its user writes them; returns ``(mx, xfer or None)``."""
+    if side == "ours":
+        # isort: off
+        import xfer  # first: it sets the NumPy alias MXNet 1.9.1 needs
+        import mxnet as mx
+
+        # isort: on
+        return mx, xfer
+    import numpy as np
+
+    if "bool" not in vars(np):  # MXNet 1.9.1 uses the alias NumPy removed (RUNNING_XFER.md)
+        np.bool = np.bool_
+    if not hasattr(np, "asscalar"):  # Xfer's BNN calls it (removed in NumPy 1.23)
+        np.asscalar = lambda a: np.asarray(a).item()
+    import mxnet as mx
+
+    if side == "module":
+        return mx, None
+    import xfer
+
+    return mx, xfer
+
+
+def _ours_model(xfer, job, source, seed, options):
+    if job == "LR":
+        return xfer.LrRepurposer(source, ["fc1"], random_state=seed)
+    if job == "SVM":
+        return xfer.SvmRepurposer(
+            source, ["fc1"], enable_probability_estimates=options["svm_probability"], random_state=seed
+        )
+    if job == "GP":
+        return xfer.GpRepurposer(source, ["fc1"], random_state=seed)
+    if job == "BNN":
+        return xfer.BnnRepurposer(source, ["fc1"], random_state=seed)
+    common = dict(
+        batch_size=options["batch_size"],
+        num_epochs=options["epochs"],
+        optimizer=options["optimizer"],
+        optimizer_params=dict(options["optimizer_params"]),
+        random_state=seed,
+    )
+    if job == "fine-tune":
+        return xfer.NeuralNetworkFineTuneRepurposer(source, "relu2", 5, **common)
+    return xfer.NeuralNetworkRandomFreezeRepurposer(source, 5, ["conv1"], [], **common)
+
+
+def _xfer_model(xfer, job, source, options):
+    if job == "LR":
+        return xfer.LrRepurposer(source, ["fc1"])
+    if job == "SVM":
+        return xfer.SvmRepurposer(source, ["fc1"], enable_probability_estimates=options["svm_probability"])
+    if job == "GP":  # as in Xfer's reference run (RUNNING_XFER.md)
+        return xfer.GpRepurposer(source, ["fc1"], apply_l2_norm=True)
+    if job == "BNN":
+        return xfer.BnnRepurposer(source, ["fc1"])
+    common = dict(
+        batch_size=options["batch_size"],
+        num_epochs=options["epochs"],
+        optimizer=options["optimizer"],
+        optimizer_params=dict(options["optimizer_params"]),
+    )
+    if job == "fine-tune":
+        return xfer.NeuralNetworkFineTuneRepurposer(source, "relu2", 5, **common)
+    return xfer.NeuralNetworkRandomFreezeRepurposer(source, 5, ["conv1"], [], **common)
+
+
+class _PlainModuleFit:
+    """What a user writes by hand with MXNet: cut the graph, add a head, ``Module.fit``."""
+
+    def __init__(self, mx, job, source, options):
+        self.mx, self.job, self.source, self.options = mx, job, source, options
+
+    def fit(self, images, labels):
+        mx, options = self.mx, self.options
+        symbol = self.source.symbol.get_internals()["relu2_output" if self.job == "fine-tune" else "relu3_output"]
+        symbol = mx.sym.FullyConnected(symbol, num_hidden=5, name="new_fc")
+        symbol = mx.sym.SoftmaxOutput(symbol, name="softmax")
+        fixed = ["conv1_weight", "conv1_bias"] if self.job == "random-freeze" else None
+        arg_params, aux_params = self.source.get_params()
+        train = mx.io.NDArrayIter(images, labels, options["batch_size"], shuffle=True, label_name="softmax_label")
+        self.module = mx.mod.Module(symbol, context=mx.cpu(), fixed_param_names=fixed)
+        self.module.fit(
+            train,
+            num_epoch=options["epochs"],
+            optimizer=options["optimizer"],
+            optimizer_params=dict(options["optimizer_params"]),
+            eval_metric="acc",
+            arg_params=arg_params,
+            aux_params=aux_params,
+            allow_missing=True,
+            initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2),
+        )
+        return self
+
+    def predict_proba(self, images):
+        import numpy as np
+
+        dummy = np.zeros(len(images), np.float32)
+        batches = self.mx.io.NDArrayIter(images, dummy, self.options["batch_size"], label_name="softmax_label")
+        return self.module.predict(batches).asnumpy()
+
+
+def main(argv):
+    side, job, task, seed = argv[0], argv[1], argv[2], int(argv[3])
+    options = json.loads(argv[4]) if len(argv) > 4 else {}
+    mx, xfer = _import_side(side)
+    imported = time.perf_counter()
+    import numpy as np
+
+    split = np.load(os.path.join(task, f"split-{seed}.npz"))
+    x_train, y_train, x_test = split["x_train"], split["y_train"], split["x_test"]
+    source = mx.mod.Module.load(os.path.join(task, "source"), 0, label_names=["softmax_label"])
+    index_labels = (y_train - 5).astype(np.float32)  # Xfer and Module.fit take indices 0..4
+
+    def make_and_fit():
+        if side == "ours":
+            model = _ours_model(xfer, job, source, seed, options)
+            return model.fit(x_train, y_train)
+        mx.random.seed(seed)
+        np.random.seed(seed)
+        if side == "module":
+            return _PlainModuleFit(mx, job, source, options).fit(x_train, index_labels)
+        model = _xfer_model(xfer, job, source, options)
+        shuffle = job in NETWORKS
+        batch = options.get("batch_size", 64)
+        model.repurpose(mx.io.NDArrayIter(x_train, index_labels, batch, shuffle=shuffle, label_name="softmax_label"))
+        return model
+
+    fit_start = time.perf_counter()
+    model = make_and_fit()
+    fit_end, fit_end_cpu = time.perf_counter(), _cpu_seconds()
+
+    with_probabilities = not (job == "SVM" and not options.get("svm_probability"))
+    if side == "xfer":
+
+        def test_iterator():
+            dummy = np.zeros(len(x_test), np.float32)  # Xfer's prediction iterators must carry labels
+            return mx.io.NDArrayIter(x_test, dummy, 64, label_name="softmax_label")
+
+        predict_proba = lambda: model.predict_probability(test_iterator())  # noqa: E731
+        predict = lambda: np.asarray(model.predict_label(test_iterator())) + 5  # noqa: E731
+    else:
+        predict_proba = lambda: model.predict_proba(x_test)  # noqa: E731
+        predict = lambda: model.predict(x_test)  # noqa: E731
+        if side == "module":
+            predict = lambda: np.argmax(predict_proba(), axis=1) + 5  # noqa: E731
+    start = time.perf_counter()
+    probabilities = predict_proba() if with_probabilities else predict()
+    predict_s = time.perf_counter() - start
+    predicted = [int(label) for label in predict()]
+    probabilities = np.asarray(probabilities, dtype=np.float64) if with_probabilities else None
+
+    warm_fit_s = warm_fit_cpu_s = None
+    if options.get("warm", True):
+        start, start_cpu = time.perf_counter(), _cpu_seconds()
+        make_and_fit()
+        warm_fit_s, warm_fit_cpu_s = time.perf_counter() - start, _cpu_seconds() - start_cpu
+
+    if side == "ours":
+        column_classes = [int(c) for c in model.classes_]
+    else:  # column k is index k, that is digit 5 + k
+        column_classes = [5 + k for k in range(5)]
+    result = {
+        "side": side,
+        "job": job,
+        "seed": seed,
+        "import_s": imported - START,
+        "first_fit_s": fit_end - START,
+        "first_fit_cpu_s": fit_end_cpu,
+        "warm_fit_cpu_s": warm_fit_cpu_s,
+        "fit_s": fit_end - fit_start,
+        "warm_fit_s": warm_fit_s,
+        "predict_s": predict_s,
+        "column_classes": column_classes,
+        "predicted": predicted,
+        "probabilities": None if probabilities is None else probabilities.round(6).tolist(),
+        "torch_imported": "torch" in sys.modules,
+        "modules": len(sys.modules),
+    }
+    with open(os.environ["BENCHMARK_RESULT"], "w") as handle:
+        json.dump(result, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
