@@ -19,10 +19,14 @@ when ``ipywidgets`` is installed and text otherwise.
 from __future__ import annotations
 
 import importlib
+import sys as _sys
 from typing import TYPE_CHECKING, Any
 
 import xfer._numpy_compat  # noqa: F401  (refuses NumPy >= 2; the alias MXNet needs)
 from xfer._version import __version__
+
+if "mxnet" in _sys.modules:  # imported before xfer: its import left OpenMP on 1 thread (xfer._mxnet)
+    importlib.import_module("xfer._mxnet")
 
 #: Public name -> the module that defines it (imported on first use).
 _EXPORTS = {
