@@ -82,8 +82,12 @@ def set_num_threads(num_threads: int | None) -> None:
 
 
 def get_num_threads() -> int | None:
-    """The fixed thread count (:func:`set_num_threads`, else ``XFER_NUM_THREADS``), or ``None``
-    when the automatic policy is in force.
+    """The fixed thread count (:func:`set_num_threads`, else ``XFER_NUM_THREADS``).
+
+    Returns
+    -------
+    int or None
+        The fixed count, or ``None`` when the automatic policy is in force.
 
     Raises
     ------
@@ -104,7 +108,13 @@ def get_num_threads() -> int | None:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on."""
+    """Cores this process may run on.
+
+    Returns
+    -------
+    int
+        ``len(os.sched_getaffinity(0))`` where available, else ``os.cpu_count()``; at least 1.
+    """
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
@@ -129,7 +139,13 @@ def _own_running_threads() -> int:
 
 
 def busy_cores_elsewhere() -> int:
-    """Threads of other processes that are running or ready to run now (0 where unknown)."""
+    """Threads of other processes that are running or ready to run now.
+
+    Returns
+    -------
+    int
+        ``/proc/loadavg``'s count of runnable threads less this process's own; 0 where unknown.
+    """
     try:
         with open("/proc/loadavg") as handle:
             running = int(handle.read().split()[3].split("/")[0])
@@ -139,7 +155,13 @@ def busy_cores_elsewhere() -> int:
 
 
 def free_cores() -> int:
-    """Usable cores not taken by other processes at this moment (at least 1)."""
+    """Usable cores not taken by other processes at this moment.
+
+    Returns
+    -------
+    int
+        :func:`usable_cores` less :func:`busy_cores_elsewhere`, at least 1.
+    """
     return max(1, usable_cores() - busy_cores_elsewhere())
 
 
@@ -150,6 +172,12 @@ def choose_torch_threads(preferred: int | None = None) -> int | None:
     ----------
     preferred : int or None, default=None
         The caller's own upper bound for this work (e.g. 1 for tiny problems).
+
+    Returns
+    -------
+    int or None
+        The count to use, or ``None`` to leave torch's as it is (torch not loaded yet, or the
+        user set it).
     """
     global _torch_first_seen
     fixed = get_num_threads()
@@ -171,7 +199,18 @@ def choose_torch_threads(preferred: int | None = None) -> int | None:
 
 @contextlib.contextmanager
 def torch_threads(preferred: int | None = None) -> Iterator[int]:
-    """Run a torch computation on the policy's thread count (restored afterwards); yields it."""
+    """Run a torch computation on the policy's thread count, restored afterwards.
+
+    Parameters
+    ----------
+    preferred : int or None, default=None
+        The caller's own upper bound for this work (see :func:`choose_torch_threads`).
+
+    Returns
+    -------
+    contextlib.AbstractContextManager of int
+        Yields the thread count in force inside the block.
+    """
     import torch
 
     chosen = choose_torch_threads(preferred)
