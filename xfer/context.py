@@ -37,6 +37,41 @@ class Device:
         return f"{self.kind}:{self.index}"
 
 
+def cpu(device_id: int = 0) -> Device:
+    """The default ``context_function`` of repurposers: Xfer's ``mx.cpu``, without importing MXNet.
+
+    ``cpu(i)`` is the device ``cpu:i``, as ``mx.cpu(i)`` is. ``get_params()`` reports it as
+    ``mx.cpu`` (see :func:`xfer_context_function`), the way Xfer did.
+    """
+    return Device("cpu", int(device_id))
+
+
+def xfer_context_function(context_function: Any) -> Any:
+    """``context_function`` as Xfer reported it: ``mx.cpu`` for the default :func:`cpu`."""
+    if context_function is cpu:
+        from xfer._mxnet import mx
+
+        return mx.cpu
+    return context_function
+
+
+def gpu_available() -> bool:
+    """Whether torch or MXNet sees a usable CUDA GPU (each backend is asked only if installed)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    try:
+        from xfer._mxnet import mx
+
+        return bool(mx.runtime.Features().is_enabled("CUDA")) and mx.context.num_gpus() > 0
+    except Exception:  # pragma: no cover - defensive: a broken MXNet build has no GPU
+        return False
+
+
 def _parse_one(context: Any) -> Device:
     if isinstance(context, Device):
         return context
@@ -266,6 +301,9 @@ def to_torch(context: Any = None, default: Any = None):
 
 __all__ = [
     "Device",
+    "cpu",
+    "xfer_context_function",
+    "gpu_available",
     "resolve_context",
     "devices_from_function",
     "format_context",

@@ -200,7 +200,8 @@ def data_descs(descs: Any) -> list:
     return result
 
 
-def _is_dataiter(data: Any) -> bool:
+def is_data_iterator(data: Any) -> bool:
+    """Whether ``data`` is an ``mx.io.DataIter`` (never imports MXNet to find out)."""
     if "mxnet" not in sys.modules:  # no DataIter can exist before mxnet is imported
         return False
     from xfer._mxnet import mx
@@ -248,6 +249,11 @@ def _is_torch_dataset(data: Any) -> bool:
 def _is_torch_loader(data: Any) -> bool:
     torch = _torch()
     return torch is not None and isinstance(data, torch.utils.data.DataLoader)
+
+
+def is_torch_data(data: Any) -> bool:
+    """Whether ``data`` is a torch ``Dataset`` or ``DataLoader`` (never imports torch to find out)."""
+    return _is_torch_dataset(data) or _is_torch_loader(data)
 
 
 def _check_labels(labels: Any, count: int) -> np.ndarray | None:
@@ -360,7 +366,7 @@ def as_batches(
         isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
     ):
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if _is_dataiter(data):
+    if is_data_iterator(data):
         if labels is not None:
             raise InvalidArgumentError(
                 "Labels were passed together with an mx.io.DataIter: the iterator's own labels are "
@@ -421,4 +427,12 @@ def as_batches(
     return Batches(data, labels, size, data.shape[1:], len(data), labels is not None, dtype=dtype)
 
 
-__all__ = ["Batch", "Batches", "as_batches", "data_descs", "DEFAULT_BATCH_SIZE"]
+__all__ = [
+    "Batch",
+    "Batches",
+    "as_batches",
+    "data_descs",
+    "is_data_iterator",
+    "is_torch_data",
+    "DEFAULT_BATCH_SIZE",
+]

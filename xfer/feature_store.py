@@ -86,9 +86,9 @@ class _Rows:
     """Row ranges of the user's data, readable by a worker process without the whole of it."""
 
     def __init__(self, data: Any, labels: Any):
-        from xfer.data import _is_dataiter, _is_torch_dataset, _is_torch_loader
+        from xfer.data import _is_torch_dataset, _is_torch_loader, is_data_iterator
 
-        if _is_dataiter(data) or _is_torch_loader(data):
+        if is_data_iterator(data) or _is_torch_loader(data):
             raise InvalidTypeError(
                 f"extract_features reads the data by rows and cannot read a "
                 f"{type(data).__name__}, which only streams: pass a NumPy array (np.load(..., "

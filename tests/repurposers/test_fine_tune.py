@@ -560,7 +560,7 @@ def test_xfer_style_subclass_overriding_create_target_module(digits_source_model
     "options, error, match",
     [
         ({"batch_size": 0}, InvalidArgumentError, "batch_size"),
-        ({"batch_size": 2.5}, InvalidArgumentError, "batch_size"),
+        ({"batch_size": 2.5}, InvalidTypeError, "batch_size must be an integer"),
         ({"num_epochs": 0}, InvalidArgumentError, "num_epochs"),
         ({"head_epochs": -1}, InvalidArgumentError, "head_epochs"),
         ({"optimizer": "sgdd"}, InvalidArgumentError, "Unknown optimizer"),

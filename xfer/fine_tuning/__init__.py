@@ -1,12 +1,32 @@
 """The fine-tuning engine behind :class:`~xfer.repurposers.NeuralNetworkRepurposer` and its subclasses.
 
-Backend-neutral: :mod:`~xfer.fine_tuning.history` (the per-epoch :class:`History`),
-:mod:`~xfer.fine_tuning.run` (phases, settings, where a run stands, seeds and schedules),
-:mod:`~xfer.fine_tuning.loop` (the bookkeeping of each epoch) and
-:mod:`~xfer.fine_tuning.checkpoint` (checkpoint files). One module per backend does the
-backend's own work: :mod:`~xfer.fine_tuning.mxnet` and :mod:`~xfer.fine_tuning.torch`.
+One training loop for every backend, and one plug-in per backend:
+
+- :mod:`~xfer.fine_tuning.loop`: :func:`~xfer.fine_tuning.loop.train`, the loop (phases,
+  schedules, early stopping, checkpoints, history, resumption);
+- :mod:`~xfer.fine_tuning.run`: its vocabulary (:class:`~xfer.fine_tuning.run.Phase`,
+  :class:`~xfer.fine_tuning.run.Settings`, where a run stands, seeds and schedules);
+- :mod:`~xfer.fine_tuning.history`: the per-epoch :class:`History` of a fit;
+- :mod:`~xfer.fine_tuning.checkpoint`: the checkpoint files;
+- :mod:`~xfer.fine_tuning.backend`: the seam, :class:`TrainingBackend` and :class:`Trainer`, and
+  the registry (:func:`register_training_backend`, keyed by the ModelHandler's ``backend``);
+- :mod:`~xfer.fine_tuning.mxnet` and :mod:`~xfer.fine_tuning.torch`: the built-in backends,
+  registered when this package is imported. Nothing else imports a framework.
 """
 
+from xfer.fine_tuning import mxnet, torch  # noqa: F401  (registers the built-in backends)
+from xfer.fine_tuning.backend import (
+    Trainer,
+    TrainingBackend,
+    register_training_backend,
+    training_backend,
+)
 from xfer.fine_tuning.history import History
 
-__all__ = ["History"]
+__all__ = [
+    "History",
+    "Trainer",
+    "TrainingBackend",
+    "register_training_backend",
+    "training_backend",
+]

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,14 +22,14 @@ from xfer.exceptions import InvalidArgumentError, ModelFileNotFoundError, Serial
 from xfer.fine_tuning.history import History, finite_or_none
 from xfer.fine_tuning.run import Progress, Settings
 
+if TYPE_CHECKING:
+    from xfer.fine_tuning.backend import TrainingBackend
+
 CHECKPOINT_FORMAT = "xfer-training-checkpoint"
 CHECKPOINT_MANIFEST = "checkpoint.json"
 
 #: The array files of a checkpoint, each ``KIND-P-E.npz`` (phase P, epochs done E).
 CHECKPOINT_KINDS = ("params", "optimizer", "best")
-
-#: How a checkpoint's ``"backend"`` key reads in messages (MXNet checkpoints have no such key).
-_BACKEND_NAMES = {"torch": "a PyTorch network"}
 
 
 def write_checkpoint(
@@ -38,13 +38,12 @@ def write_checkpoint(
     settings: Settings,
     arrays: dict[str, dict[str, np.ndarray]],
     optimizer_layout: dict,
-    version: int,
-    backend: str | None = None,
+    backend: TrainingBackend,
 ) -> None:
     """Write ``arrays`` (kind -> arrays, kinds from :data:`CHECKPOINT_KINDS`), then the manifest.
 
-    ``optimizer_layout`` is the JSON-safe part of the optimiser's state; ``backend`` (None for
-    MXNet) is recorded under the manifest's ``"backend"`` key.
+    ``optimizer_layout`` is the JSON-safe part of the optimiser's state; the manifest records the
+    backend's ``checkpoint_version`` and its ``file_key`` (under ``"backend"``, when not None).
     """
     directory.mkdir(parents=True, exist_ok=True)
     tag = f"{progress.phase_index}-{progress.epochs_done:04d}"
@@ -55,9 +54,12 @@ def write_checkpoint(
             directory / name, serialization.arrays_to_npz_bytes(kind_arrays)
         )
         files[kind] = name
-    manifest: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "format_version": version}
-    if backend is not None:
-        manifest["backend"] = backend
+    manifest: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": backend.checkpoint_version,
+    }
+    if backend.file_key is not None:
+        manifest["backend"] = backend.file_key
     manifest.update(
         {
             "fingerprint": settings.fingerprint,
@@ -86,14 +88,13 @@ def write_checkpoint(
 def read_checkpoint(
     directory: Path,
     fingerprint: str,
-    version: int,
+    backend: TrainingBackend,
     best_from_arrays: Callable[[dict[str, np.ndarray]], Any],
-    backend: str | None = None,
 ) -> Progress:
-    """Where the checkpoint of ``directory`` stands, after checking its format, ``version``,
-    ``backend`` (None: MXNet, not checked), ``fingerprint`` and checksums.
+    """Where the checkpoint of ``directory`` stands, after checking its format, the version and
+    file key of ``backend`` (a file key of None is not checked), ``fingerprint`` and checksums.
 
-    ``best_from_arrays`` turns the best parameters' arrays into the loop's own objects; the
+    ``best_from_arrays`` turns the best parameters' arrays into the backend's own objects; the
     parameters themselves stay arrays (``Progress.params``).
     """
     manifest_path = directory / CHECKPOINT_MANIFEST
@@ -111,14 +112,14 @@ def read_checkpoint(
     if (
         not isinstance(manifest, dict)
         or manifest.get("format") != CHECKPOINT_FORMAT
-        or (backend is not None and manifest.get("backend") != backend)
+        or (backend.file_key is not None and manifest.get("backend") != backend.file_key)
     ):
-        of_backend = "" if backend is None else f" of {_BACKEND_NAMES[backend]}"
+        of_backend = "" if backend.file_key is None else f" of {backend.display_name}"
         raise SerializationError(f"{manifest_path} is not an xfer training checkpoint{of_backend}.")
-    if manifest.get("format_version") != version:
+    if manifest.get("format_version") != backend.checkpoint_version:
         raise SerializationError(
             f"{manifest_path} has checkpoint format version {manifest.get('format_version')!r}; "
-            f"this xfer reads version {version}."
+            f"this xfer reads version {backend.checkpoint_version}."
         )
     if manifest.get("fingerprint") != fingerprint:
         raise InvalidArgumentError(
@@ -156,20 +157,10 @@ def checkpoint_seed(directory: Path) -> int | None:
         return None
 
 
-def clear_checkpoint(directory: Path) -> None:
-    """Remove the checkpoint files of a finished fit (the model itself is saved with ``save``)."""
-    (directory / CHECKPOINT_MANIFEST).unlink(missing_ok=True)
-    for path in directory.glob("*.npz"):
-        if path.name.split("-")[0] in CHECKPOINT_KINDS:
-            path.unlink(missing_ok=True)
-
-
-
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_MANIFEST",
     "write_checkpoint",
     "read_checkpoint",
     "checkpoint_seed",
-    "clear_checkpoint",
 ]

@@ -1,40 +1,159 @@
-"""The backend-neutral parts of the fine-tuning loop: where a run starts (fresh or from its
-checkpoint), which phases are left, and the bookkeeping at the end of each epoch (history, log
-line, progress bar, early stopping and the restoring of the best epoch).
+"""The fine-tuning loop, one for every backend: phases, schedules, early stopping, checkpoints,
+history and resumption.
+
+:func:`train` runs a target network through its :class:`~xfer.fine_tuning.run.Phase` list.
+Everything that touches a framework goes through the :class:`~xfer.fine_tuning.backend.Trainer`
+of the network's training backend; everything else is here: where a run starts (fresh, or from
+the checkpoint of an interrupted run), the learning rate and random seed of each epoch, the
+shuffling order, timing, the history, the log line and progress bar, early stopping and the
+restoring of the best epoch, and when checkpoints are written.
+
+Reproducibility is built on *stateless* randomness: the shuffling order and the backend's seed
+of each epoch are derived from ``(seed, phase, epoch)``, and the schedules are functions of the
+epoch. A resumed run therefore needs only the parameters, the optimiser's state and the epoch
+reached to continue exactly where the interrupted run stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
-from pathlib import Path
+import time
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from xfer.exceptions import InvalidArgumentError
-from xfer.fine_tuning.run import Phase, Progress, Settings
+from xfer.fine_tuning.backend import Trainer, TrainingBackend
+from xfer.fine_tuning.checkpoint import read_checkpoint, write_checkpoint
+from xfer.fine_tuning.history import History
+from xfer.fine_tuning.run import Phase, Progress, Settings, derived_seed, epoch_order, scheduled_lr
+
+logger = logging.getLogger("xfer.fine_tuning")
 
 
-def initial_progress(
-    settings: Settings, read: Callable[[Path, str], Progress], log: logging.Logger
-) -> Progress:
-    """A fresh run's progress, or with ``settings.resume`` the checkpoint's (``read`` reads it)."""
+def train(
+    backend: TrainingBackend,
+    network: Any,
+    phases: list[Phase],
+    data: np.ndarray,
+    labels: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    settings: Settings,
+    epoch_end: Callable[[int], None] | None = None,
+) -> History:
+    """Train ``network`` (a :class:`~xfer.repurposers.TargetNetwork`) through ``phases``.
+
+    The handler's parameters are the start; at the end of each phase the handler holds the
+    phase's result (the best epoch's parameters under early stopping). ``labels`` are integer
+    codes ``0..K-1``. ``epoch_end(global_epoch)`` is called after each epoch's checkpoint (tests
+    use it to simulate an interruption).
+
+    Returns
+    -------
+    History
+    """
+    trainer = backend.trainer(network, settings, data, labels, validation)
+    progress = _initial_progress(settings, backend, trainer)
+    patience = settings.early_stopping_patience
+    num_examples, batch_size = len(data), settings.batch_size
+    total_epochs = sum(p.num_epochs for p in phases)
+    bar = None
+    if settings.verbose and trainer.is_main_process:
+        bar = _progress_bar(total_epochs, -(-num_examples // batch_size), len(progress.history))
+    global_epoch = len(progress.history)
+    try:
+        with trainer:
+            for phase_index, phase, resuming_here in _phases_to_run(phases, progress):
+                trainer.start_phase(
+                    phase, first=phase_index == 0, params=progress.params if resuming_here else None
+                )
+                progress.params = None
+                if resuming_here and progress.epochs_done >= phase.num_epochs:
+                    # Interrupted at a phase boundary: finish the phase as the run would have.
+                    _restore_best(progress, patience, trainer)
+                    trainer.end_phase()
+                    continue
+                base_lr = trainer.start_optimizer()
+                if resuming_here:
+                    trainer.restore_optimizer(
+                        progress.optimizer_layout or {}, progress.optimizer_arrays or {}
+                    )
+                for epoch in range(progress.epochs_done, phase.num_epochs):
+                    if bar is not None:
+                        bar.set_description(
+                            f"Epoch {global_epoch + 1}/{total_epochs} ({phase.name})"
+                        )
+                    lr = trainer.set_learning_rate(
+                        scheduled_lr(settings.lr_schedule, base_lr, epoch, phase.num_epochs)
+                    )
+                    trainer.seed(derived_seed(settings.seed, 2, phase_index, epoch))
+                    order = epoch_order(settings.seed, phase_index, epoch, num_examples, batch_size)
+                    started = time.perf_counter()
+                    loss, accuracy = trainer.run_epoch(order, bar)
+                    seconds = time.perf_counter() - started
+                    val_loss, val_accuracy = (
+                        trainer.evaluate() if validation is not None else (None, None)
+                    )
+                    global_epoch += 1
+                    stopped = _record_epoch(
+                        progress,
+                        phase,
+                        epoch,
+                        global_epoch,
+                        loss=loss,
+                        accuracy=accuracy,
+                        val_loss=val_loss,
+                        val_accuracy=val_accuracy,
+                        learning_rate=lr,
+                        seconds=seconds,
+                        patience=patience,
+                        copy_params=trainer.copy_params,
+                        bar=bar,
+                    )
+                    if settings.checkpoint_dir is not None:
+                        if trainer.is_main_process:
+                            _write_checkpoint(progress, settings, backend, trainer)
+                        trainer.barrier()
+                    if epoch_end is not None:
+                        epoch_end(global_epoch)
+                    if stopped:
+                        logger.info(
+                            "Early stopping after epoch %d; best epoch %d.",
+                            global_epoch,
+                            progress.best_epoch,
+                        )
+                        progress.history.stopped_early = True
+                        break
+                _restore_best(progress, patience, trainer)
+                trainer.end_phase()
+    finally:
+        if bar is not None:
+            bar.close()
+    return progress.history
+
+
+def _initial_progress(settings: Settings, backend: TrainingBackend, trainer: Trainer) -> Progress:
+    """A fresh run's progress, or with ``settings.resume`` its checkpoint's."""
     if not settings.resume:
         return Progress()
     if settings.checkpoint_dir is None:
         raise InvalidArgumentError(
             "resume=True needs checkpoint_dir: the directory of the checkpoint."
         )
-    progress = read(settings.checkpoint_dir, settings.fingerprint)
-    log.info("Resuming from phase %d, epoch %d.", progress.phase_index, progress.epochs_done)
+    progress = read_checkpoint(
+        settings.checkpoint_dir, settings.fingerprint, backend, trainer.arrays_to_params
+    )
+    logger.info("Resuming from phase %d, epoch %d.", progress.phase_index, progress.epochs_done)
     return progress
 
 
-def phases_to_run(phases: list[Phase], progress: Progress) -> Iterator[tuple[int, Phase, bool]]:
+def _phases_to_run(phases: list[Phase], progress: Progress):
     """``(phase_index, phase, resuming_here)`` for each phase not finished yet.
 
     ``resuming_here`` is true for the phase whose checkpointed parameters (``progress.params``)
-    the loop must load; a later phase starts afresh (:meth:`Progress.start_phase`).
+    the trainer must load; a later phase starts afresh (:meth:`Progress.start_phase`).
     """
     for phase_index, phase in enumerate(phases):
         if phase_index < progress.phase_index:
@@ -45,7 +164,7 @@ def phases_to_run(phases: list[Phase], progress: Progress) -> Iterator[tuple[int
         yield phase_index, phase, resuming_here
 
 
-def progress_bar(total_epochs: int, batches_per_epoch: int, epochs_done: int) -> Any:
+def _progress_bar(total_epochs: int, batches_per_epoch: int, epochs_done: int) -> Any:
     """A tqdm bar counting the batches of the whole run (log lines print above it)."""
     from xfer._progress import progress_bar as xfer_progress_bar
 
@@ -57,7 +176,7 @@ def progress_bar(total_epochs: int, batches_per_epoch: int, epochs_done: int) ->
     )
 
 
-def record_epoch(
+def _record_epoch(
     progress: Progress,
     phase: Phase,
     epoch: int,
@@ -72,7 +191,6 @@ def record_epoch(
     patience: int | None,
     copy_params: Callable[[], Any],
     bar: Any,
-    log: logging.Logger,
 ) -> bool:
     """Book an epoch that has run: history, log line, progress bar, epochs done, early stopping.
 
@@ -90,7 +208,7 @@ def record_epoch(
         learning_rate=learning_rate,
         seconds=seconds,
     )
-    log.info(
+    logger.info(
         "Epoch %d (%s): loss %.4f, accuracy %.4f%s",
         global_epoch,
         phase.name,
@@ -122,25 +240,21 @@ def record_epoch(
     return True
 
 
-def restore_best(progress: Progress, patience: int | None, load: Callable[[Any], None]) -> None:
-    """End of a phase under early stopping: ``load`` the best epoch's parameters, record which."""
+def _restore_best(progress: Progress, patience: int | None, trainer: Trainer) -> None:
+    """End of a phase under early stopping: load the best epoch's parameters, record which."""
     if patience is not None and progress.best_params is not None:
-        load(progress.best_params)
+        trainer.load_params(progress.best_params)
         progress.history.best_epoch = progress.best_epoch
 
 
-def stop_early(progress: Progress, global_epoch: int, log: logging.Logger) -> None:
-    """Note in the history that early stopping ended the phase (after its checkpoint)."""
-    log.info("Early stopping after epoch %d; best epoch %d.", global_epoch, progress.best_epoch)
-    progress.history.stopped_early = True
+def _write_checkpoint(
+    progress: Progress, settings: Settings, backend: TrainingBackend, trainer: Trainer
+) -> None:
+    layout, optimizer_arrays = trainer.optimizer_state()
+    arrays = {"params": trainer.checkpoint_arrays(), "optimizer": optimizer_arrays}
+    if progress.best_params is not None:
+        arrays["best"] = trainer.params_to_arrays(progress.best_params)
+    write_checkpoint(settings.checkpoint_dir, progress, settings, arrays, layout, backend)
 
 
-
-__all__ = [
-    "initial_progress",
-    "phases_to_run",
-    "progress_bar",
-    "record_epoch",
-    "restore_best",
-    "stop_early",
-]
+__all__ = ["train"]

@@ -1,65 +1,34 @@
-"""The training loop of the fine-tuning repurposers (MXNet ``Module`` API).
+"""The MXNet training backend of the fine-tuners (``Module`` API).
 
-One loop serves every :class:`~xfer.repurposers.neural_network.NeuralNetworkRepurposer`: epochs
-over shuffled NumPy batches, a per-epoch :class:`History`, validation, early stopping that
-restores the best epoch, per-epoch learning-rate schedules, per-parameter learning-rate
-multipliers, several *phases* (freeze-then-unfreeze: each phase rebuilds the module and the
-optimiser from the parameters that are trainable in it), checkpoints written atomically at each
-epoch end, exact resumption from them, seeding, data parallelism over a list of contexts through
-MXNet's kvstore, and a progress bar. What does not depend on MXNet (history, phases, settings,
-schedules, shuffling, per-epoch bookkeeping, checkpoint files) is in
-the backend-neutral modules of :mod:`xfer.fine_tuning`, shared with the PyTorch loop.
-
-Reproducibility is built on *stateless* randomness: the shuffling order and MXNet's random seed
-of each epoch are derived from ``(seed, phase, epoch)``; learning-rate schedules are functions of
-the epoch. A resumed run therefore needs only the parameters, the optimiser's states and counters
-and the epoch number to continue exactly where the interrupted run stopped.
-
-Checkpoint files (in ``checkpoint_dir``) contain no pickle:
-
-``checkpoint.json``
-    Strict JSON, written last: phase and epoch reached, history, early-stopping counters, the
-    optimiser's update counters and learning-rate scheduler attributes, the names and SHA-256 of
-    the array files below, and a fingerprint of the data and settings.
-``params-P-E.npz``, ``optimizer-P-E.npz``, ``best-P-E.npz``
-    Parameters, optimiser states (momentum, Adam moments...) and the best parameters so far, read
-    back with ``allow_pickle=False``.
+:class:`MXNetTrainingBackend` builds the target network by editing the symbolic graph (cut with
+:func:`layer_output_symbol`, new ``FullyConnected`` + ``SoftmaxOutput`` head), and its
+:class:`MXNetTrainer` trains it for :func:`xfer.fine_tuning.loop.train`: each phase binds a
+``Module`` whose fixed parameters are fixed and whose per-parameter learning-rate multipliers are
+``__lr_mult__`` attributes of the graph (which every MXNet optimiser and kvstore reads), batches
+are gathered once per epoch from the shuffled order, and several contexts train data-parallel
+through MXNet's kvstore (``kvstore="dist_sync"`` across machines). The optimiser's states and
+counters, and each device's own BatchNorm statistics, go into checkpoints as arrays (no pickle).
+The saved target network is a plain MXNet checkpoint: ``P-symbol.json`` and ``P-0000.params``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xfer._mxnet import mx
-from xfer.exceptions import SerializationError
-from xfer.fine_tuning import checkpoint, loop
+from xfer._mxnet import MODULE_LOGGER, mx
+from xfer.context import Device, to_mxnet
+from xfer.exceptions import InvalidArgumentError, ModelError, SerializationError
+from xfer.fine_tuning.backend import Trainer, TrainingBackend, register_training_backend
 from xfer.fine_tuning.history import finite_or_none
-from xfer.fine_tuning.run import (
-    Phase,
-    Progress,
-    Result,
-    Settings,
-    derived_seed,
-    epoch_order,
-    scheduled_lr,
-)
+from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, derived_seed, object_state
+from xfer.model_handler.consts import OUTPUT_LAYER_TYPES
 
 logger = logging.getLogger("xfer.fine_tuning.mxnet")
-
-CHECKPOINT_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------------
-# Randomness and learning-rate schedules (the stateless parts are in run.py)
-# --------------------------------------------------------------------------------------------
 
 
 def seed_everything(seed: int) -> None:
@@ -67,13 +36,29 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed & 0xFFFFFFFF)
 
 
-def _scheduler_state(scheduler: Any) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in vars(scheduler).items()
-        if isinstance(v, (bool, int, float, str))
-        or (isinstance(v, list) and all(isinstance(i, (int, float)) for i in v))
-    }
+# --------------------------------------------------------------------------------------------
+# The target graph
+# --------------------------------------------------------------------------------------------
+
+
+def layer_output_symbol(symbol: Any, layer_name: str) -> Any:
+    """The output of ``layer_name`` in ``symbol`` (the graph cut at that layer)."""
+    internals = symbol.get_internals()
+    outputs = internals.list_outputs()
+    name = f"{layer_name}_output"
+    if name not in outputs:
+        raise ModelError(f"Layer {layer_name!r} has no output to cut the graph at.")
+    return internals[outputs.index(name)]
+
+
+def free_output_name(handler: Any, preferred: str) -> str:
+    """``preferred`` or, when the graph already uses it, ``preferred_target``/``_target2``..."""
+    taken = set(handler.layer_names) | set(handler.symbol.list_arguments())
+    candidate, number = preferred, 1
+    while candidate in taken or f"{candidate}_label" in taken:
+        candidate = f"{preferred}_target{'' if number == 1 else number}"
+        number += 1
+    return candidate
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,7 +90,12 @@ def _shape_iterator(handler: Any, sample_shape: tuple, batch_size: int, label_na
 
 
 def build_module(
-    handler: Any, phase: Phase, settings: Settings, sample_shape: tuple, first: bool
+    handler: Any,
+    phase: Phase,
+    settings: Settings,
+    sample_shape: tuple,
+    label_name: str,
+    first: bool,
 ) -> Any:
     """A bound module for ``phase`` (frozen parameters fixed, new ones initialised with the seed)."""
     from xfer.model_handler import MXNetModelHandler
@@ -114,7 +104,7 @@ def build_module(
     working.update_sym(_with_lr_mults(handler.symbol, phase.lr_mults))
     seed_everything(derived_seed(settings.seed, 0))
     return working.get_module(
-        _shape_iterator(handler, sample_shape, settings.batch_size, settings.label_name),
+        _shape_iterator(handler, sample_shape, settings.batch_size, label_name),
         fixed_layer_parameters=list(phase.fixed_parameters),
         random_layer_parameters=list(phase.random_parameters) if first else None,
         context=settings.contexts,
@@ -206,7 +196,7 @@ def _params_copy(module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
+# Optimiser states and parameters as arrays (checkpoints)
 # --------------------------------------------------------------------------------------------
 
 
@@ -256,7 +246,7 @@ def optimizer_state(module: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]
         "index_update_counts": counts,
         "num_update": int(optimizer.num_update),
         "lr": finite_or_none(optimizer.lr) if optimizer.lr is not None else None,
-        "lr_scheduler": _scheduler_state(optimizer.lr_scheduler)
+        "lr_scheduler": object_state(optimizer.lr_scheduler)
         if optimizer.lr_scheduler is not None
         else None,
         "restorable": updater is not None,
@@ -323,149 +313,263 @@ def _arrays_to_params(arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
     return args, auxs
 
 
-def write_checkpoint(directory: Path, progress: Progress, module: Any, settings: Settings) -> None:
-    args, auxs = module.get_params()
-    params_arrays = _params_to_arrays(args, auxs)
-    params_arrays.update(_per_device_aux(module))
-    layout, optimizer_arrays = optimizer_state(module)
-    arrays = {"params": params_arrays, "optimizer": optimizer_arrays}
-    if progress.best_params is not None:
-        arrays["best"] = _params_to_arrays(*progress.best_params)
-    checkpoint.write_checkpoint(directory, progress, settings, arrays, layout, CHECKPOINT_VERSION)
-
-
-def read_checkpoint(directory: Path, fingerprint: str) -> Progress:
-    return checkpoint.read_checkpoint(directory, fingerprint, CHECKPOINT_VERSION, _arrays_to_params)
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
-
-
-def train(
-    handler: Any,
-    phases: list[Phase],
-    train_data: np.ndarray,
-    train_labels: np.ndarray,
-    validation: tuple[np.ndarray, np.ndarray] | None,
-    settings: Settings,
-    epoch_end: Callable[[int], None] | None = None,
-) -> Result:
-    """Train ``handler``'s graph through ``phases``; the handler's parameters are the start.
-
-    ``epoch_end(global_epoch)`` is called after each epoch's checkpoint (tests use it to simulate
-    an interruption).
-    """
-    progress = loop.initial_progress(settings, read_checkpoint, logger)
-    monitor_validation = validation is not None
-    patience = settings.early_stopping_patience
-    train_labels = train_labels.astype(np.float32)
-    num_examples = len(train_data)
-    batch_size = settings.batch_size
-    batches_per_epoch = -(-num_examples // batch_size)
-    total_epochs = sum(p.num_epochs for p in phases)
-    bar = None
-    if settings.verbose:
-        bar = loop.progress_bar(total_epochs, batches_per_epoch, len(progress.history))
-    global_epoch = len(progress.history)
-    module = None
-    try:
-        for phase_index, phase, resuming_here in loop.phases_to_run(phases, progress):
-            if resuming_here and progress.epochs_done >= phase.num_epochs:
-                # The interruption came at a phase boundary: finish the phase as the run would have.
-                module = build_module(
-                    handler, phase, settings, train_data.shape[1:], first=phase_index == 0
-                )
-                module.set_params(
-                    *_arrays_to_params(progress.params), allow_missing=False, force_init=True
-                )
-                loop.restore_best(progress, patience, partial(_load_best, module))
-                _update_handler(handler, module)
-                progress.params = None
-                continue
-            module = build_module(
-                handler, phase, settings, train_data.shape[1:], first=phase_index == 0
-            )
-            if resuming_here:
-                module.set_params(
-                    *_arrays_to_params(progress.params), allow_missing=False, force_init=True
-                )
-                if len(settings.contexts) == len(module._context):
-                    _restore_per_device_aux(module, progress.params)
-            base_lr = init_optimizer(module, phase, settings)
-            if resuming_here:
-                restore_optimizer_state(
-                    module, progress.optimizer_layout, progress.optimizer_arrays
-                )
-                progress.params = None
-            uses_scheduler = isinstance(settings.lr_schedule, mx.lr_scheduler.LRScheduler)
-            for epoch in range(progress.epochs_done, phase.num_epochs):
-                if bar is not None:
-                    bar.set_description(f"Epoch {global_epoch + 1}/{total_epochs} ({phase.name})")
-                lr = scheduled_lr(
-                    None if uses_scheduler else settings.lr_schedule,
-                    base_lr,
-                    epoch,
-                    phase.num_epochs,
-                )
-                if not uses_scheduler:
-                    module._optimizer.set_learning_rate(lr)
-                else:
-                    lr = float(module._optimizer.lr_scheduler(module._optimizer.num_update))
-                seed_everything(derived_seed(settings.seed, 2, phase_index, epoch))
-                order = epoch_order(settings.seed, phase_index, epoch, num_examples, batch_size)
-                started = time.perf_counter()
-                loss, accuracy = _run_epoch(
-                    module, train_data, train_labels, order, batch_size, num_examples, bar
-                )
-                seconds = time.perf_counter() - started
-                val_loss = val_accuracy = None
-                if monitor_validation:
-                    val_loss, val_accuracy = evaluate(
-                        module, validation[0], validation[1], batch_size
-                    )
-                global_epoch += 1
-                stopped = loop.record_epoch(
-                    progress,
-                    phase,
-                    epoch,
-                    global_epoch,
-                    loss=loss,
-                    accuracy=accuracy,
-                    val_loss=val_loss,
-                    val_accuracy=val_accuracy,
-                    learning_rate=lr,
-                    seconds=seconds,
-                    patience=patience,
-                    copy_params=partial(_params_copy, module),
-                    bar=bar,
-                    log=logger,
-                )
-                if settings.checkpoint_dir is not None:
-                    write_checkpoint(settings.checkpoint_dir, progress, module, settings)
-                if epoch_end is not None:
-                    epoch_end(global_epoch)
-                if stopped:
-                    loop.stop_early(progress, global_epoch, logger)
-                    break
-            loop.restore_best(progress, patience, partial(_load_best, module))
-            _update_handler(handler, module)
-    finally:
-        if bar is not None:
-            bar.close()
-    args, auxs = handler.arg_params, handler.aux_params
-    return Result(dict(args), dict(auxs), progress.history)
-
-
-def _load_best(module: Any, best_params: Any) -> None:
-    module.set_params(*best_params, force_init=True)
-
-
 def _update_handler(handler: Any, module: Any) -> None:
     args, auxs = module.get_params()
     handler.arg_params.update({k: v.copy() for k, v in args.items()})
     handler.aux_params.update({k: v.copy() for k, v in auxs.items()})
 
 
-__all__ = ["train", "build_module", "evaluate"]
+# --------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------
+
+
+@register_training_backend
+class MXNetTrainingBackend(TrainingBackend):
+    """Fine-tunes :class:`~xfer.model_handler.MXNetModelHandler` networks."""
+
+    key = "mxnet"
+    file_key = None  # MXNet files carry no backend key (the format of xfer 0.1)
+    display_name = "an MXNet network"
+    output_layer_types = OUTPUT_LAYER_TYPES
+
+    def check_optimizer(self, name: str, params: dict[str, Any]) -> None:
+        registry = mx.optimizer.Optimizer.opt_registry
+        if name.lower() not in registry:
+            raise InvalidArgumentError(f"Unknown optimizer {name!r}: MXNet has {sorted(registry)}.")
+        try:
+            mx.optimizer.create(name, **params)
+        except (TypeError, ValueError) as error:
+            raise InvalidArgumentError(
+                f"optimizer_params {params!r} are not valid for optimizer {name!r}: {error}"
+            ) from error
+
+    def check_lr_schedule(self, schedule: Any) -> None:
+        if not isinstance(schedule, mx.lr_scheduler.LRScheduler):
+            raise InvalidArgumentError(
+                f"lr_schedule must be None, one of {LR_SCHEDULES} or an "
+                f"mx.lr_scheduler.LRScheduler, got {schedule!r}."
+            )
+
+    def contexts(self, devices: list[Device]) -> list:
+        return to_mxnet(devices)
+
+    # ------------------------------------------------------------------ the target network
+    def editable_copy(self, source: Any, sample_shape: tuple | None) -> Any:
+        from xfer.model_handler import MXNetModelHandler
+
+        return MXNetModelHandler(source)
+
+    def cut(self, handler: Any, layer_name: str) -> None:
+        handler.update_sym(layer_output_symbol(handler.symbol, layer_name))
+
+    def add_head(self, handler: Any, fc_name: str, output_name: str, num_classes: int) -> list[str]:
+        fc_name = free_output_name(handler, fc_name)
+        output_name = free_output_name(handler, output_name)
+        handler.add_layer_top(
+            [
+                mx.sym.FullyConnected(num_hidden=int(num_classes), name=fc_name),
+                mx.sym.SoftmaxOutput(name=output_name),
+            ]
+        )
+        return [fc_name, output_name]
+
+    def parameter_names(self, handler: Any) -> list[str]:
+        symbol = handler.symbol
+        return [
+            p
+            for p in symbol.list_arguments() + symbol.list_auxiliary_states()
+            if p != handler.data_name and not p.endswith("_label")
+        ]
+
+    def xfer_target_module(self, repurposer: Any, train_iterator: Any) -> Any:
+        provided = train_iterator.provide_label
+        label_name = provided[0].name if provided else "softmax_label"
+        network = repurposer._target_network(label_name, repurposer._class_count_for_hook())
+        return network.handler.get_module(
+            train_iterator,
+            fixed_layer_parameters=network.fixed_parameters,
+            random_layer_parameters=network.random_parameters,
+            context=to_mxnet(repurposer._current_devices()),
+        )
+
+    def network_from_xfer_module(
+        self, repurposer: Any, data: np.ndarray, codes: np.ndarray, label_name: str
+    ) -> Any:
+        from xfer.model_handler import MXNetModelHandler
+        from xfer.repurposers.neural_network import TargetNetwork
+
+        batch_size = repurposer.batch_size
+        iterator = mx.io.NDArrayIter(
+            data[:batch_size],
+            codes[:batch_size].astype(np.float32),
+            min(batch_size, len(data)),
+            label_name=label_name,
+        )
+        module = repurposer._create_target_module(iterator)
+        args, auxs = module.get_params()
+        handler = MXNetModelHandler(
+            (module.symbol, args, auxs),
+            context_function=repurposer.context_function,
+            num_devices=repurposer.num_devices,
+        )
+        output = handler.layer_names[-1]
+        if f"{output}_label" != label_name:
+            raise ModelError(
+                f"The module from _create_target_module ends in {output!r}, whose label is not "
+                f"{label_name!r}: name the output layer after the iterator's label."
+            )
+        return TargetNetwork(
+            handler, output, fixed_parameters=sorted(module._fixed_param_names or [])
+        )
+
+    # ------------------------------------------------------------------ training
+    def trainer(
+        self,
+        network: Any,
+        settings: Settings,
+        data: np.ndarray,
+        labels: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ) -> MXNetTrainer:
+        return MXNetTrainer(network, settings, data, labels, validation)
+
+    # ------------------------------------------------------------------ prediction and files
+    def predict_proba(
+        self,
+        handler: Any,
+        output_layer: str,
+        data: Any,
+        devices: list[Device],
+        batch_size: int,
+        verbose: bool,
+    ) -> np.ndarray:
+        outputs, _ = handler.get_layer_output(
+            data, [output_layer], context=devices, batch_size=batch_size, verbose=verbose
+        )
+        return np.asarray(outputs[output_layer], dtype=np.float64)
+
+    def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
+        module = mx.mod.Module(
+            handler.symbol,
+            data_names=[handler.data_name],
+            label_names=[f"{output_layer}_label"],
+            context=to_mxnet(devices),
+            logger=MODULE_LOGGER,
+        )
+        module._arg_params = dict(handler.arg_params)  # what mx.mod.Module.load does
+        module._aux_params = dict(handler.aux_params)
+        module.params_initialized = True
+        return module
+
+    def save_network(self, handler: Any, prefix: Path) -> list[str]:
+        handler.save_checkpoint(str(prefix), 0)
+        return [f"{prefix.name}-symbol.json", f"{prefix.name}-0000.params"]
+
+    def load_network(
+        self, repurposer: Any, prefix: Path, config: dict[str, Any]
+    ) -> tuple[Any, list[str] | None]:
+        from xfer.model_handler import MXNetModelHandler
+
+        handler = MXNetModelHandler.load_checkpoint(
+            str(prefix),
+            0,
+            context_function=repurposer.context_function,
+            num_devices=repurposer.num_devices,
+            data_name=config.get("data_name", "data"),
+        )
+        return handler, None
+
+
+class MXNetTrainer(Trainer):
+    """One fit: a bound ``Module`` per phase over ``settings.contexts``."""
+
+    def __init__(
+        self,
+        network: Any,
+        settings: Settings,
+        data: np.ndarray,
+        labels: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ):
+        self.handler = network.handler
+        self.label_name = network.label_name
+        self.settings = settings
+        self.data = data
+        self.labels = labels.astype(np.float32)
+        self.validation = validation
+        self.uses_scheduler = isinstance(settings.lr_schedule, mx.lr_scheduler.LRScheduler)
+        self.module: Any = None
+        self.phase: Phase | None = None
+
+    def start_phase(self, phase: Phase, first: bool, params: dict[str, np.ndarray] | None) -> None:
+        self.phase = phase
+        self.module = build_module(
+            self.handler, phase, self.settings, self.data.shape[1:], self.label_name, first
+        )
+        if params is not None:
+            self.module.set_params(*_arrays_to_params(params), allow_missing=False, force_init=True)
+            _restore_per_device_aux(self.module, params)
+
+    def start_optimizer(self) -> float:
+        return init_optimizer(self.module, self.phase, self.settings)
+
+    def restore_optimizer(self, layout: dict, arrays: dict[str, np.ndarray]) -> None:
+        restore_optimizer_state(self.module, layout, arrays)
+
+    def set_learning_rate(self, learning_rate: float) -> float:
+        optimizer = self.module._optimizer
+        if self.uses_scheduler:  # the mx.lr_scheduler object sets the rate per update
+            return float(optimizer.lr_scheduler(optimizer.num_update))
+        optimizer.set_learning_rate(learning_rate)
+        return learning_rate
+
+    def seed(self, seed: int) -> None:
+        seed_everything(seed)
+
+    def run_epoch(self, order: np.ndarray, progress: Any) -> tuple[float, float]:
+        return _run_epoch(
+            self.module,
+            self.data,
+            self.labels,
+            order,
+            self.settings.batch_size,
+            len(self.data),
+            progress,
+        )
+
+    def evaluate(self) -> tuple[float, float]:
+        return evaluate(self.module, *self.validation, self.settings.batch_size)
+
+    def copy_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return _params_copy(self.module)
+
+    def load_params(self, params: Any) -> None:
+        self.module.set_params(*params, force_init=True)
+
+    def params_to_arrays(self, params: Any) -> dict[str, np.ndarray]:
+        return _params_to_arrays(*params)
+
+    def arrays_to_params(self, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        return _arrays_to_params(arrays)
+
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        arrays = _params_to_arrays(*self.module.get_params())
+        arrays.update(_per_device_aux(self.module))
+        return arrays
+
+    def optimizer_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        return optimizer_state(self.module)
+
+    def end_phase(self) -> None:
+        _update_handler(self.handler, self.module)
+
+
+__all__ = [
+    "MXNetTrainingBackend",
+    "MXNetTrainer",
+    "build_module",
+    "evaluate",
+    "layer_output_symbol",
+    "free_output_name",
+]

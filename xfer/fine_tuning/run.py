@@ -53,7 +53,11 @@ class Phase:
 
 @dataclass
 class Settings:
-    """How to train (validated by the repurposer)."""
+    """How to train (validated by the repurposer).
+
+    ``contexts`` are the backend's device objects (from ``TrainingBackend.contexts``);
+    ``kvstore`` is read by the MXNet backend only.
+    """
 
     batch_size: int
     optimizer: str
@@ -67,14 +71,6 @@ class Settings:
     resume: bool = False
     fingerprint: str = ""
     verbose: bool = False
-    label_name: str = "softmax_label"
-
-
-@dataclass
-class Result:
-    arg_params: dict[str, Any]
-    aux_params: dict[str, Any]
-    history: History
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,8 +96,12 @@ def epoch_order(
 
 
 def scheduled_lr(schedule: Any, base_lr: float, epoch: int, num_epochs: int) -> float:
-    """Learning rate of ``epoch`` (0-based) of a phase of ``num_epochs``."""
-    if schedule is None or schedule == "constant":
+    """Learning rate of ``epoch`` (0-based) of a phase of ``num_epochs``.
+
+    ``schedule`` is a name of :data:`LR_SCHEDULES` or None; a backend's scheduler object is not
+    a per-epoch schedule and gives ``base_lr`` (the backend's optimiser applies it per update).
+    """
+    if schedule is None or not isinstance(schedule, str) or schedule == "constant":
         return base_lr
     if schedule == "step":  # x0.1 at half and at three quarters of the phase
         drops = (
@@ -111,6 +111,22 @@ def scheduled_lr(schedule: Any, base_lr: float, epoch: int, num_epochs: int) -> 
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(num_epochs, 1)))
     raise InvalidArgumentError(f"Unknown lr_schedule {schedule!r}: use one of {LR_SCHEDULES}.")
+
+
+def object_state(value: Any) -> dict[str, Any]:
+    """The plain attributes of an object (numbers, strings, lists of numbers): a scheduler's
+    state, for checkpoints and fingerprints."""
+    return {
+        k: v
+        for k, v in vars(value).items()
+        if isinstance(v, (bool, int, float, str))
+        or (isinstance(v, list) and all(isinstance(i, (int, float)) for i in v))
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Where a run stands
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -140,12 +156,11 @@ class Progress:
         self.best_metric, self.best_epoch, self.best_params = None, None, None
 
 
-
 __all__ = [
     "LR_SCHEDULES",
     "Phase",
     "Settings",
-    "Result",
+    "object_state",
     "Progress",
     "derived_seed",
     "epoch_order",

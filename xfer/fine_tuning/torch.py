@@ -1,20 +1,14 @@
-"""The training loop of the fine-tuning repurposers for PyTorch source networks.
+"""The PyTorch training backend of the fine-tuners.
 
-The twin of :mod:`xfer.fine_tuning.mxnet`; both take their backend-neutral pieces
-from :mod:`xfer.fine_tuning` (:class:`~xfer.fine_tuning.history.History`,
-:class:`~xfer.fine_tuning.run.Phase`, :class:`~xfer.fine_tuning.run.Settings`, the per-epoch learning-rate schedules, the
-stateless shuffling order and seed derivation, the bookkeeping of each epoch, the checkpoint
-files). What is torch's own: the target network is a ``torch.nn.Module`` from
-:meth:`TorchModelHandler.get_module <xfer.model_handler.TorchModelHandler.get_module>` (fixed
-parameters ``requires_grad=False``, fixed BatchNorm layers in eval mode), MXNet optimiser names and
-parameters map onto ``torch.optim`` (:func:`torch_optimizer`), per-parameter learning-rate
-multipliers become parameter groups, and the network outputs logits (cross-entropy training,
-softmax at prediction).
-
-Reproducibility is stateless as in the MXNet loop: the shuffling order and torch's seed of each
-epoch come from ``(seed, phase, epoch)``, schedules are functions of the epoch, and torch's global
-random state is restored after the fit. A resumed run needs only the parameters, the optimiser's
-state and the epoch reached.
+:class:`TorchTrainingBackend` builds the target network from a ``torch.nn.Module`` source: the
+layers above the cut are dropped (:func:`cut_network`), and the new head is ``Flatten`` +
+``Linear`` giving logits (:func:`add_linear_head`; ``predict_proba`` is their softmax). Its
+:class:`TorchTrainer` trains the network from :meth:`TorchModelHandler.get_module
+<xfer.model_handler.TorchModelHandler.get_module>` (fixed parameters ``requires_grad=False``,
+fixed BatchNorm layers in eval mode) for :func:`xfer.fine_tuning.loop.train`: MXNet optimiser
+names and parameters map onto ``torch.optim`` (:func:`torch_optimizer`), per-parameter
+learning-rate multipliers become parameter groups, training minimises the cross-entropy of the
+logits, and torch's global random state is restored after the fit.
 
 Distributed training: when ``torch.distributed`` is initialised (``torchrun``), the network is
 wrapped in ``DistributedDataParallel``. Parameters kept fixed have ``requires_grad=False`` and DDP
@@ -24,44 +18,32 @@ is split evenly over the ranks (``batch_size`` must be a multiple of the world s
 ``W`` processes takes the same steps as one process would; only rank 0 writes checkpoints. See
 ``docs/distributed_torch.md``.
 
-Checkpoint files (in ``checkpoint_dir``; no pickle): ``checkpoint.json`` (strict JSON, written
-last: phase and epoch reached, history, early-stopping counters, the optimiser's non-tensor state,
-file names and SHA-256, fingerprint) and ``params-P-E.npz``, ``optimizer-P-E.npz``,
-``best-P-E.npz`` (the network's ``state_dict``, the optimiser's tensors and the best parameters
-so far), read back with ``allow_pickle=False``.
+Saved files: ``P-target.safetensors`` and ``P-target.json`` (weights and layer list). The
+architecture is code and is not saved: the manifest records the edits, and loading re-applies
+them to the source model given to ``xfer.load(..., source_model=...)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xfer.exceptions import InvalidArgumentError
-from xfer.fine_tuning import checkpoint, loop
-from xfer.fine_tuning.run import (
-    Phase,
-    Progress,
-    Result,
-    Settings,
-    derived_seed,
-    epoch_order,
-    scheduled_lr,
-)
+from xfer.context import Device, to_torch
+from xfer.exceptions import InvalidArgumentError, ModelError, SerializationError
+from xfer.fine_tuning.backend import Trainer, TrainingBackend, register_training_backend
+from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, derived_seed
+from xfer.model_handler.consts import OUTPUT_LAYER_TYPES
 
 logger = logging.getLogger("xfer.fine_tuning.torch")
-
-#: Version of the torch checkpoint layout (its manifest also says ``"backend": "torch"``).
-CHECKPOINT_VERSION = 1
 
 #: MXNet optimiser names accepted with a torch source, and the ``torch.optim`` class of each.
 TORCH_OPTIMIZERS = {
@@ -75,6 +57,73 @@ TORCH_OPTIMIZERS = {
 
 #: MXNet spellings of optimiser parameters and their torch names (torch names are accepted too).
 _RENAMED = {"learning_rate": "lr", "wd": "weight_decay", "epsilon": "eps", "gamma1": "alpha"}
+
+#: Layer types that make a torch network's output probabilities (not a place to cut).
+TORCH_OUTPUT_TYPES = frozenset({"Softmax", "LogSoftmax", "Softmin"})
+
+#: Suffix of the files of a torch target network (``P-target.safetensors``, ``P-target.json``).
+TARGET_SUFFIX = "-target"
+
+
+# --------------------------------------------------------------------------------------------
+# The target network
+# --------------------------------------------------------------------------------------------
+
+
+def _free_name(handler: Any, preferred: str) -> str:
+    """``preferred`` or, when the network already uses it, ``preferred_1``, ``preferred_2``..."""
+    model = handler.model
+    taken = {name.split("#")[0] for name in handler.layer_names}
+    taken |= {name for name, _ in model.named_modules()} | set(dir(model))
+    candidate, number = preferred, 1
+    while candidate in taken:
+        candidate, number = f"{preferred}_{number}", number + 1
+    return candidate
+
+
+def add_linear_head(handler: Any, fc_name: str, num_classes: int) -> list[str]:
+    """Add ``Flatten`` + ``Linear(num_classes)`` (logits) on top of a torch network.
+
+    The input size of the new ``Linear`` is read by running one zero example of
+    ``handler.input_shape`` (the training examples' shape) through the network.
+    """
+    from torch import nn
+
+    if handler.input_shape is None:
+        raise ModelError("The shape of the training examples is needed to size the new layer.")
+    top = handler.layer_names[-1]
+    sample = np.zeros((1, *handler.input_shape), dtype=np.float32)
+    features, _ = handler.get_layer_output(sample, [top], context="cpu")
+    flatten_name = _free_name(handler, f"{fc_name}_flatten")
+    fc_name = _free_name(handler, fc_name)
+    handler.add_layer_top(
+        [
+            (flatten_name, nn.Flatten()),
+            (fc_name, nn.Linear(int(features[top].shape[1]), int(num_classes))),
+        ]
+    )
+    return [flatten_name, fc_name]
+
+
+def cut_network(handler: Any, layer_name: str) -> None:
+    """Drop the layers of a torch network above ``layer_name`` (its output becomes the top)."""
+    names = handler.layer_names
+    above = [n for n in names[names.index(layer_name) + 1 :] if n != "output"]
+    if above:
+        handler.drop_layer_top(len(above))
+    if handler.layer_names[-1] != layer_name:
+        following = [n for n in names[names.index(layer_name) + 1 :] if n != "output"][:1]
+        hint = f" (for example {following[0]!r})" if following else ""
+        raise ModelError(
+            f"Cutting the network at {layer_name!r} leaves {handler.layer_names[-1]!r} on top: the "
+            "layers above it are not a single chain of modules (a function call such as flatten "
+            "between layers cannot be cut off). Cut at a later module that every path to the "
+            f"output goes through{hint}."
+        )
+
+
+def _target_prefix(prefix: Path) -> Path:
+    return prefix.with_name(prefix.name + TARGET_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +348,7 @@ def _state_copy(model: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
+# Optimiser state and parameters as arrays (checkpoints)
 # --------------------------------------------------------------------------------------------
 
 
@@ -348,163 +397,6 @@ def _restore_optimizer(optimizer: Any, layout: dict, arrays: dict[str, np.ndarra
     optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
 
 
-def write_checkpoint(
-    directory: Path, progress: Progress, model: Any, optimizer: Any, settings: Settings
-) -> None:
-    layout, optimizer_arrays = _optimizer_state(optimizer)
-    arrays = {"params": _to_arrays(model.state_dict()), "optimizer": optimizer_arrays}
-    if progress.best_params is not None:
-        arrays["best"] = _to_arrays(progress.best_params)
-    checkpoint.write_checkpoint(
-        directory, progress, settings, arrays, layout, CHECKPOINT_VERSION, backend="torch"
-    )
-
-
-def read_checkpoint(directory: Path, fingerprint: str) -> Progress:
-    return checkpoint.read_checkpoint(
-        directory, fingerprint, CHECKPOINT_VERSION, _from_arrays, backend="torch"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
-
-
-def train(
-    handler: Any,
-    phases: list[Phase],
-    train_data: np.ndarray,
-    train_labels: np.ndarray,
-    validation: tuple[np.ndarray, np.ndarray] | None,
-    settings: Settings,
-    epoch_end: Callable[[int], None] | None = None,
-) -> Result:
-    """Train ``handler``'s network through ``phases``; its parameters are the start and the end.
-
-    ``settings.contexts`` holds one ``torch.device``. The handler's model is updated in place at
-    the end of each phase (with the best epoch's weights under early stopping).
-    ``epoch_end(global_epoch)`` is called after each epoch's checkpoint (tests use it to simulate
-    an interruption).
-    """
-    import torch
-
-    device = settings.contexts[0]
-    spec = torch_optimizer(settings.optimizer, settings.optimizer_params)
-    world = distributed_world()
-    batch_size = settings.batch_size
-    if world is not None and batch_size % world[1]:
-        raise InvalidArgumentError(
-            f"batch_size={batch_size} cannot be split evenly over {world[1]} processes: use a "
-            "multiple of the world size."
-        )
-    is_writer = world is None or world[0] == 0
-    progress = loop.initial_progress(settings, read_checkpoint, logger)
-    patience = settings.early_stopping_patience
-    data = torch.as_tensor(np.ascontiguousarray(train_data, dtype=np.float32))
-    labels = torch.as_tensor(np.asarray(train_labels, dtype=np.int64))
-    if device.type == "cuda":
-        data, labels = data.pin_memory(), labels.pin_memory()
-    val = None
-    if validation is not None:
-        val = (
-            torch.as_tensor(np.ascontiguousarray(validation[0], dtype=np.float32)),
-            torch.as_tensor(np.asarray(validation[1]).astype(np.int64)),
-        )
-    num_examples = len(train_data)
-    batches_per_epoch = -(-num_examples // batch_size)
-    total_epochs = sum(p.num_epochs for p in phases)
-    bar = None
-    if settings.verbose and is_writer:
-        bar = loop.progress_bar(total_epochs, batches_per_epoch, len(progress.history))
-    global_epoch = len(progress.history)
-    try:
-        with seeded(derived_seed(settings.seed, 3), device):
-            for phase_index, phase, resuming_here in loop.phases_to_run(phases, progress):
-                model = handler.get_module(
-                    fixed_layer_parameters=list(phase.fixed_parameters),
-                    random_layer_parameters=list(phase.random_parameters)
-                    if phase_index == 0
-                    else None,
-                    context=device,
-                    seed=derived_seed(settings.seed, 0),
-                )
-                if resuming_here:
-                    model.load_state_dict(_from_arrays(progress.params), strict=True)
-                    progress.params = None
-                    if progress.epochs_done >= phase.num_epochs:
-                        # Interrupted at a phase boundary: finish the phase as the run would have.
-                        loop.restore_best(progress, patience, partial(model.load_state_dict, strict=True))
-                        _update_handler(handler, model)
-                        continue
-                optimizer, base_lr = _build_optimizer(model, phase, spec)
-                if resuming_here:
-                    _restore_optimizer(
-                        optimizer, progress.optimizer_layout or {}, progress.optimizer_arrays or {}
-                    )
-                trained = model
-                if world is not None:
-                    trained = torch.nn.parallel.DistributedDataParallel(
-                        model, device_ids=[device.index] if device.type == "cuda" else None
-                    )
-                for epoch in range(progress.epochs_done, phase.num_epochs):
-                    if bar is not None:
-                        bar.set_description(
-                            f"Epoch {global_epoch + 1}/{total_epochs} ({phase.name})"
-                        )
-                    lr = scheduled_lr(settings.lr_schedule, base_lr, epoch, phase.num_epochs)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr * group["lr_mult"]
-                    torch.manual_seed(derived_seed(settings.seed, 2, phase_index, epoch))
-                    order = epoch_order(settings.seed, phase_index, epoch, num_examples, batch_size)
-                    started = time.perf_counter()
-                    loss, accuracy = _run_epoch(
-                        trained, optimizer, spec, data, labels, order, batch_size,
-                        num_examples, device, world, bar,
-                    )  # fmt: skip
-                    seconds = time.perf_counter() - started
-                    val_loss = val_accuracy = None
-                    if val is not None:
-                        val_loss, val_accuracy = evaluate(model, *val, batch_size, device)
-                    global_epoch += 1
-                    stopped = loop.record_epoch(
-                        progress,
-                        phase,
-                        epoch,
-                        global_epoch,
-                        loss=loss,
-                        accuracy=accuracy,
-                        val_loss=val_loss,
-                        val_accuracy=val_accuracy,
-                        learning_rate=lr,
-                        seconds=seconds,
-                        patience=patience,
-                        copy_params=partial(_state_copy, model),
-                        bar=bar,
-                        log=logger,
-                    )
-                    if settings.checkpoint_dir is not None:
-                        if is_writer:
-                            write_checkpoint(
-                                settings.checkpoint_dir, progress, model, optimizer, settings
-                            )
-                        if world is not None:
-                            import torch.distributed as dist
-
-                            dist.barrier()
-                    if epoch_end is not None:
-                        epoch_end(global_epoch)
-                    if stopped:
-                        loop.stop_early(progress, global_epoch, logger)
-                        break
-                loop.restore_best(progress, patience, partial(model.load_state_dict, strict=True))
-                _update_handler(handler, model)
-    finally:
-        if bar is not None:
-            bar.close()
-    return Result(dict(handler.arg_params), dict(handler.aux_params), progress.history)
-
-
 def _update_handler(handler: Any, model: Any) -> None:
     """Copy the trained values into the handler's network (its own tensors, never the source's)."""
     import torch
@@ -513,7 +405,282 @@ def _update_handler(handler: Any, model: Any) -> None:
         handler.model.load_state_dict(model.state_dict(), strict=True)
 
 
+# --------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------
+
+
+@register_training_backend
+class TorchTrainingBackend(TrainingBackend):
+    """Fine-tunes :class:`~xfer.model_handler.TorchModelHandler` networks."""
+
+    key = "torch"
+    file_key = "torch"
+    display_name = "a PyTorch network"
+    output_layer_types = OUTPUT_LAYER_TYPES | TORCH_OUTPUT_TYPES
+    needs_source_to_load = True
+    source_model_hint = "the torch.nn.Module"
+
+    def check_optimizer(self, name: str, params: dict[str, Any]) -> None:
+        torch_optimizer(name, params)
+
+    def check_lr_schedule(self, schedule: Any) -> None:
+        raise InvalidArgumentError(
+            f"lr_schedule must be None or one of {LR_SCHEDULES} for a PyTorch source, got "
+            f"{schedule!r} (an mx.lr_scheduler object drives MXNet optimisers only)."
+        )
+
+    def contexts(self, devices: list[Device]) -> list:
+        """The one ``torch.device`` of a fit or prediction (several need torch.distributed)."""
+        if len(devices) > 1:
+            raise InvalidArgumentError(
+                f"A PyTorch source trains on one device per process, but {len(devices)} were "
+                f"given ({[str(d) for d in devices]}). For several GPUs launch one process per GPU "
+                "with torchrun and pass each its own context (see docs/distributed_torch.md)."
+            )
+        return [to_torch(devices)]
+
+    def shared_seed(self, seed: int) -> int:
+        return shared_seed(seed)
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        with seeded(seed):
+            yield
+
+    # ------------------------------------------------------------------ the target network
+    def editable_copy(self, source: Any, sample_shape: tuple | None) -> Any:
+        from xfer.model_handler import TorchModelHandler
+
+        handler = TorchModelHandler(source)  # edits build new containers, sharing tensors
+        handler.input_shape = None if sample_shape is None else tuple(sample_shape)
+        return handler
+
+    def cut(self, handler: Any, layer_name: str) -> None:
+        cut_network(handler, layer_name)
+
+    def add_head(self, handler: Any, fc_name: str, output_name: str, num_classes: int) -> list[str]:
+        return add_linear_head(handler, fc_name, num_classes)  # logits: no output layer
+
+    def finish_target(self, network: Any) -> None:
+        # Training writes into the target network: it must own its tensors, not the source's.
+        network.handler.update_sym(copy.deepcopy(network.handler.model))
+
+    def parameter_names(self, handler: Any) -> list[str]:
+        return list(handler.arg_params) + list(handler.aux_params)
+
+    # ------------------------------------------------------------------ training
+    def trainer(
+        self,
+        network: Any,
+        settings: Settings,
+        data: np.ndarray,
+        labels: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ) -> TorchTrainer:
+        return TorchTrainer(network, settings, data, labels, validation)
+
+    # ------------------------------------------------------------------ prediction and files
+    def predict_proba(
+        self,
+        handler: Any,
+        output_layer: str,
+        data: Any,
+        devices: list[Device],
+        batch_size: int,
+        verbose: bool,
+    ) -> np.ndarray:
+        self.contexts(devices)  # one device, and there
+        outputs, _ = handler.get_layer_output(
+            data, [output_layer], context=devices, batch_size=batch_size, verbose=verbose
+        )
+        logits = np.asarray(outputs[output_layer], dtype=np.float64)
+        values = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return values / values.sum(axis=1, keepdims=True)
+
+    def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
+        return handler.model
+
+    def save_network(self, handler: Any, prefix: Path) -> list[str]:
+        handler.save_checkpoint(str(_target_prefix(prefix)))
+        return [f"{prefix.name}{TARGET_SUFFIX}{e}" for e in (".json", ".safetensors")]
+
+    def network_state(self, handler: Any, new_layers: list[str]) -> dict[str, Any]:
+        # The architecture is code: loading re-applies these edits to a fresh source model.
+        return {
+            "target_network": {
+                "layer_names": handler.layer_names,
+                "new_layers": list(new_layers),
+                "new_parameters": {
+                    name: list(handler.arg_params[name].shape)
+                    for name in handler.get_layer_parameters(list(new_layers))
+                    if name in handler.arg_params
+                },
+            }
+        }
+
+    def load_network(
+        self, repurposer: Any, prefix: Path, config: dict[str, Any]
+    ) -> tuple[Any, list[str] | None]:
+        """Rebuild the target network from the source model and load the saved weights into it."""
+        from xfer.fine_tuning.backend import training_backend
+        from xfer.model_handler import TorchModelHandler
+
+        if (
+            repurposer.source_model is None
+            or training_backend(repurposer._get_model_handler()) is not self
+        ):
+            raise InvalidArgumentError(
+                f"{prefix}.json was fine-tuned from a PyTorch source: pass that network, freshly "
+                "built, as xfer.load(..., source_model=<the torch.nn.Module>)."
+            )
+        saved = config["target_network"]
+        with seeded(0):
+            network = repurposer._target_network(
+                None,
+                len(repurposer.classes_),
+                preferred="softmax",
+                sample_shape=repurposer.sample_shape_,
+            )
+        if network.handler.layer_names != list(saved["layer_names"]):
+            raise SerializationError(
+                f"The source model given to xfer.load does not rebuild the saved target network "
+                f"of {prefix}.json (layers {network.handler.layer_names} instead of "
+                f"{saved['layer_names']}): pass the source network the repurposer was fitted on."
+            )
+        handler = TorchModelHandler.load_checkpoint(
+            str(_target_prefix(prefix)),
+            model=network.handler,
+            context_function=repurposer.context_function,
+        )
+        return handler, list(saved["new_layers"])
+
+
+class TorchTrainer(Trainer):
+    """One fit on one ``torch.device`` (one process of a distributed run)."""
+
+    def __init__(
+        self,
+        network: Any,
+        settings: Settings,
+        data: np.ndarray,
+        labels: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ):
+        import torch
+
+        self.handler = network.handler
+        self.settings = settings
+        self.device = settings.contexts[0]
+        self.spec = torch_optimizer(settings.optimizer, settings.optimizer_params)
+        self.world = distributed_world()
+        if self.world is not None and settings.batch_size % self.world[1]:
+            raise InvalidArgumentError(
+                f"batch_size={settings.batch_size} cannot be split evenly over {self.world[1]} "
+                "processes: use a multiple of the world size."
+            )
+        self.is_main_process = self.world is None or self.world[0] == 0
+        self.data = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float32))
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        if self.device.type == "cuda":
+            self.data, self.labels = self.data.pin_memory(), self.labels.pin_memory()
+        self.validation = None
+        if validation is not None:
+            self.validation = (
+                torch.as_tensor(np.ascontiguousarray(validation[0], dtype=np.float32)),
+                torch.as_tensor(np.asarray(validation[1]).astype(np.int64)),
+            )
+        self.phase: Phase | None = None
+        self.model: Any = None
+        self.trained: Any = None  # the model, or its DistributedDataParallel wrapper
+        self.optimizer: Any = None
+        self._random_scope: Any = None
+
+    def __enter__(self) -> TorchTrainer:
+        # The whole fit runs on its own random stream; torch's global state is restored after.
+        self._random_scope = seeded(derived_seed(self.settings.seed, 3), self.device)
+        self._random_scope.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._random_scope.__exit__(*exc_info)
+
+    def start_phase(self, phase: Phase, first: bool, params: dict[str, np.ndarray] | None) -> None:
+        self.phase = phase
+        self.model = self.handler.get_module(
+            fixed_layer_parameters=list(phase.fixed_parameters),
+            random_layer_parameters=list(phase.random_parameters) if first else None,
+            context=self.device,
+            seed=derived_seed(self.settings.seed, 0),
+        )
+        self.trained, self.optimizer = self.model, None
+        if params is not None:
+            self.model.load_state_dict(_from_arrays(params), strict=True)
+
+    def start_optimizer(self) -> float:
+        self.optimizer, base_lr = _build_optimizer(self.model, self.phase, self.spec)
+        return base_lr
+
+    def restore_optimizer(self, layout: dict, arrays: dict[str, np.ndarray]) -> None:
+        _restore_optimizer(self.optimizer, layout, arrays)
+
+    def set_learning_rate(self, learning_rate: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate * group["lr_mult"]
+        return learning_rate
+
+    def seed(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+
+    def run_epoch(self, order: np.ndarray, progress: Any) -> tuple[float, float]:
+        if self.world is not None and self.trained is self.model:
+            import torch
+
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
+        return _run_epoch(
+            self.trained, self.optimizer, self.spec, self.data, self.labels, order,
+            self.settings.batch_size, len(self.data), self.device, self.world, progress,
+        )  # fmt: skip
+
+    def evaluate(self) -> tuple[float, float]:
+        return evaluate(self.model, *self.validation, self.settings.batch_size, self.device)
+
+    def copy_params(self) -> dict[str, Any]:
+        return _state_copy(self.model)
+
+    def load_params(self, params: Any) -> None:
+        self.model.load_state_dict(params, strict=True)
+
+    def params_to_arrays(self, params: Any) -> dict[str, np.ndarray]:
+        return _to_arrays(params)
+
+    def arrays_to_params(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        return _from_arrays(arrays)
+
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        return _to_arrays(self.model.state_dict())
+
+    def optimizer_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        return _optimizer_state(self.optimizer)
+
+    def end_phase(self) -> None:
+        _update_handler(self.handler, self.model)
+
+    def barrier(self) -> None:
+        if self.world is not None:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
 __all__ = [
+    "TorchTrainingBackend",
+    "TorchTrainer",
     "TORCH_OPTIMIZERS",
     "TorchOptimizer",
     "torch_optimizer",
@@ -521,5 +688,6 @@ __all__ = [
     "distributed_world",
     "shared_seed",
     "evaluate",
-    "train",
+    "add_linear_head",
+    "cut_network",
 ]

@@ -1,12 +1,27 @@
-"""The backend-neutral ModelHandler: one name, dispatching on the type of the model it is given."""
+"""The backend-neutral ModelHandler: the protocol every backend implements, and one name,
+:class:`ModelHandler`, dispatching on the type of the model it is given.
+
+A backend is a subclass of :class:`ModelHandler` that implements :class:`ModelHandlerProtocol`
+and is registered with :func:`register_backend`; ``ModelHandler(model)`` then builds it for the
+models its ``accepts`` recognises. The fine-tuners train it once a training backend is registered
+for its ``backend`` key (:func:`xfer.fine_tuning.register_training_backend`).
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from typing import Any, ClassVar
+from collections import OrderedDict
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from xfer.exceptions import InvalidTypeError, MissingDependencyError, closest_names_hint
+import numpy as np
+
+from xfer.exceptions import (
+    InvalidTypeError,
+    MissingDependencyError,
+    ModelFileNotFoundError,
+    closest_names_hint,
+)
 
 logger = logging.getLogger("xfer.model_handler")
 
@@ -28,6 +43,131 @@ def render_digraph(digraph: Any, filename: Any) -> None:
         )
     path = digraph.render(filename=str(filename), cleanup=True)
     logger.info("Graph written to %s", path)
+
+
+@runtime_checkable
+class ModelHandlerProtocol(Protocol):
+    """What every ModelHandler backend provides (Xfer's ModelHandler API, for any framework).
+
+    Layers are named by strings, unique in the network, in graph order; parameters are named by
+    strings too (the backend's own naming: ``conv1_weight`` in MXNet, ``conv1.weight`` in torch).
+    ``context`` arguments take anything :func:`xfer.context.resolve_context` accepts, including
+    lists of :class:`xfer.context.Device`. Errors come from :mod:`xfer.exceptions`.
+    ``tests/model_handler/test_protocol.py`` runs the behaviour behind these signatures on
+    every backend.
+    """
+
+    #: The backend's key (``"mxnet"``, ``"torch"``): training backends are registered under it.
+    backend: ClassVar[str]
+    #: Parameter values by name (trainable parameters).
+    arg_params: dict[str, Any]
+    #: Auxiliary states by name (BatchNorm statistics).
+    aux_params: dict[str, Any]
+    #: Name of the network's input (``"data"`` in MXNet; None where inputs have no name).
+    data_name: str | None
+    #: Shape of one input example, when known (set by ``get_layer_output``).
+    input_shape: tuple | None
+    #: The default devices (the backend's own objects).
+    devices: list
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        """Whether ``ModelHandler(model)`` should build this backend for ``model``."""
+        ...
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Layer names in graph order."""
+        ...
+
+    @property
+    def layer_type_dict(self) -> OrderedDict:
+        """Layer name to layer type name, in graph order."""
+        ...
+
+    @property
+    def frozen_layers(self) -> list[str]:
+        """The frozen layers, in layer order."""
+        ...
+
+    def get_layer_type(self, layer_name: str) -> str:
+        """The type name of ``layer_name``."""
+        ...
+
+    def get_layer_names_matching_type(self, layer_type: Any) -> list[str]:
+        """Layers of type ``layer_type`` (a name or :class:`~xfer.model_handler.consts.LayerType`,
+        case-insensitive), in layer order."""
+        ...
+
+    def get_layer_parameters(self, layer_names: list[str]) -> list[str]:
+        """Exactly the parameter (and auxiliary state) names of ``layer_names``."""
+        ...
+
+    def drop_layer_top(self, num_layers_to_drop: int = 1) -> None:
+        """Remove layers from the output end."""
+        ...
+
+    def drop_layer_bottom(self, num_layers_to_drop: int = 1) -> None:
+        """Remove layers from the input end."""
+        ...
+
+    def add_layer_top(self, layer_list: list) -> None:
+        """Append layers (the backend's layer objects) at the output end."""
+        ...
+
+    def add_layer_bottom(self, layer_list: list) -> None:
+        """Prepend layers at the input end."""
+        ...
+
+    def update_sym(self, new_model: Any, /) -> None:
+        """Replace the network (an MXNet symbol, a torch module...) keeping known parameters."""
+        ...
+
+    def get_layer_output(
+        self,
+        data: Any,
+        layer_names: list[str],
+        context: Any = None,
+        batch_size: int | None = None,
+        verbose: bool = False,
+    ) -> tuple[OrderedDict, np.ndarray | None]:
+        """Outputs of ``layer_names`` on ``data``, flattened to ``N x features`` float32, and the
+        labels of ``data`` when it has them."""
+        ...
+
+    def get_module(
+        self,
+        iterator: Any,
+        fixed_layer_parameters: list[str] | None = None,
+        random_layer_parameters: list[str] | None = None,
+        *,
+        fixed_layers: list[str] | None = None,
+        random_layers: list[str] | None = None,
+        context: Any = None,
+    ) -> Any:
+        """A trainable copy of the network with fixed and re-initialised parameters."""
+        ...
+
+    def freeze(self, layer_names: list[str]) -> None:
+        """Keep these layers' parameters fixed in networks built by ``get_module``."""
+        ...
+
+    def unfreeze(self, layer_names: list[str] | None = None) -> None:
+        """Unfreeze the given layers, or all."""
+        ...
+
+    def save_checkpoint(self, prefix: str) -> None:
+        """Write the network's files at the path prefix ``prefix`` (atomically)."""
+        ...
+
+    @classmethod
+    def load_checkpoint(cls, prefix: Any, **kwargs: Any) -> Any:
+        """Read a handler written by ``save_checkpoint``."""
+        ...
+
+    def visualize_net(self, filename: str | None = None, format: str = "pdf") -> Any:
+        """A ``graphviz.Digraph`` of the network (written to ``filename`` when given)."""
+        ...
 
 
 def register_backend(cls: type) -> type:
@@ -157,6 +297,19 @@ class ModelHandler:
         return [name for name in self.layer_names if name in self._frozen]
 
     @classmethod
+    def checkpoint_files(cls, prefix: Any, epoch: int = 0) -> list[str]:
+        """The files ``save_checkpoint(prefix)`` of this backend writes (for messages)."""
+        return []
+
+    @classmethod
+    def open_checkpoint(
+        cls, prefix: Any, epoch: int = 0, model: Any = None, **kwargs: Any
+    ) -> ModelHandler | None:
+        """The handler saved at ``prefix`` when the files (or ``model``) are this backend's,
+        else None: how :meth:`ModelHandler.load_checkpoint` picks the backend."""
+        return None
+
+    @classmethod
     def load_checkpoint(cls, prefix: Any, epoch: int = 0, *, model: Any = None, **kwargs: Any) -> ModelHandler:
         """Load a handler written by ``save_checkpoint``, picking the backend from the files.
 
@@ -179,13 +332,21 @@ class ModelHandler:
         -------
         ModelHandler
             The backend's handler (``MXNetModelHandler`` or ``TorchModelHandler``).
+
+        Raises
+        ------
+        ModelFileNotFoundError
+            No backend's checkpoint is at ``prefix``.
         """
-        import os
+        for backend in _BACKENDS:
+            handler = backend.open_checkpoint(prefix, epoch, model, **kwargs)
+            if handler is not None:
+                return handler
+        expected = [repr(f) for backend in _BACKENDS for f in backend.checkpoint_files(prefix, epoch)]
+        raise ModelFileNotFoundError(
+            f"No model checkpoint at {str(prefix)!r}: {expected[0]} does not exist, nor "
+            f"{', '.join(expected[1:])}. Check the path prefix given to save_checkpoint."
+        )
 
-        backends = {backend.backend: backend for backend in _BACKENDS}
-        if model is not None or os.path.exists(f"{os.fspath(prefix)}.safetensors"):
-            return backends["torch"].load_checkpoint(prefix, model=model, **kwargs)
-        return backends["mxnet"].load_checkpoint(prefix, epoch, **kwargs)
 
-
-__all__ = ["ModelHandler", "register_backend"]
+__all__ = ["ModelHandler", "ModelHandlerProtocol", "register_backend"]

@@ -226,6 +226,18 @@ class MXNetModelHandler(ModelHandler):
         return symbol, args, auxs
 
     @classmethod
+    def checkpoint_files(cls, prefix: Any, epoch: int = 0) -> list[str]:
+        return [f"{prefix}-symbol.json", f"{prefix}-{int(epoch):04d}.params"]
+
+    @classmethod
+    def open_checkpoint(
+        cls, prefix: Any, epoch: int = 0, model: Any = None, **kwargs: Any
+    ) -> MXNetModelHandler | None:
+        if model is not None or not Path(cls.checkpoint_files(prefix, epoch)[0]).is_file():
+            return None
+        return cls.load_checkpoint(prefix, epoch, **kwargs)
+
+    @classmethod
     def load_checkpoint(cls, prefix: str, epoch: int = 0, **kwargs: Any) -> MXNetModelHandler:
         """Load ``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``.
 

@@ -1013,6 +1013,18 @@ class TorchModelHandler(ModelHandler):
             )
 
     @classmethod
+    def checkpoint_files(cls, prefix: Any, epoch: int = 0) -> list[str]:
+        return [f"{os.fspath(prefix)}.safetensors"]
+
+    @classmethod
+    def open_checkpoint(
+        cls, prefix: Any, epoch: int = 0, model: Any = None, **kwargs: Any
+    ) -> TorchModelHandler | None:
+        if model is None and not os.path.exists(cls.checkpoint_files(prefix)[0]):
+            return None
+        return cls.load_checkpoint(prefix, model=model, **kwargs)
+
+    @classmethod
     def load_checkpoint(cls, prefix: str, model: Any = None, **kwargs: Any) -> TorchModelHandler:
         """Load ``<prefix>.safetensors`` into ``model`` (the architecture) and return its handler.
 

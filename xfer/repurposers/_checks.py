@@ -1,13 +1,18 @@
-"""Argument and saved-state checks shared by the GP and BNN cores (clear errors from :mod:`xfer.exceptions`)."""
+"""Argument and saved-state checks shared by the GP and BNN cores (clear errors from :mod:`xfer.exceptions`).
+
+The integer and number checkers are the package's one set (:mod:`xfer._arguments`), re-exported
+here as ``check_int`` and ``check_positive_float``.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from xfer._arguments import check_int as check_int  # re-exported for the GP and BNN cores
+from xfer._arguments import check_positive as check_positive_float
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError, SerializationError
 
 
@@ -28,22 +33,6 @@ def core_from_state(cls: type, config: Any, label: str, version: int) -> Any:
     core.n_classes_ = int(config["n_classes"])
     core.n_features_ = int(config["n_features"])
     return core
-
-
-def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidTypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}.")
-
-
-def check_positive_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
-    if not math.isfinite(float(value)) or value <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value!r}.")
 
 
 def check_features(features: Any, n_features: int | None = None) -> np.ndarray:
@@ -77,3 +66,12 @@ def check_device(device: Any) -> torch.device:
     if not isinstance(device, torch.device):
         raise InvalidTypeError(f"device must be a torch.device, got {type(device).__name__}.")
     return device
+
+
+__all__ = [
+    "check_int",
+    "check_positive_float",
+    "check_features",
+    "check_device",
+    "core_from_state",
+]

@@ -23,9 +23,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import accuracy_score
 
 from xfer import _validation, serialization
-from xfer._mxnet import mx
 from xfer._version import __version__
-from xfer.context import Device, devices_from_function, resolve_context
+from xfer.context import (
+    Device,
+    cpu,
+    devices_from_function,
+    gpu_available,
+    resolve_context,
+    xfer_context_function,
+)
 from xfer.exceptions import (
     DeviceUnavailableError,
     InvalidArgumentError,
@@ -38,20 +44,6 @@ logger = logging.getLogger("xfer.repurposers")
 
 #: Suffix of the source-model checkpoint saved beside a repurposer (Xfer's ``P_source``).
 SOURCE_SUFFIX = "_source"
-
-
-def _gpu_available() -> bool:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return True
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    try:
-        return bool(mx.runtime.Features().is_enabled("CUDA")) and mx.context.num_gpus() > 0
-    except Exception:  # pragma: no cover - defensive: a broken MXNet build has no GPU
-        return False
 
 
 class Repurposer(ClassifierMixin, BaseEstimator):
@@ -67,7 +59,8 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         The pretrained network.
     context_function : callable, str, mx.Context or torch.device, default=mx.cpu
         Default device for computations (Xfer's ``context_function``); each call can override it
-        with ``context=``.
+        with ``context=``. The default is :func:`xfer.context.cpu`, which is ``mx.cpu`` without
+        importing MXNet; ``get_params()`` reports it as ``mx.cpu``.
     num_devices : int, default=1
         Number of devices of the kind ``context_function`` makes.
 
@@ -82,7 +75,7 @@ class Repurposer(ClassifierMixin, BaseEstimator):
     #: Whether ``save_repurposer(..., save_source_model=None)`` saves the source model.
     _save_source_model_default: ClassVar[bool] = True
 
-    def __init__(self, source_model: Any, context_function: Any = mx.cpu, num_devices: int = 1):
+    def __init__(self, source_model: Any, context_function: Any = cpu, num_devices: int = 1):
         self.source_model = source_model
         self.context_function = context_function
         self.num_devices = num_devices
@@ -269,7 +262,7 @@ class Repurposer(ClassifierMixin, BaseEstimator):
     def _require_available(devices: list[Device]) -> None:
         """Raise :class:`DeviceUnavailableError` when a GPU is asked for and none exists."""
         gpus = [str(d) for d in devices if d.kind == "gpu"]
-        if gpus and not _gpu_available():
+        if gpus and not gpu_available():
             raise DeviceUnavailableError(
                 f"Context {', '.join(gpus)} asks for a GPU, but neither torch nor MXNet sees a "
                 "usable CUDA GPU on this machine. Use context='cpu', or install the CUDA builds "
@@ -461,6 +454,8 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         dict of str to object
         """
         params = super().get_params(deep=False)
+        if "context_function" in params:
+            params["context_function"] = xfer_context_function(params["context_function"])
         if deep:
             for name, value in list(params.items()):
                 if isinstance(value, BaseEstimator):

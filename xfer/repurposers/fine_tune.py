@@ -1,100 +1,26 @@
-"""The two fine-tuning repurposers of Xfer: cut-and-fine-tune, and random-freeze."""
+"""The two fine-tuning repurposers of Xfer: cut-and-fine-tune, and random-freeze.
+
+Both are backend-neutral: the cut, the new head and the output layer types come from the
+training backend of the source model (:mod:`xfer.fine_tuning.backend`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from xfer._mxnet import mx
+from xfer._arguments import check_int
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError, ModelError, layer_not_found
-from xfer.model_handler.consts import OUTPUT_LAYER_TYPES
+from xfer.fine_tuning.backend import training_backend
 from xfer.repurposers.neural_network import (
     NeuralNetworkRepurposer,
     TargetNetwork,
     _check_layer_list,
-    free_output_name,
-    layer_output_symbol,
 )
 from xfer.serialization import register_repurposer
 
 #: Names of the layers added on top (Xfer's names, so scripts that look them up keep working).
 FINE_TUNE_FC_NAME = "fc_from_fine_tune_repurposer"
 RANDOM_FREEZE_FC_NAME = "new_fully_connected_layer"
-
-
-#: Layer types that make a torch network's output probabilities (not a place to cut).
-TORCH_OUTPUT_TYPES = frozenset({"Softmax", "LogSoftmax", "Softmin"})
-
-
-def _is_torch(handler: Any) -> bool:
-    return getattr(handler, "backend", "mxnet") == "torch"
-
-
-def _free_torch_name(handler: Any, preferred: str) -> str:
-    """``preferred`` or, when the network already uses it, ``preferred_1``, ``preferred_2``..."""
-    model = handler.model
-    taken = {name.split("#")[0] for name in handler.layer_names}
-    taken |= {name for name, _ in model.named_modules()} | set(dir(model))
-    candidate, number = preferred, 1
-    while candidate in taken:
-        candidate, number = f"{preferred}_{number}", number + 1
-    return candidate
-
-
-def _new_torch_head(handler: Any, fc_name: str, num_classes: int) -> list[str]:
-    """Add ``Flatten`` + ``Linear(num_classes)`` (logits) on top of a torch network.
-
-    The input size of the new ``Linear`` is read by running one zero example of
-    ``handler.input_shape`` (the training examples' shape, set by the repurposer) through the
-    network.
-    """
-    import numpy as np
-    from torch import nn
-
-    if handler.input_shape is None:
-        raise ModelError("The shape of the training examples is needed to size the new layer.")
-    top = handler.layer_names[-1]
-    sample = np.zeros((1, *handler.input_shape), dtype=np.float32)
-    features, _ = handler.get_layer_output(sample, [top], context="cpu")
-    flatten_name = _free_torch_name(handler, f"{fc_name}_flatten")
-    fc_name = _free_torch_name(handler, fc_name)
-    handler.add_layer_top(
-        [
-            (flatten_name, nn.Flatten()),
-            (fc_name, nn.Linear(int(features[top].shape[1]), int(num_classes))),
-        ]
-    )
-    return [flatten_name, fc_name]
-
-
-def _new_head(handler: Any, fc_name: str, output_name: str, num_classes: int) -> list[str]:
-    if _is_torch(handler):
-        return _new_torch_head(handler, fc_name, num_classes)
-    fc_name = free_output_name(handler, fc_name)
-    output_name = free_output_name(handler, output_name)
-    handler.add_layer_top(
-        [
-            mx.sym.FullyConnected(num_hidden=int(num_classes), name=fc_name),
-            mx.sym.SoftmaxOutput(name=output_name),
-        ]
-    )
-    return [fc_name, output_name]
-
-
-def _cut_torch(handler: Any, layer_name: str) -> None:
-    """Drop the layers of a torch network above ``layer_name`` (its output becomes the top)."""
-    names = handler.layer_names
-    above = [n for n in names[names.index(layer_name) + 1 :] if n != "output"]
-    if above:
-        handler.drop_layer_top(len(above))
-    if handler.layer_names[-1] != layer_name:
-        following = [n for n in names[names.index(layer_name) + 1 :] if n != "output"][:1]
-        hint = f" (for example {following[0]!r})" if following else ""
-        raise ModelError(
-            f"Cutting the network at {layer_name!r} leaves {handler.layer_names[-1]!r} on top: the "
-            "layers above it are not a single chain of modules (a function call such as flatten "
-            "between layers cannot be cut off). Cut at a later module that every path to the "
-            f"output goes through{hint}."
-        )
 
 
 @register_repurposer(key="xfer.NeuralNetworkFineTuneRepurposer")
@@ -137,45 +63,10 @@ class NeuralNetworkFineTuneRepurposer(NeuralNetworkRepurposer):
         source_model: Any,
         transfer_layer_name: str,
         target_class_count: int | None,
-        context_function: Any = mx.cpu,
-        num_devices: int = 1,
-        batch_size: int = 64,
-        num_epochs: int = 5,
-        optimizer: str = "sgd",
-        optimizer_params: dict | None = None,
-        *,
-        validation_fraction: float | None = None,
-        early_stopping_patience: int | None = None,
-        lr_schedule: Any = None,
-        transferred_lr_mult: float = 1.0,
-        head_epochs: int | None = None,
-        unfreeze_lr_factor: float = 0.1,
-        freeze_batchnorm: bool = False,
-        kvstore: str = "device",
-        checkpoint_dir: str | None = None,
-        random_state: int | None = None,
-        verbose: bool = False,
+        *args: Any,
+        **options: Any,
     ):
-        super().__init__(
-            source_model,
-            context_function,
-            num_devices,
-            batch_size,
-            num_epochs,
-            optimizer,
-            optimizer_params,
-            validation_fraction=validation_fraction,
-            early_stopping_patience=early_stopping_patience,
-            lr_schedule=lr_schedule,
-            transferred_lr_mult=transferred_lr_mult,
-            head_epochs=head_epochs,
-            unfreeze_lr_factor=unfreeze_lr_factor,
-            freeze_batchnorm=freeze_batchnorm,
-            kvstore=kvstore,
-            checkpoint_dir=checkpoint_dir,
-            random_state=random_state,
-            verbose=verbose,
-        )
+        super().__init__(source_model, *args, **options)
         self.transfer_layer_name = transfer_layer_name
         self.target_class_count = target_class_count
 
@@ -188,18 +79,14 @@ class NeuralNetworkFineTuneRepurposer(NeuralNetworkRepurposer):
         types = handler.layer_type_dict
         if name not in types:
             raise layer_not_found(name, types)
-        if types[name] in OUTPUT_LAYER_TYPES or (
-            _is_torch(handler) and types[name] in TORCH_OUTPUT_TYPES
-        ):
+        backend = training_backend(handler)
+        if types[name] in backend.output_layer_types:
             raise ModelError(
                 f"transfer_layer_name {name!r} is the output layer ({types[name]}); choose a layer "
                 "below it, e.g. the input of the source network's classifier."
             )
-        if _is_torch(handler):
-            _cut_torch(handler, name)
-        else:
-            handler.update_sym(layer_output_symbol(handler.symbol, name))
-        new_layers = _new_head(handler, FINE_TUNE_FC_NAME, output_name, num_classes)
+        backend.cut(handler, name)
+        new_layers = backend.add_head(handler, FINE_TUNE_FC_NAME, output_name, num_classes)
         return TargetNetwork(handler, output_layer=new_layers[-1], new_layers=new_layers)
 
 
@@ -234,45 +121,10 @@ class NeuralNetworkRandomFreezeRepurposer(NeuralNetworkRepurposer):
         fixed_layers: list[str],
         random_layers: list[str],
         num_layers_to_drop: int = 2,
-        context_function: Any = mx.cpu,
-        num_devices: int = 1,
-        batch_size: int = 64,
-        num_epochs: int = 5,
-        optimizer: str = "sgd",
-        optimizer_params: dict | None = None,
-        *,
-        validation_fraction: float | None = None,
-        early_stopping_patience: int | None = None,
-        lr_schedule: Any = None,
-        transferred_lr_mult: float = 1.0,
-        head_epochs: int | None = None,
-        unfreeze_lr_factor: float = 0.1,
-        freeze_batchnorm: bool = False,
-        kvstore: str = "device",
-        checkpoint_dir: str | None = None,
-        random_state: int | None = None,
-        verbose: bool = False,
+        *args: Any,
+        **options: Any,
     ):
-        super().__init__(
-            source_model,
-            context_function,
-            num_devices,
-            batch_size,
-            num_epochs,
-            optimizer,
-            optimizer_params,
-            validation_fraction=validation_fraction,
-            early_stopping_patience=early_stopping_patience,
-            lr_schedule=lr_schedule,
-            transferred_lr_mult=transferred_lr_mult,
-            head_epochs=head_epochs,
-            unfreeze_lr_factor=unfreeze_lr_factor,
-            freeze_batchnorm=freeze_batchnorm,
-            kvstore=kvstore,
-            checkpoint_dir=checkpoint_dir,
-            random_state=random_state,
-            verbose=verbose,
-        )
+        super().__init__(source_model, *args, **options)
         self.target_class_count = target_class_count
         self.fixed_layers = fixed_layers
         self.random_layers = random_layers
@@ -290,8 +142,7 @@ class NeuralNetworkRandomFreezeRepurposer(NeuralNetworkRepurposer):
                 "fixed or re-initialised."
             )
         drop = self.num_layers_to_drop
-        if isinstance(drop, bool) or not isinstance(drop, int) or drop < 0:
-            raise InvalidArgumentError(f"num_layers_to_drop must be an integer >= 0, got {drop!r}.")
+        check_int("num_layers_to_drop", drop, minimum=0)
         layers_before = handler.layer_names
         if drop:
             handler.drop_layer_top(drop)
@@ -302,15 +153,16 @@ class NeuralNetworkRandomFreezeRepurposer(NeuralNetworkRepurposer):
                 f"Layers {dropped} are among the {drop} top layers dropped by num_layers_to_drop "
                 f"(the model's layers are {layers_before}); they cannot be fixed or re-initialised."
             )
+        backend = training_backend(handler)
         top = handler.layer_type_dict[handler.layer_names[-1]]
-        if top in OUTPUT_LAYER_TYPES or (_is_torch(handler) and top in TORCH_OUTPUT_TYPES):
+        if top in backend.output_layer_types:
             raise ModelError(
                 f"After dropping {drop} layer(s) the model still ends in an output layer ({top}); "
                 "increase num_layers_to_drop."
             )
         fixed = handler.get_layer_parameters(fixed_layers) if fixed_layers else []
         random = handler.get_layer_parameters(random_layers) if random_layers else []
-        new_layers = _new_head(handler, RANDOM_FREEZE_FC_NAME, output_name, num_classes)
+        new_layers = backend.add_head(handler, RANDOM_FREEZE_FC_NAME, output_name, num_classes)
         return TargetNetwork(
             handler,
             output_layer=new_layers[-1],

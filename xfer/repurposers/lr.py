@@ -12,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from xfer._arguments import check_int, check_positive
 from xfer._mxnet import mx
 from xfer.exceptions import InvalidArgumentError
 from xfer.repurposers import _linear
@@ -33,13 +34,6 @@ def _thread_limit(n_jobs: Any) -> int | None:
     ):
         raise InvalidArgumentError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}.")
     return int(n_jobs)
-
-
-def _check_positive(name: str, value: Any, integer: bool = False) -> None:
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-        what = "a positive integer" if integer else "a positive number"
-        raise InvalidArgumentError(f"{name} must be {what}, got {value!r}.")
 
 
 class LogisticModel:
@@ -170,9 +164,9 @@ class LrRepurposer(MetaModelRepurposer):
         self.standardize = standardize
 
     def _check_options(self) -> None:
-        _check_positive("c", self.c)
-        _check_positive("tol", self.tol)
-        _check_positive("max_iter", self.max_iter, integer=True)
+        check_positive("c", self.c)
+        check_positive("tol", self.tol)
+        check_int("max_iter", self.max_iter)
         _linear.check_standardize_mode(self.standardize)
 
     def _warn_not_converged(self) -> None:

@@ -36,7 +36,7 @@ from sklearn.utils.validation import validate_data
 from xfer import _validation
 from xfer._mxnet import mx
 from xfer._progress import check_verbose
-from xfer.context import Device, format_context, to_torch
+from xfer.context import Device, to_torch
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -172,7 +172,7 @@ class MetaModelRepurposer(Repurposer):
         outputs, labels = handler.get_layer_output(
             data,
             names,
-            context=format_context(devices),
+            context=devices,
             batch_size=self.extraction_batch_size,
             verbose=check_verbose(self.verbose),
         )

@@ -7,25 +7,29 @@ validation, early stopping that restores the best epoch, learning-rate schedules
 learning-rate multiplier for transferred layers, two-phase freeze-then-unfreeze, frozen BatchNorm
 statistics, seeding, checkpoint/resume, data parallelism and a per-epoch :class:`History`.
 
+It is backend-neutral: the training loop is :func:`xfer.fine_tuning.loop.train`, and every step
+that touches a framework goes through the training backend registered for the source model's
+ModelHandler (:mod:`xfer.fine_tuning.backend`; MXNet and PyTorch are built in).
+
 Writing your own
 ----------------
 Subclass :class:`NeuralNetworkRepurposer`, decorate it with
 :func:`xfer.serialization.register_repurposer`, and implement
 ``_create_target_network(handler, output_name, num_classes)``: edit ``handler`` (a copy of the
-source model's :class:`~xfer.model_handler.ModelHandler`) into the target graph ending in
-``SoftmaxOutput(name=output_name)`` and return a :class:`TargetNetwork` saying which layers are
-new, fixed or re-initialised. Xfer's hook ``_create_target_module(train_iterator)`` (returning a
-bound ``mx.mod.Module``) still works when overridden instead.
+source model's :class:`~xfer.model_handler.ModelHandler`) into the target network (the training
+backend's ``cut`` and ``add_head`` do the usual edits) and return a :class:`TargetNetwork` saying
+which layers are new, fixed or re-initialised. Xfer's hook ``_create_target_module(train_iterator)``
+(returning a bound ``mx.mod.Module``) still works for MXNet sources when overridden instead.
 
-Saved files (``P = model_directory/model_name``): ``P.json`` (manifest), ``P.npz``,
-``P-symbol.json`` and ``P-0000.params`` (the target network, loadable with
+Saved files (``P = model_directory/model_name``): ``P.json`` (manifest), ``P.npz``, and the target
+network in its backend's files: ``P-symbol.json`` and ``P-0000.params`` for MXNet (loadable with
 ``mx.mod.Module.load(P, 0)``). The source model is not saved by default (as in Xfer): the target
 network is the model.
 
 PyTorch sources
 ---------------
 A ``torch.nn.Module`` source takes the same parameters and gives the same ``history_``; the
-:mod:`~xfer.fine_tuning.torch` loop trains it on one device per call (``context=``),
+:mod:`~xfer.fine_tuning.torch` backend trains it on one device per call (``context=``),
 or under ``torch.distributed`` with DistributedDataParallel (``docs/distributed_torch.md``).
 ``optimizer`` is one of ``'sgd'``, ``'nag'``, ``'adam'``, ``'adamw'``, ``'rmsprop'``,
 ``'adagrad'`` with MXNet-style ``optimizer_params`` (``learning_rate``, ``momentum``, ``wd``,
@@ -41,12 +45,12 @@ them to the given network and loads the saved weights; without ``source_model`` 
 from __future__ import annotations
 
 import contextvars
-import copy
 import hashlib
+import inspect
 import json
 import logging
-import math
 import numbers
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -57,21 +61,25 @@ import numpy as np
 from sklearn.utils.validation import check_consistent_length
 
 from xfer import serialization
-from xfer._mxnet import MODULE_LOGGER, mx
+from xfer._arguments import check_int, check_number
 from xfer._progress import check_verbose
-from xfer.context import format_context, to_mxnet
-from xfer.data import as_batches
+from xfer.context import Device, cpu
+from xfer.data import as_batches, is_data_iterator, is_torch_data
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
-    ModelError,
     ModelFileNotFoundError,
     SerializationError,
     layer_not_found,
 )
 from xfer.fine_tuning import checkpoint
-from xfer.fine_tuning import mxnet as training
+from xfer.fine_tuning.backend import (
+    TrainingBackend,
+    training_backend,
+    training_backend_for_files,
+)
 from xfer.fine_tuning.history import History
+from xfer.fine_tuning.loop import train
 from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, derived_seed
 from xfer.repurposers.base import Repurposer
 
@@ -87,14 +95,16 @@ _LOADING_PREFIX: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 
 @dataclass
 class TargetNetwork:
-    """The target graph built from the source model, before training.
+    """The target network built from the source model, before training.
 
     Attributes
     ----------
-    handler : MXNetModelHandler
-        The target graph; parameters of transferred layers are set, new layers have none yet.
+    handler : ModelHandler
+        The target network; parameters of transferred layers are set, new layers may have none
+        yet (MXNet initialises them when training starts).
     output_layer : str
-        Name of the ``SoftmaxOutput`` layer (its label is ``output_layer + "_label"``).
+        Name of the layer whose output the classifier reads (MXNet: the ``SoftmaxOutput``, whose
+        label is ``output_layer + "_label"``; PyTorch: the new ``Linear`` giving logits).
     new_layers : list of str
         Layers added on top of the transferred ones (always trained at the full rate).
     fixed_parameters : list of str
@@ -114,74 +124,16 @@ class TargetNetwork:
         return f"{self.output_layer}_label"
 
 
-def _is_data_iterator(data: Any) -> bool:
-    return isinstance(data, mx.io.DataIter)
-
-
 def _is_torch_tensor(data: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(data, torch.Tensor)
 
 
-def _is_torch_data(data: Any) -> bool:
-    """A torch ``Dataset`` or ``DataLoader`` (read through :func:`xfer.data.as_batches`)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(
-        data, (torch.utils.data.Dataset, torch.utils.data.DataLoader)
-    )
-
-
-def _check_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise InvalidArgumentError(
-            f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}."
-        )
-
-
-def _check_number(
-    name: str,
-    value: Any,
-    low: float,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-    ):
-        raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}.")
-    value = float(value)
-    too_low = value <= low if low_open else value < low
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        interval = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
-        raise InvalidArgumentError(f"{name} must be in {interval}, got {value!r}.")
-    return value
-
-
-def layer_output_symbol(symbol: Any, layer_name: str) -> Any:
-    """The output of ``layer_name`` in ``symbol`` (the graph cut at that layer)."""
-    internals = symbol.get_internals()
-    outputs = internals.list_outputs()
-    name = f"{layer_name}_output"
-    if name not in outputs:
-        raise ModelError(f"Layer {layer_name!r} has no output to cut the graph at.")
-    return internals[outputs.index(name)]
-
-
-def free_output_name(handler: Any, preferred: str) -> str:
-    """``preferred`` or, when the graph already uses it, ``preferred_target``/``_target2``..."""
-    taken = set(handler.layer_names) | set(handler.symbol.list_arguments())
-    candidate, number = preferred, 1
-    while candidate in taken or f"{candidate}_label" in taken:
-        candidate = f"{preferred}_target{'' if number == 1 else number}"
-        number += 1
-    return candidate
+def _output_name(label_name: str | None) -> str:
+    """The output layer's name an iterator's label asks for (``softmax_label`` -> ``softmax``)."""
+    if label_name and label_name.endswith("_label"):
+        return label_name[: -len("_label")]
+    return "softmax"
 
 
 class NeuralNetworkRepurposer(Repurposer):
@@ -193,7 +145,8 @@ class NeuralNetworkRepurposer(Repurposer):
         The pretrained network (see "PyTorch sources" in the module documentation).
     context_function : callable, str, mx.Context or list, default=mx.cpu
         Default device(s) (Xfer's ``context_function``); ``context=`` on each call overrides it.
-        A list of devices trains data-parallel through MXNet's kvstore.
+        A list of devices trains data-parallel through MXNet's kvstore. The default is
+        :func:`xfer.context.cpu` (``mx.cpu`` without importing MXNet).
     num_devices : int, default=1
         Number of devices of the kind ``context_function`` makes.
     batch_size : int, default=64
@@ -247,8 +200,18 @@ class NeuralNetworkRepurposer(Repurposer):
     history_ : History
         Per-epoch loss, accuracy, validation loss and accuracy, learning rate and time;
         ``plot_history()`` draws it.
-    target_model : mx.mod.Module
+    target_model : mx.mod.Module or torch.nn.Module
         The trained target network (Xfer's attribute), unbound with its parameters set.
+    new_layers_ : list of str
+        The layers added on top of the transferred ones (set by ``fit``).
+
+    Notes
+    -----
+    Subclasses list their own constructor parameters and pass the rest on, as
+    ``def __init__(self, source_model, their_params..., *args, **options)`` calling
+    ``super().__init__(source_model, *args, **options)``; their published signature (what
+    ``inspect.signature``, scikit-learn's ``get_params`` and the documentation see) is theirs
+    followed by these.
     """
 
     _save_source_model_default = False
@@ -256,7 +219,7 @@ class NeuralNetworkRepurposer(Repurposer):
     def __init__(
         self,
         source_model: Any,
-        context_function: Any = mx.cpu,
+        context_function: Any = cpu,
         num_devices: int = 1,
         batch_size: int = 64,
         num_epochs: int = 5,
@@ -292,11 +255,28 @@ class NeuralNetworkRepurposer(Repurposer):
         self.random_state = random_state
         self.verbose = verbose
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Publish ``own parameters + the base's`` as the signature of a subclass whose
+        ``__init__`` passes the base's on as ``*args, **options`` (see Notes)."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        params = list(inspect.signature(init).parameters.values())
+        kinds = {p.kind for p in params}
+        if not {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} <= kinds:
+            return
+        own = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        names = {p.name for p in own}
+        parent = inspect.signature(super(cls, cls).__init__).parameters.values()
+        init.__signature__ = inspect.Signature(own + [p for p in parent if p.name not in names])
+
     # ---------------------------------------------------------------- hooks
     def _create_target_network(
         self, handler: Any, output_name: str, num_classes: int
     ) -> TargetNetwork:
-        """Edit ``handler`` (a copy of the source model's) into the target graph. Subclasses implement it."""
+        """Edit ``handler`` (a copy of the source model's) into the target network. Subclasses
+        implement it."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement _create_target_network (or Xfer's "
             "_create_target_module)."
@@ -304,16 +284,7 @@ class NeuralNetworkRepurposer(Repurposer):
 
     def _create_target_module(self, train_iterator: Any) -> Any:
         """Xfer's hook: the bound, initialised target ``mx.mod.Module`` for ``train_iterator``."""
-        label_name = (train_iterator.provide_label or [mx.io.DataDesc("softmax_label", (1,))])[
-            0
-        ].name
-        network = self._target_network(label_name, self._class_count_for_hook())
-        return network.handler.get_module(
-            train_iterator,
-            fixed_layer_parameters=network.fixed_parameters,
-            random_layer_parameters=network.random_parameters,
-            context=to_mxnet(self._current_devices()),
-        )
+        return self._training_backend().xfer_target_module(self, train_iterator)
 
     def _class_count_for_hook(self) -> int:
         if hasattr(self, "classes_"):
@@ -323,68 +294,50 @@ class NeuralNetworkRepurposer(Repurposer):
             raise InvalidArgumentError("target_class_count is needed to build the target module.")
         return int(count)
 
+    def _training_backend(self) -> TrainingBackend:
+        """The training backend of the source model (registered for its ModelHandler)."""
+        return training_backend(self._get_model_handler())
+
     # ---------------------------------------------------------------- validation
     def _validate_params(self) -> None:
-        _check_int("batch_size", self.batch_size)
-        _check_int("num_epochs", self.num_epochs)
-        _check_int("head_epochs", self.head_epochs, allow_none=True)
-        _check_int("early_stopping_patience", self.early_stopping_patience, allow_none=True)
+        check_int("batch_size", self.batch_size)
+        check_int("num_epochs", self.num_epochs)
+        check_int("head_epochs", self.head_epochs, allow_none=True)
+        check_int("early_stopping_patience", self.early_stopping_patience, allow_none=True)
         if not isinstance(self.optimizer, str):
             raise InvalidTypeError(
-                f"optimizer must be the name of an MXNet optimiser (e.g. 'sgd', 'adam'), got "
+                f"optimizer must be the name of an optimiser (e.g. 'sgd', 'adam'), got "
                 f"{type(self.optimizer).__name__}; pass its settings in optimizer_params."
             )
         if self.source_model is None:
             raise InvalidArgumentError(
-                f"{type(self).__name__} needs a source model to fit: construct it with source_model=..."
+                f"{type(self).__name__} needs a source model to fit: construct it with "
+                "source_model=..."
             )
-        torch_source = self._is_torch()
-        registry = mx.optimizer.Optimizer.opt_registry
-        if not torch_source and self.optimizer.lower() not in registry:
-            raise InvalidArgumentError(
-                f"Unknown optimizer {self.optimizer!r}: MXNet has {sorted(registry)}."
-            )
+        backend = self._training_backend()
         params = self._optimizer_params()
         if not isinstance(params, dict):
             raise InvalidTypeError(f"optimizer_params must be a dict, got {type(params).__name__}.")
         if "learning_rate" in params:
-            _check_number("optimizer_params['learning_rate']", params["learning_rate"], 0.0)
+            check_number("optimizer_params['learning_rate']", params["learning_rate"], 0.0)
         for reserved in ("rescale_grad", "lr_scheduler", "param_idx2name", "sym"):
             if reserved in params:
                 raise InvalidArgumentError(
                     f"optimizer_params must not set {reserved!r}: the repurposer sets it "
                     "(use lr_schedule= for schedules)."
                 )
-        if torch_source:
-            from xfer.fine_tuning import torch as _torch_training
-
-            _torch_training.torch_optimizer(self.optimizer, params)
-        else:
-            try:
-                mx.optimizer.create(self.optimizer, **params)
-            except (TypeError, ValueError) as error:
-                raise InvalidArgumentError(
-                    f"optimizer_params {params!r} are not valid for optimizer {self.optimizer!r}: {error}"
-                ) from error
+        backend.check_optimizer(self.optimizer, params)
         if self.validation_fraction is not None:
-            _check_number("validation_fraction", self.validation_fraction, 0.0, 1.0, True, True)
-        schedule = self.lr_schedule
-        if not (
-            schedule is None
-            or isinstance(schedule, mx.lr_scheduler.LRScheduler)
-            or (isinstance(schedule, str) and schedule in LR_SCHEDULES)
+            check_number(
+                "validation_fraction", self.validation_fraction, 0.0, 1.0,
+                low_open=True, high_open=True,
+            )  # fmt: skip
+        if self.lr_schedule is not None and not (
+            isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES
         ):
-            raise InvalidArgumentError(
-                f"lr_schedule must be None, one of {LR_SCHEDULES} or an "
-                f"mx.lr_scheduler.LRScheduler, got {schedule!r}."
-            )
-        if torch_source and isinstance(schedule, mx.lr_scheduler.LRScheduler):
-            raise InvalidArgumentError(
-                f"lr_schedule must be None or one of {LR_SCHEDULES} for a PyTorch source "
-                "(an mx.lr_scheduler object drives MXNet optimisers only)."
-            )
-        _check_number("transferred_lr_mult", self.transferred_lr_mult, 0.0)
-        _check_number("unfreeze_lr_factor", self.unfreeze_lr_factor, 0.0, low_open=True)
+            backend.check_lr_schedule(self.lr_schedule)
+        check_number("transferred_lr_mult", self.transferred_lr_mult, 0.0)
+        check_number("unfreeze_lr_factor", self.unfreeze_lr_factor, 0.0, low_open=True)
         if not isinstance(self.freeze_batchnorm, bool):
             raise InvalidTypeError(
                 f"freeze_batchnorm must be True or False, got {self.freeze_batchnorm!r}."
@@ -407,10 +360,6 @@ class NeuralNetworkRepurposer(Repurposer):
                     f"random_state must be an int or None, got {self.random_state!r}."
                 )
 
-    def _is_torch(self) -> bool:
-        """Whether the source model is a PyTorch network (the torch training loop is used)."""
-        return getattr(self._get_model_handler(), "backend", "mxnet") == "torch"
-
     def _optimizer_params(self) -> dict:
         if self.optimizer_params is None:
             return dict(DEFAULT_OPTIMIZER_PARAMS)
@@ -426,8 +375,8 @@ class NeuralNetworkRepurposer(Repurposer):
     ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         """``X`` (array or DataIter) as a float32 array with its labels (and the iterator's label name)."""
         label_name = None
-        torch_data = _is_torch_data(X)
-        if _is_data_iterator(X) or torch_data:
+        torch_data = is_torch_data(X)
+        if is_data_iterator(X) or torch_data:
             if y is not None:
                 raise InvalidArgumentError(
                     f"{what}: labels were passed together with an "
@@ -564,7 +513,7 @@ class NeuralNetworkRepurposer(Repurposer):
         self._validate_params()
         devices = self._resolve_devices(context)
         self._require_available(devices)
-        contexts = self._torch_device(devices) if self._is_torch() else to_mxnet(devices)
+        contexts = self._training_backend().contexts(devices)
         if not isinstance(resume, bool):
             raise InvalidTypeError(f"resume must be True or False, got {resume!r}.")
         if resume and self.checkpoint_dir is None:
@@ -598,12 +547,8 @@ class NeuralNetworkRepurposer(Repurposer):
             raise
 
     def _seed(self, resume: bool) -> int:
-        seed = self._draw_seed(resume)
-        if self._is_torch():  # under torch.distributed every process takes rank 0's seed
-            from xfer.fine_tuning import torch as _torch_training
-
-            seed = _torch_training.shared_seed(seed)
-        return seed
+        """The fit's seed (every process of a distributed run takes the same)."""
+        return self._training_backend().shared_seed(self._draw_seed(resume))
 
     def _draw_seed(self, resume: bool) -> int:
         if isinstance(self.random_state, numbers.Integral):
@@ -618,17 +563,24 @@ class NeuralNetworkRepurposer(Repurposer):
         return int(source.randint(0, 2**31 - 1))
 
     def _fit_encoded(
-        self, data, codes, iterator_label_name, validation_data, devices, contexts, resume
-    ):
+        self,
+        data: np.ndarray,
+        codes: np.ndarray,
+        iterator_label_name: str | None,
+        validation_data: Any,
+        devices: list[Device],
+        contexts: list,
+        resume: bool,
+    ) -> NeuralNetworkRepurposer:
         num_classes = len(self.classes_)
         declared = getattr(self, "target_class_count", None)
         if declared is not None:
-            _check_int("target_class_count", declared, minimum=2)
+            check_int("target_class_count", declared, minimum=2)
             if int(declared) != num_classes:
                 raise InvalidArgumentError(
-                    f"target_class_count={declared} but the training labels have {num_classes} classes "
-                    f"({list(self.classes_)[:10]}). Pass target_class_count={num_classes}, or None to "
-                    "take it from the labels."
+                    f"target_class_count={declared} but the training labels have {num_classes} "
+                    f"classes ({list(self.classes_)[:10]}). Pass target_class_count={num_classes}, "
+                    "or None to take it from the labels."
                 )
         if (
             self.early_stopping_patience is not None
@@ -642,38 +594,14 @@ class NeuralNetworkRepurposer(Repurposer):
         seed = self._seed(resume)
         validation = None
         if validation_data is not None:
-            if _is_data_iterator(validation_data):
-                val_x, val_y, val_label_name = self._read_data(
-                    validation_data, None, "validation_data"
-                )
-                if val_y is None:
-                    raise InvalidArgumentError("validation_data: the iterator provides no labels.")
-                val_y = self._iterator_labels_as_user_values(val_y)
-            elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-                val_x, val_y, _ = self._read_data(
-                    validation_data[0], validation_data[1], "validation_data"
-                )
-                if val_y is None:
-                    raise InvalidArgumentError(
-                        "validation_data must be (X_val, y_val) with labels."
-                    )
-            else:
-                raise InvalidTypeError(
-                    "validation_data must be a tuple (X_val, y_val) or an mx.io.DataIter with labels."
-                )
-            if val_x.shape[1:] != data.shape[1:]:
-                raise InvalidArgumentError(
-                    f"validation_data examples have shape {val_x.shape[1:]}, training examples {data.shape[1:]}."
-                )
-            validation = (val_x, self._encode_known(val_y, "validation_data").astype(np.float32))
+            validation = self._validation_arrays(validation_data, data.shape[1:])
         elif self.validation_fraction is not None:
             data, codes, validation = self._split(data, codes, seed)
 
-        if self._is_torch():
-            return self._fit_torch(data, codes, validation, devices, contexts, seed, resume)
-        with self._using_devices(devices):
-            network = self._build_network(iterator_label_name, num_classes, data, codes, contexts)
-        phases = self._phases(network)
+        backend = self._training_backend()
+        # New layers are initialised from the seed (the backend's global state is left alone).
+        with backend.seeded(derived_seed(seed, 4)), self._using_devices(devices):
+            network = self._build_network(iterator_label_name, num_classes, data, codes)
         settings = Settings(
             batch_size=int(min(self.batch_size, max(len(data), len(contexts)))),
             optimizer=self.optimizer.lower(),
@@ -687,48 +615,10 @@ class NeuralNetworkRepurposer(Repurposer):
             resume=resume,
             fingerprint=self._fingerprint(data, codes, validation, len(contexts)),
             verbose=check_verbose(self.verbose),
-            label_name=network.label_name,
         )
-        result = training.train(
-            network.handler,
-            phases,
-            data,
-            codes,
-            validation,
-            settings,
-            epoch_end=getattr(self, "_epoch_end_hook", None),
-        )
-        self.target_handler_ = network.handler
-        self.output_layer_ = network.output_layer
-        self.history_ = result.history
-        self.n_training_examples_ = int(len(data))
-        self.sample_shape_ = tuple(int(s) for s in data.shape[1:])
-        return self
-
-    def _fit_torch(self, data, codes, validation, devices, contexts, seed, resume):
-        """Build the target network from a PyTorch source and train it with the torch loop."""
-        from xfer.fine_tuning import torch as _torch_training
-
-        # The new layers are initialised from the seed (torch's global state is left alone).
-        with _torch_training.seeded(derived_seed(seed, 4)), self._using_devices(devices):
-            network = self._target_network(
-                None, len(self.classes_), preferred="softmax", sample_shape=data.shape[1:]
-            )
-        settings = Settings(
-            batch_size=int(min(self.batch_size, len(data))),
-            optimizer=self.optimizer.lower(),
-            optimizer_params=self._optimizer_params(),
-            contexts=contexts,
-            seed=seed,
-            lr_schedule=self.lr_schedule,
-            early_stopping_patience=self.early_stopping_patience,
-            checkpoint_dir=None if self.checkpoint_dir is None else Path(self.checkpoint_dir),
-            resume=resume,
-            fingerprint=self._fingerprint(data, codes, validation, 1),
-            verbose=check_verbose(self.verbose),
-        )
-        result = _torch_training.train(
-            network.handler,
+        self.history_ = train(
+            backend,
+            network,
             self._phases(network),
             data,
             codes,
@@ -739,23 +629,35 @@ class NeuralNetworkRepurposer(Repurposer):
         self.target_handler_ = network.handler
         self.output_layer_ = network.output_layer
         self.new_layers_ = list(network.new_layers)
-        self.history_ = result.history
         self.n_training_examples_ = int(len(data))
         self.sample_shape_ = tuple(int(s) for s in data.shape[1:])
         return self
 
-    @staticmethod
-    def _torch_device(devices) -> list:
-        """The one ``torch.device`` of a torch fit or prediction (several need torch.distributed)."""
-        from xfer.context import to_torch
-
-        if len(devices) > 1:
-            raise InvalidArgumentError(
-                f"A PyTorch source trains on one device per process, but {len(devices)} were given "
-                f"({[str(d) for d in devices]}). For several GPUs launch one process per GPU with "
-                "torchrun and pass each its own context (see docs/distributed_torch.md)."
+    def _validation_arrays(
+        self, validation_data: Any, sample_shape: tuple
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``validation_data`` (``(X_val, y_val)`` or a DataIter) as examples and label codes."""
+        if is_data_iterator(validation_data):
+            val_x, val_y, _ = self._read_data(validation_data, None, "validation_data")
+            if val_y is None:
+                raise InvalidArgumentError("validation_data: the iterator provides no labels.")
+            val_y = self._iterator_labels_as_user_values(val_y)
+        elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            val_x, val_y, _ = self._read_data(
+                validation_data[0], validation_data[1], "validation_data"
             )
-        return [to_torch(format_context(devices))]
+            if val_y is None:
+                raise InvalidArgumentError("validation_data must be (X_val, y_val) with labels.")
+        else:
+            raise InvalidTypeError(
+                "validation_data must be a tuple (X_val, y_val) or an mx.io.DataIter with labels."
+            )
+        if val_x.shape[1:] != sample_shape:
+            raise InvalidArgumentError(
+                f"validation_data examples have shape {val_x.shape[1:]}, training examples "
+                f"{sample_shape}."
+            )
+        return val_x, self._encode_known(val_y, "validation_data").astype(np.float32)
 
     def _split(self, data, codes, seed):
         from sklearn.model_selection import train_test_split
@@ -791,58 +693,37 @@ class NeuralNetworkRepurposer(Repurposer):
             "context_function",
             "num_devices",
         )
+        backend = self._training_backend()
         params = {}
         for name, value in self.get_params(deep=False).items():
             if name in ignored:
                 continue
-            if isinstance(value, mx.lr_scheduler.LRScheduler):
-                params[name] = f"{type(value).__name__}:{training._scheduler_state(value)}"
+            if name == "lr_schedule" and value is not None and not isinstance(value, str):
+                params[name] = backend.describe_schedule(value)
             else:
                 params[name] = self._json_param(name, value)
         digest.update(json.dumps(params, sort_keys=True, default=str).encode())
         digest.update(str(num_contexts).encode())
-        if self._is_torch():  # a torch checkpoint never resumes an MXNet fit, nor the reverse
-            digest.update(b"torch")
+        # A checkpoint of one backend never resumes a fit of another.
+        digest.update((backend.file_key or "").encode())
         return digest.hexdigest()
 
     def _build_network(
-        self, iterator_label_name, num_classes, data, codes, contexts
+        self, iterator_label_name: str | None, num_classes: int, data: np.ndarray, codes: np.ndarray
     ) -> TargetNetwork:
         overridden = (
             type(self)._create_target_module is not NeuralNetworkRepurposer._create_target_module
         )
         if overridden:  # an Xfer-style subclass: take the module it builds
-            label_name = iterator_label_name or "softmax_label"
-            iterator = mx.io.NDArrayIter(
-                data[: self.batch_size],
-                codes[: self.batch_size].astype(np.float32),
-                min(self.batch_size, len(data)),
-                label_name=label_name,
+            return self._training_backend().network_from_xfer_module(
+                self, data, codes, iterator_label_name or "softmax_label"
             )
-            module = self._create_target_module(iterator)
-            args, auxs = module.get_params()
-            from xfer.model_handler import MXNetModelHandler
-
-            handler = MXNetModelHandler(
-                (module.symbol, args, auxs),
-                context_function=self.context_function,
-                num_devices=self.num_devices,
-            )
-            output = handler.layer_names[-1]
-            if f"{output}_label" != label_name:
-                raise ModelError(
-                    f"The module from _create_target_module ends in {output!r}, whose label is not "
-                    f"{label_name!r}: name the output layer after the iterator's label."
-                )
-            return TargetNetwork(
-                handler, output, fixed_parameters=sorted(module._fixed_param_names or [])
-            )
-        preferred = (
-            iterator_label_name[: -len("_label")]
-            if iterator_label_name and iterator_label_name.endswith("_label")
-            else "softmax"
+        return self._target_network(
+            None,
+            num_classes,
+            preferred=_output_name(iterator_label_name),
+            sample_shape=data.shape[1:],
         )
-        return self._target_network(None, num_classes, preferred=preferred)
 
     def _target_network(
         self,
@@ -851,46 +732,21 @@ class NeuralNetworkRepurposer(Repurposer):
         preferred: str | None = None,
         sample_shape: tuple | None = None,
     ) -> TargetNetwork:
-        from xfer.model_handler import MXNetModelHandler, TorchModelHandler
-
         source = self._get_model_handler()
-        if isinstance(source, TorchModelHandler):
-            handler = TorchModelHandler(source)  # edits build new containers, sharing tensors
-            handler.input_shape = None if sample_shape is None else tuple(sample_shape)
-            network = self._create_target_network(handler, preferred or "softmax", num_classes)
-            if not isinstance(network, TargetNetwork):
-                raise InvalidTypeError("_create_target_network must return a TargetNetwork.")
-            # Training writes into the target network: it must own its tensors, not the source's.
-            network.handler.update_sym(copy.deepcopy(network.handler.model))
-            return network
-        if not isinstance(source, MXNetModelHandler):
-            raise InvalidTypeError(
-                f"{type(self).__name__} fine-tunes MXNet or PyTorch models; got a "
-                f"{type(source).__name__}."
-            )
-        handler = MXNetModelHandler(source)  # a copy: the source model is never edited
-        if preferred is None:
-            preferred = (
-                label_name[: -len("_label")]
-                if label_name and label_name.endswith("_label")
-                else "softmax"
-            )
-        network = self._create_target_network(handler, preferred, num_classes)
+        backend = training_backend(source)
+        handler = backend.editable_copy(source, sample_shape)  # the source is never edited
+        network = self._create_target_network(
+            handler, preferred or _output_name(label_name), num_classes
+        )
         if not isinstance(network, TargetNetwork):
             raise InvalidTypeError("_create_target_network must return a TargetNetwork.")
+        backend.finish_target(network)
         return network
 
     def _phases(self, network: TargetNetwork) -> list[Phase]:
         handler = network.handler
         new_layers = set(network.new_layers)
-        if getattr(handler, "backend", "mxnet") == "torch":
-            all_parameters = list(handler.arg_params) + list(handler.aux_params)
-        else:
-            all_parameters = [
-                p
-                for p in handler.symbol.list_arguments() + handler.symbol.list_auxiliary_states()
-                if p != handler.data_name and not p.endswith("_label")
-            ]
+        all_parameters = training_backend(handler).parameter_names(handler)
         new_parameters = set(
             handler.get_layer_parameters([n for n in handler.layer_names if n in new_layers])
         )
@@ -942,26 +798,22 @@ class NeuralNetworkRepurposer(Repurposer):
         self._check_fitted()
         devices = self._resolve_devices(context)
         self._require_available(devices)
-        if not _is_data_iterator(X):
+        if not is_data_iterator(X):
             X, _, _ = self._read_data(X, None, "predict")
             if X.shape[1:] != getattr(self, "sample_shape_", X.shape[1:]):
                 raise InvalidArgumentError(
-                    f"X has examples of shape {X.shape[1:]}, but {type(self).__name__} was trained on "
-                    f"examples of shape {self.sample_shape_}."
+                    f"X has examples of shape {X.shape[1:]}, but {type(self).__name__} was "
+                    f"trained on examples of shape {self.sample_shape_}."
                 )
-        torch_target = getattr(self.target_handler_, "backend", "mxnet") == "torch"
-        outputs, _ = self.target_handler_.get_layer_output(
+        handler = self.target_handler_
+        return training_backend(handler).predict_proba(
+            handler,
+            self.output_layer_,
             X,
-            [self.output_layer_],
-            context=self._torch_device(devices)[0] if torch_target else format_context(devices),
+            devices,
             batch_size=int(self.batch_size),
             verbose=check_verbose(self.verbose),
         )
-        values = np.asarray(outputs[self.output_layer_], dtype=np.float64)
-        if torch_target:  # the torch target network gives logits
-            values = np.exp(values - values.max(axis=1, keepdims=True))
-            values /= values.sum(axis=1, keepdims=True)
-        return values
 
     # ---------------------------------------------------------------- Xfer attribute, history
     @property
@@ -971,19 +823,9 @@ class NeuralNetworkRepurposer(Repurposer):
         ``predict_proba``)."""
         self._check_fitted()
         handler = self.target_handler_
-        if getattr(handler, "backend", "mxnet") == "torch":
-            return handler.model
-        module = mx.mod.Module(
-            handler.symbol,
-            data_names=[handler.data_name],
-            label_names=[f"{self.output_layer_}_label"],
-            context=to_mxnet(self._default_devices()),
-            logger=MODULE_LOGGER,
+        return training_backend(handler).target_model(
+            handler, self.output_layer_, self._default_devices()
         )
-        module._arg_params = dict(handler.arg_params)  # what mx.mod.Module.load does
-        module._aux_params = dict(handler.aux_params)
-        module.params_initialized = True
-        return module
 
     def plot_history(self, ax: Any = None) -> Any:
         """Plot the training curves of the last fit (see :meth:`History.plot`).
@@ -1002,36 +844,25 @@ class NeuralNetworkRepurposer(Repurposer):
         return self.history_.plot(ax)
 
     # ---------------------------------------------------------------- saving
-    def _params_for_manifest(self) -> dict[str, Any]:
-        params = self.get_params(deep=False)
-        params.pop("source_model", None)
-        clean: dict[str, Any] = {}
-        for name, value in params.items():
-            if name == "lr_schedule" and isinstance(value, mx.lr_scheduler.LRScheduler):
-                warnings.warn(
-                    "lr_schedule is an mx.lr_scheduler object, which is not saved (it only "
-                    "matters for training); the loaded repurposer has lr_schedule=None.",
-                    stacklevel=4,
-                )
-                clean[name] = None
-                continue
-            if name == "checkpoint_dir" and value is not None:
-                clean[name] = str(value)
-                continue
-            clean[name] = self._json_param(name, value)
-        return clean
+    @staticmethod
+    def _json_param(name: str, value: Any) -> Any:
+        if name == "lr_schedule" and value is not None and not isinstance(value, str):
+            warnings.warn(
+                "lr_schedule is a scheduler object, which is not saved (it only matters for "
+                "training); the loaded repurposer has lr_schedule=None.",
+                stacklevel=6,
+            )
+            return None
+        if name == "checkpoint_dir" and isinstance(value, os.PathLike):
+            return os.fspath(value)
+        return Repurposer._json_param(name, value)
 
     def _save_to_prefix(self, prefix: Path, save_source_model: bool | None) -> None:
         if self.__sklearn_is_fitted__():
             prefix.parent.mkdir(parents=True, exist_ok=True)
-            if getattr(self.target_handler_, "backend", "mxnet") == "torch":
-                self.target_handler_.save_checkpoint(str(_torch_target_prefix(prefix)))
-                names = tuple(
-                    f"{prefix.name}{TORCH_TARGET_SUFFIX}{e}" for e in (".json", ".safetensors")
-                )
-            else:
-                self.target_handler_.save_checkpoint(str(prefix), 0)
-                names = (f"{prefix.name}-symbol.json", f"{prefix.name}-0000.params")
+            names = training_backend(self.target_handler_).save_network(
+                self.target_handler_, prefix
+            )
             self._target_files = {
                 name: serialization.sha256_of(prefix.parent / name) for name in names
             }
@@ -1041,27 +872,19 @@ class NeuralNetworkRepurposer(Repurposer):
             self.__dict__.pop("_target_files", None)
 
     def _get_fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        handler = self.target_handler_
         state = {
             "output_layer": self.output_layer_,
             "sample_shape": list(self.sample_shape_),
             "n_training_examples": self.n_training_examples_,
             "history": self.history_.to_dict(),
             "target_files": dict(self._target_files),
-            "data_name": self.target_handler_.data_name,
+            "data_name": handler.data_name,
         }
-        if getattr(self.target_handler_, "backend", "mxnet") == "torch":
-            # The architecture is code: loading re-applies these edits to a fresh source model.
-            handler = self.target_handler_
-            state["backend"] = "torch"
-            state["target_network"] = {
-                "layer_names": handler.layer_names,
-                "new_layers": list(getattr(self, "new_layers_", [])),
-                "new_parameters": {
-                    name: list(handler.arg_params[name].shape)
-                    for name in handler.get_layer_parameters(list(getattr(self, "new_layers_", [])))
-                    if name in handler.arg_params
-                },
-            }
+        backend = training_backend(handler)
+        if backend.file_key is not None:
+            state["backend"] = backend.file_key
+        state.update(backend.network_state(handler, getattr(self, "new_layers_", [])))
         return state, {}
 
     @classmethod
@@ -1073,19 +896,16 @@ class NeuralNetworkRepurposer(Repurposer):
         source_model: Any = None,
     ) -> Repurposer:
         state = manifest.get("state") if isinstance(manifest.get("state"), dict) else {}
-        if (
-            manifest.get("fitted")
-            and state.get("backend") == "torch"
-            and source_model is None
-            and not manifest.get("source_model")
-        ):
-            raise InvalidArgumentError(
-                f"{prefix}.json holds a network fine-tuned from a PyTorch source. Its weights are "
-                "saved, but its architecture is code, which xfer never stores or unpickles: pass "
-                "the source network, freshly built, to xfer.load(..., source_model=<the torch.nn."
-                "Module>); the edits recorded in the manifest are re-applied to it and the saved "
-                "weights loaded."
-            )
+        if manifest.get("fitted") and source_model is None and not manifest.get("source_model"):
+            backend = training_backend_for_files(state.get("backend"))
+            if backend.needs_source_to_load:
+                raise InvalidArgumentError(
+                    f"{prefix}.json holds a network fine-tuned from {backend.display_name}. Its "
+                    "weights are saved, but its architecture is code, which xfer never stores or "
+                    "unpickles: pass the source network, freshly built, to xfer.load(..., "
+                    f"source_model=<{backend.source_model_hint}>); the edits recorded in the "
+                    "manifest are re-applied to it and the saved weights loaded."
+                )
         token = _LOADING_PREFIX.set(Path(prefix))
         try:
             return super()._from_manifest(manifest, arrays, prefix, source_model=source_model)
@@ -1093,8 +913,6 @@ class NeuralNetworkRepurposer(Repurposer):
             _LOADING_PREFIX.reset(token)
 
     def _set_fitted_state(self, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        from xfer.model_handler import MXNetModelHandler
-
         prefix = _LOADING_PREFIX.get()
         if prefix is None:
             raise SerializationError(
@@ -1112,59 +930,17 @@ class NeuralNetworkRepurposer(Repurposer):
                 )
             if serialization.sha256_of(path) != digest:
                 raise SerializationError(
-                    f"The target network file {path} does not match {prefix}.json (checksum differs): "
-                    "it is corrupt or from another save."
+                    f"The target network file {path} does not match {prefix}.json (checksum "
+                    "differs): it is corrupt or from another save."
                 )
         self.sample_shape_ = tuple(int(s) for s in config["sample_shape"])
-        if config.get("backend") == "torch":
-            self._load_torch_target(prefix, config)
-        else:
-            self.target_handler_ = MXNetModelHandler.load_checkpoint(
-                str(prefix),
-                0,
-                context_function=self.context_function,
-                num_devices=self.num_devices,
-                data_name=config.get("data_name", "data"),
-            )
+        backend = training_backend_for_files(config.get("backend"))
+        self.target_handler_, new_layers = backend.load_network(self, prefix, config)
+        if new_layers is not None:
+            self.new_layers_ = new_layers
         self.output_layer_ = str(config["output_layer"])
         self.n_training_examples_ = int(config["n_training_examples"])
         self.history_ = History.from_dict(config["history"])
-
-    def _load_torch_target(self, prefix: Path, config: dict[str, Any]) -> None:
-        """Rebuild the target network from the source model and load the saved weights into it."""
-        from xfer.fine_tuning import torch as _torch_training
-        from xfer.model_handler import TorchModelHandler
-
-        if self.source_model is None or not self._is_torch():
-            raise InvalidArgumentError(
-                f"{prefix}.json was fine-tuned from a PyTorch source: pass that network, freshly "
-                "built, as xfer.load(..., source_model=<the torch.nn.Module>)."
-            )
-        saved = config["target_network"]
-        with _torch_training.seeded(0):
-            network = self._target_network(
-                None, len(self.classes_), preferred="softmax", sample_shape=self.sample_shape_
-            )
-        if network.handler.layer_names != list(saved["layer_names"]):
-            raise SerializationError(
-                f"The source model given to xfer.load does not rebuild the saved target network "
-                f"of {prefix}.json (layers {network.handler.layer_names} instead of "
-                f"{saved['layer_names']}): pass the source network the repurposer was fitted on."
-            )
-        self.target_handler_ = TorchModelHandler.load_checkpoint(
-            str(_torch_target_prefix(prefix)),
-            model=network.handler,
-            context_function=self.context_function,
-        )
-        self.new_layers_ = list(saved["new_layers"])
-
-
-#: Suffix of the files of a torch target network (``P-target.safetensors``, ``P-target.json``).
-TORCH_TARGET_SUFFIX = "-target"
-
-
-def _torch_target_prefix(prefix: Path) -> Path:
-    return prefix.with_name(prefix.name + TORCH_TARGET_SUFFIX)
 
 
 def _check_layer_list(name: str, value: Any, handler: Any) -> list[str]:

@@ -16,10 +16,10 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.metaestimators import available_if
 from threadpoolctl import threadpool_limits
 
+from xfer._arguments import check_int, check_positive
 from xfer._mxnet import mx
 from xfer.exceptions import InvalidArgumentError, ProbabilityEstimatesDisabledError
 from xfer.repurposers import _linear
-from xfer.repurposers.lr import _check_positive
 from xfer.repurposers.meta_model import MetaModelRepurposer
 from xfer.serialization import register_repurposer
 
@@ -243,9 +243,9 @@ class SvmRepurposer(MetaModelRepurposer):
             raise InvalidArgumentError(
                 f"kernel must be one of {list(_KERNELS)}, got {self.kernel!r}."
             )
-        _check_positive("c", self.c)
-        _check_positive("max_iter", self.max_iter, integer=True)
-        _check_positive("degree", self.degree, integer=True)
+        check_positive("c", self.c)
+        check_int("max_iter", self.max_iter)
+        check_int("degree", self.degree)
         _linear.check_standardize_mode(self.standardize)
         features = np.asarray(features, dtype=np.float64)
         with (

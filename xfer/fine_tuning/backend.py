@@ -1,0 +1,341 @@
+"""The seam between the backend-neutral fine-tuning code and one framework: :class:`TrainingBackend`.
+
+The fine-tuning repurposers (:mod:`xfer.repurposers.neural_network`) and the training loop
+(:func:`xfer.fine_tuning.loop.train`) never touch a framework: every step that does goes through
+the training backend registered for the source model's ModelHandler backend key, the way
+:func:`xfer.model_handler.base.register_backend` registers ModelHandlers. A backend does four
+things:
+
+- check the options that are its business (the optimiser and its parameters, schedule objects)
+  and turn :class:`~xfer.context.Device` lists into its own device objects;
+- build the target network: an editable copy of the source's handler, cut at a layer, with a new
+  classification head (:meth:`TrainingBackend.cut`, :meth:`TrainingBackend.add_head`);
+- train it, one fit at a time, through a :class:`Trainer` (build the phase's network with its
+  fixed and re-initialised parameters, set the learning rate of each parameter group, run an
+  epoch, evaluate, copy and load parameters, the optimiser's state as arrays);
+- predict with it, and save and load it.
+
+Write a backend by subclassing both classes and decorating the backend with
+:func:`register_training_backend`; ``tests/functional_backend.py`` is a complete one (a
+ModelHandler and a training backend for networks written as lists of ``torch.nn.functional``
+calls) that the ModelHandler protocol tests and the fine-tuning suite run beside MXNet and torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xfer.context import Device
+from xfer.exceptions import InvalidArgumentError, InvalidTypeError
+from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, object_state
+
+_BACKENDS: dict[str, TrainingBackend] = {}
+
+
+class Trainer(ABC):
+    """The training of one fit, phase after phase, driven by :func:`xfer.fine_tuning.loop.train`.
+
+    Built by :meth:`TrainingBackend.trainer` with the target network, the settings and the data
+    (training examples and integer labels, and the validation pair or None). The loop calls
+    :meth:`start_phase` once per phase, then per epoch :meth:`set_learning_rate`, :meth:`seed`,
+    :meth:`run_epoch` and :meth:`evaluate`, and :meth:`end_phase` to write the phase's result into
+    the target network's handler. Used as a context manager around all phases.
+    """
+
+    #: Whether this process writes checkpoints and shows the progress bar (False on the
+    #: non-zero ranks of a distributed run).
+    is_main_process: bool = True
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+    @abstractmethod
+    def start_phase(self, phase: Phase, first: bool, params: dict[str, np.ndarray] | None) -> None:
+        """Build the phase's trainable network from the handler's parameters.
+
+        ``phase.fixed_parameters`` stay fixed, ``phase.random_parameters`` are re-initialised
+        (from ``derived_seed(settings.seed, 0)``) when ``first``. ``params`` (arrays from
+        :meth:`checkpoint_arrays` of an interrupted run) replace the parameters when given.
+        """
+
+    @abstractmethod
+    def start_optimizer(self) -> float:
+        """Create the phase's optimiser over its trainable parameters; return the base learning
+        rate (the optimiser's, times ``phase.lr_factor``)."""
+
+    @abstractmethod
+    def restore_optimizer(self, layout: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Restore the optimiser's state saved by :meth:`optimizer_state`."""
+
+    @abstractmethod
+    def set_learning_rate(self, learning_rate: float) -> float:
+        """Use ``learning_rate`` times each parameter's ``phase.lr_mults`` multiplier in the next
+        epoch; return the base rate actually used (a backend's own schedule object may decide)."""
+
+    @abstractmethod
+    def seed(self, seed: int) -> None:
+        """Seed the backend's random operators (dropout...) for the next epoch."""
+
+    @abstractmethod
+    def run_epoch(self, order: np.ndarray, progress: Any) -> tuple[float, float]:
+        """Train on the examples ``order`` (whole batches of ``settings.batch_size``; positions past
+        the number of examples wrap around and are not counted); return the mean cross-entropy
+        and the accuracy on the real examples. ``progress`` (a tqdm bar or None) advances by one
+        per batch."""
+
+    @abstractmethod
+    def evaluate(self) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy on the validation data, in inference mode."""
+
+    @abstractmethod
+    def copy_params(self) -> Any:
+        """A copy of the current parameters (in the backend's own objects)."""
+
+    @abstractmethod
+    def load_params(self, params: Any) -> None:
+        """Load parameters made by :meth:`copy_params` or :meth:`arrays_to_params`."""
+
+    @abstractmethod
+    def params_to_arrays(self, params: Any) -> dict[str, np.ndarray]:
+        """Parameters from :meth:`copy_params` as named NumPy arrays (for checkpoints)."""
+
+    @abstractmethod
+    def arrays_to_params(self, arrays: dict[str, np.ndarray]) -> Any:
+        """The inverse of :meth:`params_to_arrays`."""
+
+    @abstractmethod
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        """The current parameters as arrays, with whatever else :meth:`start_phase` needs to
+        continue exactly (per-device states...)."""
+
+    @abstractmethod
+    def optimizer_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The optimiser's state as (JSON-safe layout, arrays): no pickle."""
+
+    @abstractmethod
+    def end_phase(self) -> None:
+        """Write the trained parameters into the target network's handler."""
+
+    def barrier(self) -> None:
+        """Wait for the other processes of a distributed run (after a checkpoint is written)."""
+        return None
+
+
+class TrainingBackend(ABC):
+    """How one framework builds, trains, predicts with, saves and loads fine-tuned networks.
+
+    Subclasses set the class attributes and implement the abstract methods; the others have
+    defaults that suit a backend without those features. One instance per backend is registered
+    with :func:`register_training_backend`.
+    """
+
+    #: The ModelHandler ``backend`` key of the networks this backend trains.
+    key: ClassVar[str]
+    #: Written as ``"backend"`` in checkpoints and saved manifests, and checked when they are
+    #: read (None: no key, the MXNet files of xfer 0.1).
+    file_key: ClassVar[str | None]
+    #: How the backend's networks read in messages (``"a PyTorch network"``).
+    display_name: ClassVar[str]
+    #: Layer types that make a network's output (never a layer to cut at, never under a new head).
+    output_layer_types: ClassVar[frozenset[str]] = frozenset()
+    #: Whether :meth:`load_network` needs the source model (the architecture is not in the files).
+    needs_source_to_load: ClassVar[bool] = False
+    #: What to pass as ``source_model=`` when it is needed, for messages.
+    source_model_hint: ClassVar[str] = "the source network"
+    #: Version of the checkpoint layout this backend writes and reads.
+    checkpoint_version: ClassVar[int] = 1
+
+    # ------------------------------------------------------------------ options and devices
+    @abstractmethod
+    def check_optimizer(self, name: str, params: dict[str, Any]) -> None:
+        """Raise :class:`~xfer.exceptions.InvalidArgumentError` unless the optimiser ``name``
+        takes ``params`` (MXNet spellings: ``learning_rate``, ``momentum``, ``wd``...)."""
+
+    def check_lr_schedule(self, schedule: Any) -> None:
+        """Accept ``schedule``, an ``lr_schedule`` that is not a name of :data:`LR_SCHEDULES`
+        (a backend's scheduler object), or raise :class:`~xfer.exceptions.InvalidArgumentError`."""
+        raise InvalidArgumentError(
+            f"lr_schedule must be None or one of {LR_SCHEDULES} for {self.display_name}, got "
+            f"{schedule!r} (scheduler objects such as mx.lr_scheduler drive their own framework's "
+            "optimisers only)."
+        )
+
+    def describe_schedule(self, schedule: Any) -> str:
+        """A schedule object accepted by :meth:`check_lr_schedule` as text, for fingerprints."""
+        return f"{type(schedule).__name__}:{object_state(schedule)}"
+
+    @abstractmethod
+    def contexts(self, devices: list[Device]) -> list:
+        """The backend's device objects for training on ``devices``; raise
+        :class:`~xfer.exceptions.InvalidArgumentError` for a list it cannot train on."""
+
+    def shared_seed(self, seed: int) -> int:
+        """The seed every process of a distributed run uses (``seed`` itself otherwise)."""
+        return seed
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        """Make the backend's random draws in the block (new layers' weights) follow ``seed``,
+        leaving its global random state as it was."""
+        yield
+
+    # ------------------------------------------------------------------ the target network
+    @abstractmethod
+    def editable_copy(self, source: Any, sample_shape: tuple | None) -> Any:
+        """A copy of the source's handler to edit into the target network; the source itself is
+        never changed. ``sample_shape`` is the shape of one training example."""
+
+    @abstractmethod
+    def cut(self, handler: Any, layer_name: str) -> None:
+        """Drop every layer above ``layer_name``: its output becomes the network's output."""
+
+    @abstractmethod
+    def add_head(self, handler: Any, fc_name: str, output_name: str, num_classes: int) -> list[str]:
+        """Add a fully connected layer of ``num_classes`` (named ``fc_name`` or a free variant) and
+        whatever the backend's classifier needs on top; return the new layers' names, the output
+        layer last. ``output_name`` is the name an output layer of its own should take."""
+
+    def finish_target(self, network: Any) -> None:
+        """Make the edited target network independent of the source model (its own tensors)."""
+        return None
+
+    @abstractmethod
+    def parameter_names(self, handler: Any) -> list[str]:
+        """Names of every parameter and auxiliary state of the network, new layers included."""
+
+    def xfer_target_module(self, repurposer: Any, train_iterator: Any) -> Any:
+        """Xfer's ``_create_target_module`` hook (an MXNet module); other backends refuse it."""
+        raise InvalidTypeError(
+            "_create_target_module is Xfer's hook for MXNet modules; a fine-tuner of "
+            f"{self.display_name} builds its target with _create_target_network."
+        )
+
+    def network_from_xfer_module(
+        self, repurposer: Any, data: np.ndarray, codes: np.ndarray, label_name: str
+    ) -> Any:
+        """The :class:`~xfer.repurposers.TargetNetwork` of a subclass overriding Xfer's
+        ``_create_target_module``; other backends refuse it."""
+        return self.xfer_target_module(repurposer, data)
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def trainer(
+        self,
+        network: Any,
+        settings: Settings,
+        data: np.ndarray,
+        labels: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ) -> Trainer:
+        """A :class:`Trainer` for one fit of ``network`` (a :class:`~xfer.repurposers.TargetNetwork`)."""
+
+    # ------------------------------------------------------------------ prediction and files
+    @abstractmethod
+    def predict_proba(
+        self,
+        handler: Any,
+        output_layer: str,
+        data: Any,
+        devices: list[Device],
+        batch_size: int,
+        verbose: bool,
+    ) -> np.ndarray:
+        """Class probabilities (float64, rows summing to 1) of the trained network on ``data``."""
+
+    @abstractmethod
+    def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
+        """The trained network as the framework's own model object."""
+
+    @abstractmethod
+    def save_network(self, handler: Any, prefix: Path) -> list[str]:
+        """Write the trained network beside ``prefix`` (atomically); return the file names."""
+
+    def network_state(self, handler: Any, new_layers: list[str]) -> dict[str, Any]:
+        """What :meth:`load_network` needs besides the files, for the manifest (JSON-safe)."""
+        return {}
+
+    @abstractmethod
+    def load_network(
+        self, repurposer: Any, prefix: Path, config: dict[str, Any]
+    ) -> tuple[Any, list[str] | None]:
+        """The trained network's handler read back from the files of :meth:`save_network`, and
+        the new layers' names when the files record them."""
+
+
+def register_training_backend(cls: type[TrainingBackend]) -> type[TrainingBackend]:
+    """Class decorator: fine-tune networks whose ModelHandler ``backend`` is ``cls.key`` with ``cls``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Another class is registered under the same key or file key.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, TrainingBackend)):
+        raise InvalidTypeError(
+            f"register_training_backend takes a TrainingBackend subclass, got {cls!r}."
+        )
+    for key, registered in _BACKENDS.items():
+        same_class = type(registered).__qualname__ == cls.__qualname__  # a reloaded module
+        if (key == cls.key or registered.file_key == cls.file_key) and not same_class:
+            raise InvalidArgumentError(
+                f"{type(registered).__qualname__} is already registered for {key!r} models "
+                f"(file key {registered.file_key!r}); {cls.__qualname__} cannot take the key "
+                f"{cls.key!r} (file key {cls.file_key!r})."
+            )
+    _BACKENDS[cls.key] = cls()
+    return cls
+
+
+def training_backend(handler: Any) -> TrainingBackend:
+    """The training backend of ``handler`` (a ModelHandler, by its ``backend`` key).
+
+    Raises
+    ------
+    InvalidTypeError
+        No training backend is registered for that key.
+    """
+    key = getattr(handler, "backend", None)
+    if key in _BACKENDS:
+        return _BACKENDS[key]
+    raise InvalidTypeError(
+        f"Cannot fine-tune a {type(handler).__name__} (backend {key!r}): no training backend is "
+        f"registered for it (registered: {sorted(_BACKENDS)}). Register one with "
+        "xfer.fine_tuning.register_training_backend."
+    )
+
+
+def training_backend_for_files(file_key: Any) -> TrainingBackend:
+    """The training backend that wrote files marked ``file_key`` (their ``"backend"`` entry).
+
+    Raises
+    ------
+    SerializationError
+        No registered backend writes that key.
+    """
+    for backend in _BACKENDS.values():
+        if backend.file_key == file_key:
+            return backend
+    from xfer.exceptions import SerializationError
+
+    raise SerializationError(
+        f"The files were written by a training backend {file_key!r} that is not registered "
+        f"(registered: {sorted(b.file_key or b.key for b in _BACKENDS.values())})."
+    )
+
+
+__all__ = [
+    "Trainer",
+    "TrainingBackend",
+    "register_training_backend",
+    "training_backend",
+    "training_backend_for_files",
+]
