@@ -29,6 +29,34 @@ def target_digits(digits_images):
     return images[keep], labels[keep]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine, two OpenMP threads run far
+    slower on these tiny networks. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    from xfer.context import to_torch
+
+    to_torch("cpu")  # lets xfer's one-time thread restore run first, so it does not undo this
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def small_digits(target_digits):
+    """120 training digits (5-9, 24 per class) and 100 others to test on (fine-tuning tests)."""
+    images, labels = target_digits
+    rng = np.random.RandomState(0)
+    train = np.concatenate(
+        [rng.choice(np.where(labels == c)[0], 24, replace=False) for c in range(5, 10)]
+    )
+    train = rng.permutation(train)
+    test = np.setdiff1d(np.arange(len(labels)), train)[:100]
+    return images[train], labels[train], images[test], labels[test]
+
+
 @pytest.fixture
 def tiny_symbol_model():
     """An untrained, bound chain ``conv1 bn1 relu1 flatten fc1 softmax`` on 1 x 6 x 6 inputs."""

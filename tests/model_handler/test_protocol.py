@@ -1,17 +1,22 @@
 """One ModelHandler protocol, run over every backend and bundled model.
 
-The toy CNN exists for both backends with the same layer names (the MXNet one trained on digits
-0-4, the torch one built here); the real zoo models (EfficientNet-Lite0 for MXNet and torch,
-MiniLM for torch) run the read-only part of the protocol, marked slow.
+The toy CNN exists for every backend with the same layer names (the MXNet one trained on digits
+0-4, the torch one built here, and the same network as a list of torch.nn.functional calls for
+the test-only third backend of ``tests/functional_backend.py``, which touches no file of the
+package); the real zoo models (EfficientNet-Lite0 for MXNet and torch, MiniLM for torch) run the
+read-only part of the protocol, marked slow. Every handler class is also checked against the
+typed :class:`~xfer.model_handler.ModelHandlerProtocol`.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import functional_backend
 import numpy as np
 import pytest
 
@@ -22,7 +27,12 @@ from xfer.exceptions import (
     LayerNotFoundError,
     ModelError,
 )
-from xfer.model_handler import ModelHandler, MXNetModelHandler, TorchModelHandler
+from xfer.model_handler import (
+    ModelHandler,
+    ModelHandlerProtocol,
+    MXNetModelHandler,
+    TorchModelHandler,
+)
 from xfer.model_handler.consts import LayerType
 
 TOY_LAYERS = ["conv1", "bn1", "relu1", "pool1", "conv2", "relu2", "flatten", "fc1", "relu3", "fc2", "softmax"]
@@ -50,10 +60,13 @@ class Case:
     build: Callable[[], Any]
     data: Callable[[], Any]
     backend: str
+    handler_class: type
     convolution_type: str | None
     feature_layers: list[str]
     editable: bool = True
     new_top_layer: Callable[[], Any] | None = None
+    #: A new top layer of 2 outputs named ``name`` (in the form add_layer_top takes).
+    named_top_layer: Callable[[str], Any] | None = None
     reload: Callable[[Any, str], Any] | None = None
     extra: dict = field(default_factory=dict)
 
@@ -78,6 +91,18 @@ def _efficientnet_images(n: int = 2, size: int = 64) -> np.ndarray:
     return np.random.default_rng(0).uniform(-1, 1, (n, 3, size, size)).astype(np.float32)
 
 
+def _functional_toy(request):
+    return ModelHandler(functional_backend.from_sequential(torch_digits_cnn()))
+
+
+def _functional_linear(name: str, outputs: int):
+    import torch
+
+    return functional_backend.Layer(
+        name, "linear", {"weight": torch.randn(outputs, 64), "bias": torch.zeros(outputs)}
+    )
+
+
 def _cases() -> list:
     from torch import nn
 
@@ -85,7 +110,8 @@ def _cases() -> list:
     cases = [
         pytest.param(
             Case(
-                "mxnet-toy", _mxnet_toy, _digits, "mxnet", new_top_layer=_mxnet_new_top,
+                "mxnet-toy", _mxnet_toy, _digits, "mxnet", MXNetModelHandler,
+                new_top_layer=_mxnet_new_top, named_top_layer=lambda name: [_renamed_mxnet_fc(name)],
                 reload=lambda h, prefix: MXNetModelHandler.load_checkpoint(prefix), **toy_common,
             ),
             id="mxnet-toy",
@@ -93,7 +119,8 @@ def _cases() -> list:
         pytest.param(
             Case(
                 "torch-toy", lambda request: ModelHandler(torch_digits_cnn()), _digits, "torch",
-                new_top_layer=lambda: [nn.Linear(64, 3)],
+                TorchModelHandler, new_top_layer=lambda: [nn.Linear(64, 3)],
+                named_top_layer=lambda name: [(name, nn.Linear(64, 2))],
                 reload=lambda h, prefix: TorchModelHandler.load_checkpoint(prefix, model=torch_digits_cnn(seed=5)),
                 **toy_common,
             ),
@@ -101,9 +128,19 @@ def _cases() -> list:
         ),
         pytest.param(
             Case(
+                "functional-toy", _functional_toy, _digits, "functional",
+                functional_backend.FunctionalModelHandler,
+                new_top_layer=lambda: [_functional_linear("fc_new", 3)],
+                named_top_layer=lambda name: [_functional_linear(name, 2)],
+                reload=lambda h, prefix: ModelHandler.load_checkpoint(prefix), **toy_common,
+            ),
+            id="functional-toy",
+        ),
+        pytest.param(
+            Case(
                 "mxnet-efficientnet", lambda request: _zoo_efficientnet("mxnet"), _efficientnet_images,
-                "mxnet", convolution_type="Convolution", feature_layers=["stem_conv", "global_pool", "fc"],
-                editable=False,
+                "mxnet", MXNetModelHandler, convolution_type="Convolution",
+                feature_layers=["stem_conv", "global_pool", "fc"], editable=False,
             ),
             id="mxnet-efficientnet",
             marks=[pytest.mark.slow, pytest.mark.assets],
@@ -111,7 +148,7 @@ def _cases() -> list:
         pytest.param(
             Case(
                 "torch-efficientnet", lambda request: _zoo_efficientnet("torch"), _efficientnet_images,
-                "torch", convolution_type="Conv2dStaticSamePadding",
+                "torch", TorchModelHandler, convolution_type="Conv2dStaticSamePadding",
                 feature_layers=["_conv_stem", "_avg_pooling", "_fc"], editable=False,
             ),
             id="torch-efficientnet",
@@ -120,7 +157,7 @@ def _cases() -> list:
         pytest.param(
             Case(
                 "torch-minilm", lambda request: _zoo_minilm(), lambda: ["a cat sat on the mat", "stocks fell", "hi"],
-                "torch", convolution_type=None, feature_layers=["output"],
+                "torch", TorchModelHandler, convolution_type=None, feature_layers=["output"],
                 editable=False,
             ),
             id="torch-minilm",
@@ -176,7 +213,7 @@ def _handler(case: Case, request) -> Any:
 def test_dispatch_and_layer_names(case, request):
     handler = _handler(case, request)
     assert handler.backend == case.backend
-    assert isinstance(handler, MXNetModelHandler if case.backend == "mxnet" else TorchModelHandler)
+    assert type(handler) is case.handler_class
     names = handler.layer_names
     assert names and all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
     if case.editable:
@@ -245,11 +282,10 @@ def test_get_layer_output_contract(case, request):
 
 def test_gpu_without_gpu_is_a_clear_error(case, request):
     handler = _handler(case, request)
-    if case.backend == "torch":
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            pytest.skip("this machine has CUDA")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     with pytest.raises(DeviceUnavailableError, match="GPU"):
         handler.get_layer_output(case.data()[:2], case.feature_layers[:1], context="gpu:0")
 
@@ -279,8 +315,7 @@ def test_drop_add_and_dropping_too_many(editable_case, request):
     copy.add_layer_top(case.new_top_layer())
     assert copy.layer_names[:-1] == TOY_LAYERS[:-2] and len(copy.layer_names) == len(TOY_LAYERS) - 1
     with pytest.raises(InvalidArgumentError, match="A layer named 'fc1' already exists"):
-        new = case.new_top_layer()
-        copy.add_layer_top([("fc1", new[0])] if case.backend == "torch" else [_renamed_mxnet_fc("fc1")])
+        copy.add_layer_top(case.named_top_layer("fc1"))
     with pytest.raises(InvalidArgumentError, match="layer_list is empty"):
         copy.add_layer_top([])
     with pytest.raises(InvalidTypeError, match="Layer 0 of the list is a str"):
@@ -332,3 +367,59 @@ def test_visualize_net(case, request):
     assert type(digraph).__name__ == "Digraph"
     for name in case.feature_layers[:1]:
         assert name in digraph.source
+
+
+# ---------------------------------------------------------------------- the typed protocol
+HANDLER_CLASSES = [MXNetModelHandler, TorchModelHandler, functional_backend.FunctionalModelHandler]
+
+
+def _protocol_members() -> dict[str, Any]:
+    members = {}
+    for name, value in vars(ModelHandlerProtocol).items():
+        if name.startswith("_"):
+            continue
+        if callable(value) or isinstance(value, (classmethod, staticmethod, property)):
+            members[name] = value
+    for name in ModelHandlerProtocol.__annotations__:
+        members.setdefault(name, None)
+    return members
+
+
+@pytest.mark.parametrize("handler_class", HANDLER_CLASSES, ids=lambda c: c.__name__)
+def test_handler_classes_implement_the_typed_protocol(handler_class):
+    """Every method of the protocol exists with a signature that accepts the protocol's calls."""
+    for name, member in _protocol_members().items():
+        if member is None:  # an attribute: instances have it (checked below on live handlers)
+            continue
+        implemented = inspect.getattr_static(handler_class, name)
+        assert type(implemented) is type(member), f"{name}: {type(implemented).__name__}"
+        if isinstance(member, property):
+            continue
+        wanted = inspect.signature(getattr(ModelHandlerProtocol, name))
+        got = inspect.signature(getattr(handler_class, name))
+        accepted = got.parameters
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        for parameter in wanted.parameters.values():
+            if parameter.kind is parameter.POSITIONAL_ONLY or parameter.kind is parameter.VAR_KEYWORD:
+                continue
+            assert parameter.name in accepted or takes_kwargs, f"{handler_class.__name__}.{name} lacks {parameter.name}"
+            if parameter.name in accepted and parameter.default is not parameter.empty:
+                assert accepted[parameter.name].default is not parameter.empty, f"{name}({parameter.name})"
+        extra = [p for n, p in accepted.items() if n not in wanted.parameters and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        positional_only_in_protocol = [p for p in wanted.parameters.values() if p.kind is p.POSITIONAL_ONLY]
+        extra = extra[len(positional_only_in_protocol) :]
+        assert all(p.default is not p.empty for p in extra), f"{handler_class.__name__}.{name}: {extra}"
+
+
+def test_live_handlers_are_instances_of_the_protocol(case, request):
+    handler = _handler(case, request)
+    assert isinstance(handler, ModelHandlerProtocol)
+    assert type(handler).backend == case.backend
+
+
+def test_the_protocol_check_can_fail():
+    class Partial:
+        backend = "partial"
+        layer_names = ["a"]
+
+    assert not isinstance(Partial(), ModelHandlerProtocol)

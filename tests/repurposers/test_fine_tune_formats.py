@@ -29,17 +29,7 @@ def _fixture_module():
 
 
 made = _fixture_module()
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a shared 2-core machine, two OpenMP threads run far slower."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("backend", ["mxnet", "torch"])

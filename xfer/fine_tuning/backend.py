@@ -13,7 +13,7 @@ things:
 - train it, one fit at a time, through a :class:`Trainer` (build the phase's network with its
   fixed and re-initialised parameters, set the learning rate of each parameter group, run an
   epoch, evaluate, copy and load parameters, the optimiser's state as arrays);
-- predict with it, and save and load it.
+- save and load it (prediction reads the output layer with the handler's ``get_layer_output``).
 
 Write a backend by subclassing both classes and decorating the backend with
 :func:`register_training_backend`; ``tests/functional_backend.py`` is a complete one (a
@@ -41,8 +41,10 @@ _BACKENDS: dict[str, TrainingBackend] = {}
 class Trainer(ABC):
     """The training of one fit, phase after phase, driven by :func:`xfer.fine_tuning.loop.train`.
 
-    Built by :meth:`TrainingBackend.trainer` with the target network, the settings and the data
-    (training examples and integer labels, and the validation pair or None). The loop calls
+    Built from the backend's :attr:`TrainingBackend.trainer_class` with the target network (a
+    :class:`~xfer.repurposers.TargetNetwork`), the settings and the data (training examples,
+    integer labels, and the validation pair or None), which this base class stores; subclasses
+    convert them to their framework's objects. The loop calls
     :meth:`start_phase` once per phase, then per epoch :meth:`set_learning_rate`, :meth:`seed`,
     :meth:`run_epoch` and :meth:`evaluate`, and :meth:`end_phase` to write the phase's result into
     the target network's handler. Used as a context manager around all phases.
@@ -51,6 +53,22 @@ class Trainer(ABC):
     #: Whether this process writes checkpoints and shows the progress bar (False on the
     #: non-zero ranks of a distributed run).
     is_main_process: bool = True
+
+    def __init__(
+        self,
+        network: Any,
+        settings: Settings,
+        data: np.ndarray,
+        labels: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ):
+        self.network = network
+        self.handler = network.handler
+        self.settings = settings
+        self.data = data
+        self.labels = labels
+        self.validation = validation
+        self.phase: Phase | None = None
 
     def __enter__(self) -> Trainer:
         return self
@@ -153,6 +171,11 @@ class TrainingBackend(ABC):
     source_model_hint: ClassVar[str] = "the source network"
     #: Version of the checkpoint layout this backend writes and reads.
     checkpoint_version: ClassVar[int] = 1
+    #: Whether the output layer gives logits (softmax makes the probabilities) rather than
+    #: probabilities.
+    output_is_logits: ClassVar[bool] = False
+    #: The :class:`Trainer` subclass that trains this backend's networks (one per fit).
+    trainer_class: ClassVar[type[Trainer]]
 
     # ------------------------------------------------------------------ options and devices
     @abstractmethod
@@ -226,31 +249,7 @@ class TrainingBackend(ABC):
         ``_create_target_module``; other backends refuse it."""
         return self.xfer_target_module(repurposer, data)
 
-    # ------------------------------------------------------------------ training
-    @abstractmethod
-    def trainer(
-        self,
-        network: Any,
-        settings: Settings,
-        data: np.ndarray,
-        labels: np.ndarray,
-        validation: tuple[np.ndarray, np.ndarray] | None,
-    ) -> Trainer:
-        """A :class:`Trainer` for one fit of ``network`` (a :class:`~xfer.repurposers.TargetNetwork`)."""
-
-    # ------------------------------------------------------------------ prediction and files
-    @abstractmethod
-    def predict_proba(
-        self,
-        handler: Any,
-        output_layer: str,
-        data: Any,
-        devices: list[Device],
-        batch_size: int,
-        verbose: bool,
-    ) -> np.ndarray:
-        """Class probabilities (float64, rows summing to 1) of the trained network on ``data``."""
-
+    # ------------------------------------------------------------------ the trained network
     @abstractmethod
     def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
         """The trained network as the framework's own model object."""

@@ -54,7 +54,7 @@ def train(
     -------
     History
     """
-    trainer = backend.trainer(network, settings, data, labels, validation)
+    trainer = backend.trainer_class(network, settings, data, labels, validation)
     progress = _initial_progress(settings, backend, trainer)
     patience = settings.early_stopping_patience
     num_examples, batch_size = len(data), settings.batch_size

@@ -324,6 +324,79 @@ def _update_handler(handler: Any, module: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class MXNetTrainer(Trainer):
+    """One fit: a bound ``Module`` per phase over ``settings.contexts``."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.label_name = self.network.label_name
+        self.labels = self.labels.astype(np.float32)
+        self.uses_scheduler = isinstance(self.settings.lr_schedule, mx.lr_scheduler.LRScheduler)
+        self.module: Any = None
+
+    def start_phase(self, phase: Phase, first: bool, params: dict[str, np.ndarray] | None) -> None:
+        self.phase = phase
+        self.module = build_module(
+            self.handler, phase, self.settings, self.data.shape[1:], self.label_name, first
+        )
+        if params is not None:
+            self.module.set_params(*_arrays_to_params(params), allow_missing=False, force_init=True)
+            _restore_per_device_aux(self.module, params)
+
+    def start_optimizer(self) -> float:
+        return init_optimizer(self.module, self.phase, self.settings)
+
+    def restore_optimizer(self, layout: dict, arrays: dict[str, np.ndarray]) -> None:
+        restore_optimizer_state(self.module, layout, arrays)
+
+    def set_learning_rate(self, learning_rate: float) -> float:
+        optimizer = self.module._optimizer
+        if self.uses_scheduler:  # the mx.lr_scheduler object sets the rate per update
+            return float(optimizer.lr_scheduler(optimizer.num_update))
+        optimizer.set_learning_rate(learning_rate)
+        return learning_rate
+
+    def seed(self, seed: int) -> None:
+        seed_everything(seed)
+
+    def run_epoch(self, order: np.ndarray, progress: Any) -> tuple[float, float]:
+        return _run_epoch(
+            self.module,
+            self.data,
+            self.labels,
+            order,
+            self.settings.batch_size,
+            len(self.data),
+            progress,
+        )
+
+    def evaluate(self) -> tuple[float, float]:
+        return evaluate(self.module, *self.validation, self.settings.batch_size)
+
+    def copy_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return _params_copy(self.module)
+
+    def load_params(self, params: Any) -> None:
+        self.module.set_params(*params, force_init=True)
+
+    def params_to_arrays(self, params: Any) -> dict[str, np.ndarray]:
+        return _params_to_arrays(*params)
+
+    def arrays_to_params(self, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        return _arrays_to_params(arrays)
+
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        arrays = _params_to_arrays(*self.module.get_params())
+        arrays.update(_per_device_aux(self.module))
+        return arrays
+
+    def optimizer_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        return optimizer_state(self.module)
+
+    def end_phase(self) -> None:
+        _update_handler(self.handler, self.module)
+
+
 @register_training_backend
 class MXNetTrainingBackend(TrainingBackend):
     """Fine-tunes :class:`~xfer.model_handler.MXNetModelHandler` networks."""
@@ -331,6 +404,7 @@ class MXNetTrainingBackend(TrainingBackend):
     key = "mxnet"
     file_key = None  # MXNet files carry no backend key (the format of xfer 0.1)
     display_name = "an MXNet network"
+    trainer_class = MXNetTrainer
     output_layer_types = OUTPUT_LAYER_TYPES
 
     def check_optimizer(self, name: str, params: dict[str, Any]) -> None:
@@ -423,32 +497,6 @@ class MXNetTrainingBackend(TrainingBackend):
             handler, output, fixed_parameters=sorted(module._fixed_param_names or [])
         )
 
-    # ------------------------------------------------------------------ training
-    def trainer(
-        self,
-        network: Any,
-        settings: Settings,
-        data: np.ndarray,
-        labels: np.ndarray,
-        validation: tuple[np.ndarray, np.ndarray] | None,
-    ) -> MXNetTrainer:
-        return MXNetTrainer(network, settings, data, labels, validation)
-
-    # ------------------------------------------------------------------ prediction and files
-    def predict_proba(
-        self,
-        handler: Any,
-        output_layer: str,
-        data: Any,
-        devices: list[Device],
-        batch_size: int,
-        verbose: bool,
-    ) -> np.ndarray:
-        outputs, _ = handler.get_layer_output(
-            data, [output_layer], context=devices, batch_size=batch_size, verbose=verbose
-        )
-        return np.asarray(outputs[output_layer], dtype=np.float64)
-
     def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
         module = mx.mod.Module(
             handler.symbol,
@@ -479,90 +527,6 @@ class MXNetTrainingBackend(TrainingBackend):
             data_name=config.get("data_name", "data"),
         )
         return handler, None
-
-
-class MXNetTrainer(Trainer):
-    """One fit: a bound ``Module`` per phase over ``settings.contexts``."""
-
-    def __init__(
-        self,
-        network: Any,
-        settings: Settings,
-        data: np.ndarray,
-        labels: np.ndarray,
-        validation: tuple[np.ndarray, np.ndarray] | None,
-    ):
-        self.handler = network.handler
-        self.label_name = network.label_name
-        self.settings = settings
-        self.data = data
-        self.labels = labels.astype(np.float32)
-        self.validation = validation
-        self.uses_scheduler = isinstance(settings.lr_schedule, mx.lr_scheduler.LRScheduler)
-        self.module: Any = None
-        self.phase: Phase | None = None
-
-    def start_phase(self, phase: Phase, first: bool, params: dict[str, np.ndarray] | None) -> None:
-        self.phase = phase
-        self.module = build_module(
-            self.handler, phase, self.settings, self.data.shape[1:], self.label_name, first
-        )
-        if params is not None:
-            self.module.set_params(*_arrays_to_params(params), allow_missing=False, force_init=True)
-            _restore_per_device_aux(self.module, params)
-
-    def start_optimizer(self) -> float:
-        return init_optimizer(self.module, self.phase, self.settings)
-
-    def restore_optimizer(self, layout: dict, arrays: dict[str, np.ndarray]) -> None:
-        restore_optimizer_state(self.module, layout, arrays)
-
-    def set_learning_rate(self, learning_rate: float) -> float:
-        optimizer = self.module._optimizer
-        if self.uses_scheduler:  # the mx.lr_scheduler object sets the rate per update
-            return float(optimizer.lr_scheduler(optimizer.num_update))
-        optimizer.set_learning_rate(learning_rate)
-        return learning_rate
-
-    def seed(self, seed: int) -> None:
-        seed_everything(seed)
-
-    def run_epoch(self, order: np.ndarray, progress: Any) -> tuple[float, float]:
-        return _run_epoch(
-            self.module,
-            self.data,
-            self.labels,
-            order,
-            self.settings.batch_size,
-            len(self.data),
-            progress,
-        )
-
-    def evaluate(self) -> tuple[float, float]:
-        return evaluate(self.module, *self.validation, self.settings.batch_size)
-
-    def copy_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return _params_copy(self.module)
-
-    def load_params(self, params: Any) -> None:
-        self.module.set_params(*params, force_init=True)
-
-    def params_to_arrays(self, params: Any) -> dict[str, np.ndarray]:
-        return _params_to_arrays(*params)
-
-    def arrays_to_params(self, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
-        return _arrays_to_params(arrays)
-
-    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
-        arrays = _params_to_arrays(*self.module.get_params())
-        arrays.update(_per_device_aux(self.module))
-        return arrays
-
-    def optimizer_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        return optimizer_state(self.module)
-
-    def end_phase(self) -> None:
-        _update_handler(self.handler, self.module)
 
 
 __all__ = [

@@ -40,7 +40,7 @@ import numpy as np
 from xfer.context import Device, to_torch
 from xfer.exceptions import InvalidArgumentError, ModelError, SerializationError
 from xfer.fine_tuning.backend import Trainer, TrainingBackend, register_training_backend
-from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, derived_seed
+from xfer.fine_tuning.run import LR_SCHEDULES, Phase, derived_seed
 from xfer.model_handler.consts import OUTPUT_LAYER_TYPES
 
 logger = logging.getLogger("xfer.fine_tuning.torch")
@@ -410,167 +410,14 @@ def _update_handler(handler: Any, model: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@register_training_backend
-class TorchTrainingBackend(TrainingBackend):
-    """Fine-tunes :class:`~xfer.model_handler.TorchModelHandler` networks."""
-
-    key = "torch"
-    file_key = "torch"
-    display_name = "a PyTorch network"
-    output_layer_types = OUTPUT_LAYER_TYPES | TORCH_OUTPUT_TYPES
-    needs_source_to_load = True
-    source_model_hint = "the torch.nn.Module"
-
-    def check_optimizer(self, name: str, params: dict[str, Any]) -> None:
-        torch_optimizer(name, params)
-
-    def check_lr_schedule(self, schedule: Any) -> None:
-        raise InvalidArgumentError(
-            f"lr_schedule must be None or one of {LR_SCHEDULES} for a PyTorch source, got "
-            f"{schedule!r} (an mx.lr_scheduler object drives MXNet optimisers only)."
-        )
-
-    def contexts(self, devices: list[Device]) -> list:
-        """The one ``torch.device`` of a fit or prediction (several need torch.distributed)."""
-        if len(devices) > 1:
-            raise InvalidArgumentError(
-                f"A PyTorch source trains on one device per process, but {len(devices)} were "
-                f"given ({[str(d) for d in devices]}). For several GPUs launch one process per GPU "
-                "with torchrun and pass each its own context (see docs/distributed_torch.md)."
-            )
-        return [to_torch(devices)]
-
-    def shared_seed(self, seed: int) -> int:
-        return shared_seed(seed)
-
-    @contextlib.contextmanager
-    def seeded(self, seed: int) -> Iterator[None]:
-        with seeded(seed):
-            yield
-
-    # ------------------------------------------------------------------ the target network
-    def editable_copy(self, source: Any, sample_shape: tuple | None) -> Any:
-        from xfer.model_handler import TorchModelHandler
-
-        handler = TorchModelHandler(source)  # edits build new containers, sharing tensors
-        handler.input_shape = None if sample_shape is None else tuple(sample_shape)
-        return handler
-
-    def cut(self, handler: Any, layer_name: str) -> None:
-        cut_network(handler, layer_name)
-
-    def add_head(self, handler: Any, fc_name: str, output_name: str, num_classes: int) -> list[str]:
-        return add_linear_head(handler, fc_name, num_classes)  # logits: no output layer
-
-    def finish_target(self, network: Any) -> None:
-        # Training writes into the target network: it must own its tensors, not the source's.
-        network.handler.update_sym(copy.deepcopy(network.handler.model))
-
-    def parameter_names(self, handler: Any) -> list[str]:
-        return list(handler.arg_params) + list(handler.aux_params)
-
-    # ------------------------------------------------------------------ training
-    def trainer(
-        self,
-        network: Any,
-        settings: Settings,
-        data: np.ndarray,
-        labels: np.ndarray,
-        validation: tuple[np.ndarray, np.ndarray] | None,
-    ) -> TorchTrainer:
-        return TorchTrainer(network, settings, data, labels, validation)
-
-    # ------------------------------------------------------------------ prediction and files
-    def predict_proba(
-        self,
-        handler: Any,
-        output_layer: str,
-        data: Any,
-        devices: list[Device],
-        batch_size: int,
-        verbose: bool,
-    ) -> np.ndarray:
-        self.contexts(devices)  # one device, and there
-        outputs, _ = handler.get_layer_output(
-            data, [output_layer], context=devices, batch_size=batch_size, verbose=verbose
-        )
-        logits = np.asarray(outputs[output_layer], dtype=np.float64)
-        values = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return values / values.sum(axis=1, keepdims=True)
-
-    def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
-        return handler.model
-
-    def save_network(self, handler: Any, prefix: Path) -> list[str]:
-        handler.save_checkpoint(str(_target_prefix(prefix)))
-        return [f"{prefix.name}{TARGET_SUFFIX}{e}" for e in (".json", ".safetensors")]
-
-    def network_state(self, handler: Any, new_layers: list[str]) -> dict[str, Any]:
-        # The architecture is code: loading re-applies these edits to a fresh source model.
-        return {
-            "target_network": {
-                "layer_names": handler.layer_names,
-                "new_layers": list(new_layers),
-                "new_parameters": {
-                    name: list(handler.arg_params[name].shape)
-                    for name in handler.get_layer_parameters(list(new_layers))
-                    if name in handler.arg_params
-                },
-            }
-        }
-
-    def load_network(
-        self, repurposer: Any, prefix: Path, config: dict[str, Any]
-    ) -> tuple[Any, list[str] | None]:
-        """Rebuild the target network from the source model and load the saved weights into it."""
-        from xfer.fine_tuning.backend import training_backend
-        from xfer.model_handler import TorchModelHandler
-
-        if (
-            repurposer.source_model is None
-            or training_backend(repurposer._get_model_handler()) is not self
-        ):
-            raise InvalidArgumentError(
-                f"{prefix}.json was fine-tuned from a PyTorch source: pass that network, freshly "
-                "built, as xfer.load(..., source_model=<the torch.nn.Module>)."
-            )
-        saved = config["target_network"]
-        with seeded(0):
-            network = repurposer._target_network(
-                None,
-                len(repurposer.classes_),
-                preferred="softmax",
-                sample_shape=repurposer.sample_shape_,
-            )
-        if network.handler.layer_names != list(saved["layer_names"]):
-            raise SerializationError(
-                f"The source model given to xfer.load does not rebuild the saved target network "
-                f"of {prefix}.json (layers {network.handler.layer_names} instead of "
-                f"{saved['layer_names']}): pass the source network the repurposer was fitted on."
-            )
-        handler = TorchModelHandler.load_checkpoint(
-            str(_target_prefix(prefix)),
-            model=network.handler,
-            context_function=repurposer.context_function,
-        )
-        return handler, list(saved["new_layers"])
-
-
 class TorchTrainer(Trainer):
     """One fit on one ``torch.device`` (one process of a distributed run)."""
 
-    def __init__(
-        self,
-        network: Any,
-        settings: Settings,
-        data: np.ndarray,
-        labels: np.ndarray,
-        validation: tuple[np.ndarray, np.ndarray] | None,
-    ):
+    def __init__(self, *args: Any):
         import torch
 
-        self.handler = network.handler
-        self.settings = settings
+        super().__init__(*args)
+        settings = self.settings
         self.device = settings.contexts[0]
         self.spec = torch_optimizer(settings.optimizer, settings.optimizer_params)
         self.world = distributed_world()
@@ -580,17 +427,15 @@ class TorchTrainer(Trainer):
                 "processes: use a multiple of the world size."
             )
         self.is_main_process = self.world is None or self.world[0] == 0
-        self.data = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float32))
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.data = torch.as_tensor(np.ascontiguousarray(self.data, dtype=np.float32))
+        self.labels = torch.as_tensor(np.asarray(self.labels, dtype=np.int64))
         if self.device.type == "cuda":
             self.data, self.labels = self.data.pin_memory(), self.labels.pin_memory()
-        self.validation = None
-        if validation is not None:
+        if self.validation is not None:
             self.validation = (
-                torch.as_tensor(np.ascontiguousarray(validation[0], dtype=np.float32)),
-                torch.as_tensor(np.asarray(validation[1]).astype(np.int64)),
+                torch.as_tensor(np.ascontiguousarray(self.validation[0], dtype=np.float32)),
+                torch.as_tensor(np.asarray(self.validation[1]).astype(np.int64)),
             )
-        self.phase: Phase | None = None
         self.model: Any = None
         self.trained: Any = None  # the model, or its DistributedDataParallel wrapper
         self.optimizer: Any = None
@@ -676,6 +521,125 @@ class TorchTrainer(Trainer):
             import torch.distributed as dist
 
             dist.barrier()
+
+
+@register_training_backend
+class TorchTrainingBackend(TrainingBackend):
+    """Fine-tunes :class:`~xfer.model_handler.TorchModelHandler` networks."""
+
+    key = "torch"
+    file_key = "torch"
+    display_name = "a PyTorch network"
+    trainer_class = TorchTrainer
+    output_layer_types = OUTPUT_LAYER_TYPES | TORCH_OUTPUT_TYPES
+    needs_source_to_load = True
+    source_model_hint = "the torch.nn.Module"
+    output_is_logits = True
+
+    def check_optimizer(self, name: str, params: dict[str, Any]) -> None:
+        torch_optimizer(name, params)
+
+    def check_lr_schedule(self, schedule: Any) -> None:
+        raise InvalidArgumentError(
+            f"lr_schedule must be None or one of {LR_SCHEDULES} for a PyTorch source, got "
+            f"{schedule!r} (an mx.lr_scheduler object drives MXNet optimisers only)."
+        )
+
+    def contexts(self, devices: list[Device]) -> list:
+        """The one ``torch.device`` of a fit or prediction (several need torch.distributed)."""
+        if len(devices) > 1:
+            raise InvalidArgumentError(
+                f"A PyTorch source trains on one device per process, but {len(devices)} were "
+                f"given ({[str(d) for d in devices]}). For several GPUs launch one process per GPU "
+                "with torchrun and pass each its own context (see docs/distributed_torch.md)."
+            )
+        return [to_torch(devices)]
+
+    def shared_seed(self, seed: int) -> int:
+        return shared_seed(seed)
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        with seeded(seed):
+            yield
+
+    # ------------------------------------------------------------------ the target network
+    def editable_copy(self, source: Any, sample_shape: tuple | None) -> Any:
+        from xfer.model_handler import TorchModelHandler
+
+        handler = TorchModelHandler(source)  # edits build new containers, sharing tensors
+        handler.input_shape = None if sample_shape is None else tuple(sample_shape)
+        return handler
+
+    def cut(self, handler: Any, layer_name: str) -> None:
+        cut_network(handler, layer_name)
+
+    def add_head(self, handler: Any, fc_name: str, output_name: str, num_classes: int) -> list[str]:
+        return add_linear_head(handler, fc_name, num_classes)  # logits: no output layer
+
+    def finish_target(self, network: Any) -> None:
+        # Training writes into the target network: it must own its tensors, not the source's.
+        network.handler.update_sym(copy.deepcopy(network.handler.model))
+
+    def parameter_names(self, handler: Any) -> list[str]:
+        return list(handler.arg_params) + list(handler.aux_params)
+
+    def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
+        return handler.model
+
+    def save_network(self, handler: Any, prefix: Path) -> list[str]:
+        handler.save_checkpoint(str(_target_prefix(prefix)))
+        return [f"{prefix.name}{TARGET_SUFFIX}{e}" for e in (".json", ".safetensors")]
+
+    def network_state(self, handler: Any, new_layers: list[str]) -> dict[str, Any]:
+        # The architecture is code: loading re-applies these edits to a fresh source model.
+        return {
+            "target_network": {
+                "layer_names": handler.layer_names,
+                "new_layers": list(new_layers),
+                "new_parameters": {
+                    name: list(handler.arg_params[name].shape)
+                    for name in handler.get_layer_parameters(list(new_layers))
+                    if name in handler.arg_params
+                },
+            }
+        }
+
+    def load_network(
+        self, repurposer: Any, prefix: Path, config: dict[str, Any]
+    ) -> tuple[Any, list[str] | None]:
+        """Rebuild the target network from the source model and load the saved weights into it."""
+        from xfer.fine_tuning.backend import training_backend
+        from xfer.model_handler import TorchModelHandler
+
+        if (
+            repurposer.source_model is None
+            or training_backend(repurposer._get_model_handler()) is not self
+        ):
+            raise InvalidArgumentError(
+                f"{prefix}.json was fine-tuned from a PyTorch source: pass that network, freshly "
+                "built, as xfer.load(..., source_model=<the torch.nn.Module>)."
+            )
+        saved = config["target_network"]
+        with seeded(0):
+            network = repurposer._target_network(
+                None,
+                len(repurposer.classes_),
+                preferred="softmax",
+                sample_shape=repurposer.sample_shape_,
+            )
+        if network.handler.layer_names != list(saved["layer_names"]):
+            raise SerializationError(
+                f"The source model given to xfer.load does not rebuild the saved target network "
+                f"of {prefix}.json (layers {network.handler.layer_names} instead of "
+                f"{saved['layer_names']}): pass the source network the repurposer was fitted on."
+            )
+        handler = TorchModelHandler.load_checkpoint(
+            str(_target_prefix(prefix)),
+            model=network.handler,
+            context_function=repurposer.context_function,
+        )
+        return handler, list(saved["new_layers"])
 
 
 __all__ = [

@@ -125,14 +125,15 @@ class ModelHandlerProtocol(Protocol):
 
     def get_layer_output(
         self,
-        data: Any,
+        data_iterator: Any,
         layer_names: list[str],
         context: Any = None,
         batch_size: int | None = None,
         verbose: bool = False,
     ) -> tuple[OrderedDict, np.ndarray | None]:
-        """Outputs of ``layer_names`` on ``data``, flattened to ``N x features`` float32, and the
-        labels of ``data`` when it has them."""
+        """Outputs of ``layer_names`` on ``data_iterator`` (any data :func:`xfer.data.as_batches`
+        reads: arrays, ``mx.io.DataIter``, torch datasets...), flattened to ``N x features``
+        float32, and the labels of the data when it has them."""
         ...
 
     def get_module(

@@ -806,14 +806,20 @@ class NeuralNetworkRepurposer(Repurposer):
                     f"trained on examples of shape {self.sample_shape_}."
                 )
         handler = self.target_handler_
-        return training_backend(handler).predict_proba(
-            handler,
-            self.output_layer_,
+        backend = training_backend(handler)
+        backend.contexts(devices)  # devices the backend cannot run on are refused here
+        outputs, _ = handler.get_layer_output(
             X,
-            devices,
+            [self.output_layer_],
+            context=devices,
             batch_size=int(self.batch_size),
             verbose=check_verbose(self.verbose),
         )
+        values = np.asarray(outputs[self.output_layer_], dtype=np.float64)
+        if backend.output_is_logits:
+            values = np.exp(values - values.max(axis=1, keepdims=True))
+            values /= values.sum(axis=1, keepdims=True)
+        return values
 
     # ---------------------------------------------------------------- Xfer attribute, history
     @property
