@@ -40,14 +40,35 @@ class Device:
 def cpu(device_id: int = 0) -> Device:
     """The default ``context_function`` of repurposers: Xfer's ``mx.cpu``, without importing MXNet.
 
-    ``cpu(i)`` is the device ``cpu:i``, as ``mx.cpu(i)`` is. ``get_params()`` reports it as
-    ``mx.cpu`` (see :func:`xfer_context_function`), the way Xfer did.
+    ``get_params()`` reports it as ``mx.cpu`` (see :func:`xfer_context_function`), the way Xfer
+    did.
+
+    Parameters
+    ----------
+    device_id : int, default=0
+        Which CPU, as in ``mx.cpu(device_id)``.
+
+    Returns
+    -------
+    Device
+        The device ``cpu:device_id``.
     """
     return Device("cpu", int(device_id))
 
 
 def xfer_context_function(context_function: Any) -> Any:
-    """``context_function`` as Xfer reported it: ``mx.cpu`` for the default :func:`cpu`."""
+    """``context_function`` as Xfer reported it: ``mx.cpu`` for the default :func:`cpu`.
+
+    Parameters
+    ----------
+    context_function : callable, str, device or list
+        A repurposer's ``context_function``.
+
+    Returns
+    -------
+    object
+        ``mx.cpu`` (MXNet is imported then) for :func:`cpu`, else ``context_function`` itself.
+    """
     if context_function is cpu:
         from xfer._mxnet import mx
 
@@ -56,7 +77,12 @@ def xfer_context_function(context_function: Any) -> Any:
 
 
 def gpu_available() -> bool:
-    """Whether torch or MXNet sees a usable CUDA GPU (each backend is asked only if installed)."""
+    """Whether torch or MXNet sees a usable CUDA GPU (each backend is asked only if installed).
+
+    Returns
+    -------
+    bool
+    """
     try:
         import torch
 

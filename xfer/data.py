@@ -201,7 +201,17 @@ def data_descs(descs: Any) -> list:
 
 
 def is_data_iterator(data: Any) -> bool:
-    """Whether ``data`` is an ``mx.io.DataIter`` (never imports MXNet to find out)."""
+    """Whether ``data`` is an ``mx.io.DataIter`` (never imports MXNet to find out).
+
+    Parameters
+    ----------
+    data : object
+        What a user passed as data.
+
+    Returns
+    -------
+    bool
+    """
     if "mxnet" not in sys.modules:  # no DataIter can exist before mxnet is imported
         return False
     from xfer._mxnet import mx
@@ -252,7 +262,17 @@ def _is_torch_loader(data: Any) -> bool:
 
 
 def is_torch_data(data: Any) -> bool:
-    """Whether ``data`` is a torch ``Dataset`` or ``DataLoader`` (never imports torch to find out)."""
+    """Whether ``data`` is a torch ``Dataset`` or ``DataLoader`` (never imports torch to find out).
+
+    Parameters
+    ----------
+    data : object
+        What a user passed as data.
+
+    Returns
+    -------
+    bool
+    """
     return _is_torch_dataset(data) or _is_torch_loader(data)
 
 

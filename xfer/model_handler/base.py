@@ -72,7 +72,17 @@ class ModelHandlerProtocol(Protocol):
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
-        """Whether ``ModelHandler(model)`` should build this backend for ``model``."""
+        """Whether ``ModelHandler(model)`` should build this backend for ``model``.
+
+        Parameters
+        ----------
+        model : object
+            What the user passed to ``ModelHandler``.
+
+        Returns
+        -------
+        bool
+        """
         ...
 
     @property
@@ -91,36 +101,97 @@ class ModelHandlerProtocol(Protocol):
         ...
 
     def get_layer_type(self, layer_name: str) -> str:
-        """The type name of ``layer_name``."""
+        """The type name of a layer.
+
+        Parameters
+        ----------
+        layer_name : str
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        LayerNotFoundError
+            Not a layer of the model (the message lists the closest names).
+        """
         ...
 
     def get_layer_names_matching_type(self, layer_type: Any) -> list[str]:
-        """Layers of type ``layer_type`` (a name or :class:`~xfer.model_handler.consts.LayerType`,
-        case-insensitive), in layer order."""
+        """The layers of a type, in layer order.
+
+        Parameters
+        ----------
+        layer_type : str or LayerType
+            A type name or :class:`~xfer.model_handler.consts.LayerType` (case-insensitive).
+
+        Returns
+        -------
+        list of str
+        """
         ...
 
     def get_layer_parameters(self, layer_names: list[str]) -> list[str]:
-        """Exactly the parameter (and auxiliary state) names of ``layer_names``."""
+        """Exactly the parameter and auxiliary state names of some layers.
+
+        Parameters
+        ----------
+        layer_names : list of str
+
+        Returns
+        -------
+        list of str
+            ``['conv1']`` never gives ``conv10``'s parameters.
+        """
         ...
 
     def drop_layer_top(self, num_layers_to_drop: int = 1) -> None:
-        """Remove layers from the output end."""
+        """Remove layers from the output end.
+
+        Parameters
+        ----------
+        num_layers_to_drop : int, default=1
+        """
         ...
 
     def drop_layer_bottom(self, num_layers_to_drop: int = 1) -> None:
-        """Remove layers from the input end."""
+        """Remove layers from the input end.
+
+        Parameters
+        ----------
+        num_layers_to_drop : int, default=1
+        """
         ...
 
     def add_layer_top(self, layer_list: list) -> None:
-        """Append layers (the backend's layer objects) at the output end."""
+        """Append layers at the output end.
+
+        Parameters
+        ----------
+        layer_list : list
+            The backend's layer objects (MXNet symbols, ``(name, torch.nn.Module)`` pairs...).
+        """
         ...
 
     def add_layer_bottom(self, layer_list: list) -> None:
-        """Prepend layers at the input end."""
+        """Prepend layers at the input end.
+
+        Parameters
+        ----------
+        layer_list : list
+            The backend's layer objects.
+        """
         ...
 
     def update_sym(self, new_model: Any, /) -> None:
-        """Replace the network (an MXNet symbol, a torch module...) keeping known parameters."""
+        """Replace the network, keeping the parameters it still has.
+
+        Parameters
+        ----------
+        new_model : object
+            The backend's network (an MXNet symbol, a torch module...).
+        """
         ...
 
     def get_layer_output(
@@ -131,9 +202,27 @@ class ModelHandlerProtocol(Protocol):
         batch_size: int | None = None,
         verbose: bool = False,
     ) -> tuple[OrderedDict, np.ndarray | None]:
-        """Outputs of ``layer_names`` on ``data_iterator`` (any data :func:`xfer.data.as_batches`
-        reads: arrays, ``mx.io.DataIter``, torch datasets...), flattened to ``N x features``
-        float32, and the labels of the data when it has them."""
+        """The outputs of some layers on some data.
+
+        Parameters
+        ----------
+        data_iterator : object
+            Any data :func:`xfer.data.as_batches` reads (arrays, ``mx.io.DataIter``, torch
+            datasets and loaders...).
+        layer_names : list of str
+        context : optional
+            Device(s) for this call (anything :func:`xfer.context.resolve_context` takes).
+        batch_size : int, optional
+        verbose : bool, default=False
+            A progress bar.
+
+        Returns
+        -------
+        features : OrderedDict of str to ndarray
+            Each layer's outputs flattened to ``N x features`` float32, in the order asked.
+        labels : ndarray or None
+            The data's labels when it has them.
+        """
         ...
 
     def get_module(
@@ -146,33 +235,100 @@ class ModelHandlerProtocol(Protocol):
         random_layers: list[str] | None = None,
         context: Any = None,
     ) -> Any:
-        """A trainable copy of the network with fixed and re-initialised parameters."""
+        """A trainable copy of the network with fixed and re-initialised parameters.
+
+        Parameters
+        ----------
+        iterator : object
+            Data describing the input shapes (MXNet needs it; others may ignore it).
+        fixed_layer_parameters, random_layer_parameters : list of str, optional
+            Parameters kept fixed / re-initialised (Xfer's spelling).
+        fixed_layers, random_layers : list of str, optional
+            The same by layer name.
+        context : optional
+            Device(s) of the copy.
+
+        Returns
+        -------
+        object
+            The framework's trainable network (a bound ``mx.mod.Module``, a ``torch.nn.Module``...).
+        """
         ...
 
     def freeze(self, layer_names: list[str]) -> None:
-        """Keep these layers' parameters fixed in networks built by ``get_module``."""
+        """Keep these layers' parameters fixed in networks built by ``get_module``.
+
+        Parameters
+        ----------
+        layer_names : list of str
+        """
         ...
 
     def unfreeze(self, layer_names: list[str] | None = None) -> None:
-        """Unfreeze the given layers, or all."""
+        """Unfreeze some layers, or all.
+
+        Parameters
+        ----------
+        layer_names : list of str, optional
+            None unfreezes every layer.
+        """
         ...
 
     def save_checkpoint(self, prefix: str) -> None:
-        """Write the network's files at the path prefix ``prefix`` (atomically)."""
+        """Write the network's files at a path prefix (atomically).
+
+        Parameters
+        ----------
+        prefix : str
+        """
         ...
 
     @classmethod
     def load_checkpoint(cls, prefix: Any, **kwargs: Any) -> Any:
-        """Read a handler written by ``save_checkpoint``."""
+        """Read a handler written by ``save_checkpoint``.
+
+        Parameters
+        ----------
+        prefix : str or path-like
+        **kwargs
+            The backend's options (an MXNet epoch, the torch architecture...).
+
+        Returns
+        -------
+        ModelHandler
+        """
         ...
 
     def visualize_net(self, filename: str | None = None, format: str = "pdf") -> Any:
-        """A ``graphviz.Digraph`` of the network (written to ``filename`` when given)."""
+        """A drawing of the network.
+
+        Parameters
+        ----------
+        filename : str, optional
+            Also render it to this file (needs graphviz's ``dot``).
+        format : str, default='pdf'
+
+        Returns
+        -------
+        graphviz.Digraph
+        """
         ...
 
 
 def register_backend(cls: type) -> type:
-    """Class decorator: make ``ModelHandler(model)`` build ``cls`` when ``cls.accepts(model)``."""
+    """Class decorator: make ``ModelHandler(model)`` build ``cls`` when ``cls.accepts(model)``.
+
+    Parameters
+    ----------
+    cls : type
+        A :class:`ModelHandler` subclass implementing :class:`ModelHandlerProtocol`, with a
+        ``backend`` key.
+
+    Returns
+    -------
+    type
+        ``cls`` itself.
+    """
     _BACKENDS.append(cls)
     return cls
 
@@ -299,15 +455,41 @@ class ModelHandler:
 
     @classmethod
     def checkpoint_files(cls, prefix: Any, epoch: int = 0) -> list[str]:
-        """The files ``save_checkpoint(prefix)`` of this backend writes (for messages)."""
+        """The files ``save_checkpoint(prefix)`` of this backend writes (for messages).
+
+        Parameters
+        ----------
+        prefix : str or path-like
+        epoch : int, default=0
+            The epoch of backends that number their files (MXNet).
+
+        Returns
+        -------
+        list of str
+        """
         return []
 
     @classmethod
     def open_checkpoint(
         cls, prefix: Any, epoch: int = 0, model: Any = None, **kwargs: Any
     ) -> ModelHandler | None:
-        """The handler saved at ``prefix`` when the files (or ``model``) are this backend's,
-        else None: how :meth:`ModelHandler.load_checkpoint` picks the backend."""
+        """How :meth:`ModelHandler.load_checkpoint` picks the backend: load ``prefix`` if its
+        files (or ``model``) are this backend's.
+
+        Parameters
+        ----------
+        prefix : str or path-like
+        epoch : int, default=0
+        model : object, optional
+            The architecture, for backends whose files do not hold it.
+        **kwargs
+            Passed to ``load_checkpoint``.
+
+        Returns
+        -------
+        ModelHandler or None
+            None when the files are another backend's.
+        """
         return None
 
     @classmethod

@@ -227,12 +227,37 @@ class MXNetModelHandler(ModelHandler):
 
     @classmethod
     def checkpoint_files(cls, prefix: Any, epoch: int = 0) -> list[str]:
+        """``<prefix>-symbol.json`` and ``<prefix>-<epoch:04d>.params``.
+
+        Parameters
+        ----------
+        prefix : str or path-like
+        epoch : int, default=0
+
+        Returns
+        -------
+        list of str
+        """
         return [f"{prefix}-symbol.json", f"{prefix}-{int(epoch):04d}.params"]
 
     @classmethod
     def open_checkpoint(
         cls, prefix: Any, epoch: int = 0, model: Any = None, **kwargs: Any
     ) -> MXNetModelHandler | None:
+        """The MXNet checkpoint at ``prefix`` when its symbol file exists and no ``model`` is given.
+
+        Parameters
+        ----------
+        prefix : str or path-like
+        epoch : int, default=0
+        model : object, optional
+        **kwargs
+            Passed to :meth:`load_checkpoint`.
+
+        Returns
+        -------
+        ModelHandler or None
+        """
         if model is not None or not Path(cls.checkpoint_files(prefix, epoch)[0]).is_file():
             return None
         return cls.load_checkpoint(prefix, epoch, **kwargs)

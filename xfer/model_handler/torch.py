@@ -1014,12 +1014,37 @@ class TorchModelHandler(ModelHandler):
 
     @classmethod
     def checkpoint_files(cls, prefix: Any, epoch: int = 0) -> list[str]:
+        """``<prefix>.safetensors`` (and its ``.json``).
+
+        Parameters
+        ----------
+        prefix : str or path-like
+        epoch : int, default=0
+
+        Returns
+        -------
+        list of str
+        """
         return [f"{os.fspath(prefix)}.safetensors"]
 
     @classmethod
     def open_checkpoint(
         cls, prefix: Any, epoch: int = 0, model: Any = None, **kwargs: Any
     ) -> TorchModelHandler | None:
+        """The torch checkpoint at ``prefix`` when ``model`` is given or its weights file exists.
+
+        Parameters
+        ----------
+        prefix : str or path-like
+        epoch : int, default=0
+        model : object, optional
+        **kwargs
+            Passed to :meth:`load_checkpoint`.
+
+        Returns
+        -------
+        ModelHandler or None
+        """
         if model is None and not os.path.exists(cls.checkpoint_files(prefix)[0]):
             return None
         return cls.load_checkpoint(prefix, model=model, **kwargs)
