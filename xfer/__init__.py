@@ -48,7 +48,8 @@ _EXPORTS = {
 _SUBMODULES = (
     "cli", "context", "data", "datasets", "distributed", "exceptions", "feature_store", "files",
     "meta_model_repurposer",
-    "metrics", "model_handler", "repurposers", "serialization", "testing", "threads", "toy_models", "zoo",
+    "metrics", "model_handler", "repurposers", "serialization", "testing", "threads", "toy_models",
+    "utils", "zoo",
 )  # fmt: skip
 
 __all__ = [  # the names of _EXPORTS, spelled out for static tools

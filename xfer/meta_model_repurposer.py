@@ -1,5 +1,5 @@
-"""Xfer's module path for the meta-model base classes (``from xfer.meta_model_repurposer import MetaModelData``)."""
+"""Xfer's module path ``xfer.meta_model_repurposer``: another name of :mod:`xfer.repurposers.meta_model`."""
 
-from xfer.repurposers.meta_model import MetaModelData, MetaModelRepurposer
+from xfer._xfer_paths import alias
 
-__all__ = ["MetaModelData", "MetaModelRepurposer"]
+alias(__name__, "xfer.repurposers.meta_model")

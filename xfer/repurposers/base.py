@@ -9,6 +9,7 @@ per-call ``context`` with the constructor's value as default, and saving/loading
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -79,6 +80,19 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         self.source_model = source_model
         self.context_function = context_function
         self.num_devices = num_devices
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Xfer's custom repurposers override ``get_params(self)`` without scikit-learn's ``deep``
+        # argument; accept it, so that repr, clone, set_params and saving keep working.
+        get_params = cls.__dict__.get("get_params")
+        if callable(get_params) and "deep" not in inspect.signature(get_params).parameters:
+
+            @functools.wraps(get_params)
+            def get_params_with_deep(self: Any, deep: bool = True) -> dict[str, Any]:
+                return get_params(self)
+
+            cls.get_params = get_params_with_deep  # type: ignore[method-assign]
 
     # ---------------------------------------------------------------- Xfer spellings
     def repurpose(self, train_iterator: Any, context: Any = None) -> Repurposer:
@@ -229,6 +243,19 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         if not self.__sklearn_is_fitted__():
             raise NotFittedError(
                 f"This {type(self).__name__} is not fitted yet: call fit(X, y) or "
+                "repurpose(train_iterator) first."
+            )
+
+    # Xfer's validation hooks, run once at the start of repurpose/fit and of every prediction.
+    def _validate_before_repurpose(self) -> None:
+        """Check the parameters before training (subclasses add their checks)."""
+
+    def _validate_before_predict(self) -> None:
+        """Check that the repurposer can predict: it must be fitted."""
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"Cannot predict because target_model is not initialized: this "
+                f"{type(self).__name__} is not fitted yet. Call fit(X, y) or "
                 "repurpose(train_iterator) first."
             )
 

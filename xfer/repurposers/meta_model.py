@@ -28,6 +28,8 @@ The device of the current call is ``self._head_device()`` (a :class:`xfer.contex
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -40,9 +42,11 @@ from xfer.context import Device, to_torch
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
-    layer_not_found,
+    LayerNotFoundError,
+    closest_names_hint,
 )
 from xfer.feature_store import FeatureStore
+from xfer.model_handler import ModelHandler
 from xfer.repurposers.base import Repurposer
 
 logger = logging.getLogger("xfer.repurposers.meta_model")
@@ -55,14 +59,14 @@ class MetaModelData(NamedTuple):
     ----------
     features : ndarray of shape (n_samples, n_features)
         Outputs of the feature layers, concatenated in the order of ``feature_layer_names``.
-    feature_indices_per_layer : list of ndarray
-        Column indices of ``features`` that came from each layer.
+    feature_indices_per_layer : OrderedDict of str to ndarray
+        For each layer (in that order), the column indices of ``features`` that came from it.
     labels : ndarray or None
         Labels read from the data iterator, when it had them.
     """
 
     features: np.ndarray
-    feature_indices_per_layer: list
+    feature_indices_per_layer: OrderedDict
     labels: np.ndarray | None
 
 
@@ -109,12 +113,28 @@ class MetaModelRepurposer(Repurposer):
         self.extraction_batch_size = extraction_batch_size
         self.verbose = verbose
 
-    # ---------------------------------------------------------------- Xfer attribute
+    # ---------------------------------------------------------------- Xfer attributes
     @property
     def target_model(self) -> Any:
-        """The fitted target model (Xfer's attribute name; also ``target_model_``)."""
-        self._check_fitted()
-        return self.target_model_
+        """The fitted target model, or None before fitting (Xfer's attribute; also ``target_model_``)."""
+        return getattr(self, "target_model_", None)
+
+    @property
+    def source_model_handler(self) -> Any:
+        """The :class:`~xfer.model_handler.ModelHandler` of ``source_model`` (Xfer's attribute)."""
+        return self._get_model_handler()
+
+    def _get_model_handler(self) -> Any:
+        # Built through this module's ``ModelHandler`` name, which Xfer's module path
+        # ``xfer.meta_model_repurposer.ModelHandler`` refers to (Xfer's tests patch it there).
+        if isinstance(self.source_model, _ModelHandlerType):
+            return self.source_model
+        cache = getattr(self, "_handler_cache", None)
+        if cache is not None and cache[0] is self.source_model and cache[2] is ModelHandler:
+            return cache[1]
+        handler = ModelHandler(self.source_model, self.context_function, self.num_devices)
+        self._handler_cache = (self.source_model, handler, ModelHandler)
+        return handler
 
     # ---------------------------------------------------------------- features
     def _validated_layer_names(self) -> list[str]:
@@ -126,7 +146,7 @@ class MetaModelRepurposer(Repurposer):
             )
         if not names:
             raise InvalidArgumentError(
-                "feature_layer_names is empty: give at least one layer name."
+                "feature_layer_names cannot be empty: give at least one layer name."
             )
         if not all(isinstance(name, str) for name in names):
             raise InvalidTypeError(f"feature_layer_names must hold strings, got {names!r}.")
@@ -161,10 +181,7 @@ class MetaModelRepurposer(Repurposer):
             )
         names = self._validated_layer_names()
         handler = self._get_model_handler()
-        known = set(handler.layer_names)
-        for name in names:
-            if name not in known:
-                raise layer_not_found(name, handler.layer_names)
+        self._check_layers_in(handler, names)
         if isinstance(data, np.ndarray):
             _validation.check_finite(
                 data, "X", "Remove or repair those inputs before extracting features."
@@ -176,7 +193,8 @@ class MetaModelRepurposer(Repurposer):
             batch_size=self.extraction_batch_size,
             verbose=check_verbose(self.verbose),
         )
-        arrays = [np.asarray(outputs[name]) for name in names]
+        # Concatenated in the order the handler returns them (the order asked for).
+        arrays = [np.asarray(array) for array in outputs.values()]
         arrays = [a.reshape(a.shape[0], -1) for a in arrays]
         features = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
         _validation.check_finite(
@@ -185,19 +203,35 @@ class MetaModelRepurposer(Repurposer):
             "The inputs are finite, so the network overflows on them: check that they are scaled "
             "as the network expects (e.g. images normalised, not raw 0-255 values).",
         )
-        indices, start = [], 0
-        for array in arrays:
-            indices.append(np.arange(start, start + array.shape[1]))
+        indices: OrderedDict = OrderedDict()
+        start = 0
+        for name, array in zip(outputs, arrays):
+            indices[name] = np.arange(start, start + array.shape[1])
             start += array.shape[1]
         return MetaModelData(features, indices, labels)
+
+    @staticmethod
+    def _check_layers_in(handler: Any, names: list[str]) -> None:
+        layer_names = list(handler.layer_names)
+        for name in names:
+            if name not in layer_names:
+                raise LayerNotFoundError(
+                    f"feature_layer_name {name!r} is not found in source_model."
+                    f"{closest_names_hint(name, layer_names)} Its layers are "
+                    f"{', '.join(layer_names[:20])}{', ...' if len(layer_names) > 20 else ''} "
+                    "(see ModelHandler.layer_names)."
+                )
 
     @staticmethod
     def _check_feature_indices(indices: Any, n_features: int) -> list[np.ndarray]:
         if indices is None:
             return [np.arange(n_features)]
+        if isinstance(indices, Mapping):  # Xfer's {layer_name: indices}, in layer order
+            indices = list(indices.values())
         if not isinstance(indices, (list, tuple)) or not indices:
             raise InvalidTypeError(
-                "feature_indices_per_layer must be a non-empty list of index arrays."
+                "feature_indices_per_layer must be a non-empty list of index arrays (or a dict "
+                "of layer name to index array)."
             )
         checked = []
         for layer_indices in indices:
@@ -234,6 +268,7 @@ class MetaModelRepurposer(Repurposer):
         -------
         self
         """
+        self._validate_before_repurpose()
         devices = self._resolve_devices(context)
         if isinstance(X, FeatureStore):
             return self._fit_store(X, y, devices)
@@ -278,8 +313,9 @@ class MetaModelRepurposer(Repurposer):
             The features (a store is read from disk a piece at a time; see :meth:`fit`).
         labels : array-like of shape (n_samples,)
             Labels of any values (None: a store's own labels).
-        feature_indices_per_layer : list of int arrays, optional
-            Columns of ``features`` from each layer (default: one layer).
+        feature_indices_per_layer : list of int arrays or dict, optional
+            Columns of ``features`` from each layer, in layer order (default: one layer); a dict
+            of layer name to columns, as in ``MetaModelData``, works too.
         context : optional
             Device for the head (GP/BNN).
 
@@ -394,8 +430,12 @@ class MetaModelRepurposer(Repurposer):
         except ValueError as error:  # feature names that differ from fit's
             raise InvalidArgumentError(str(error)) from error
 
+    def _validate_before_repurpose(self) -> None:
+        """Check the feature layer names (when there is a source model to read them from)."""
+        if self.source_model is not None:
+            self._validated_layer_names()
+
     def _prediction_features(self, X: Any, devices: list[Device]) -> np.ndarray:
-        self._check_fitted()
         if self.source_model is None:
             if getattr(self, "_needs_source_model", False):
                 raise InvalidArgumentError(
@@ -478,6 +518,7 @@ class MetaModelRepurposer(Repurposer):
         -------
         ndarray of shape (n_samples, n_classes)
         """
+        self._validate_before_predict()
         devices = self._resolve_devices(context)
         if isinstance(X, FeatureStore):
             return self._over_store(X, self._proba_from_features, devices)
@@ -497,6 +538,7 @@ class MetaModelRepurposer(Repurposer):
         -------
         ndarray of shape (n_samples,)
         """
+        self._validate_before_predict()
         devices = self._resolve_devices(context)
         if isinstance(X, FeatureStore):
             return self._over_store(X, self._labels_from_features, devices)
@@ -662,5 +704,7 @@ class MetaModelRepurposer(Repurposer):
         head_arrays = {k[len("head.") :]: v for k, v in arrays.items() if k.startswith("head.")}
         self._set_target_model_state(config["head"], head_arrays)
 
+
+_ModelHandlerType = ModelHandler  # the real class, for isinstance checks while the name is patched
 
 __all__ = ["MetaModelData", "MetaModelRepurposer"]

@@ -1,0 +1,156 @@
+"""Xfer 1.1.0's repurposer API, as Xfer documents it: module paths, attributes, hooks, errors."""
+
+from __future__ import annotations
+
+import importlib
+from collections import OrderedDict
+from unittest.mock import Mock, patch
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.neighbors import KNeighborsClassifier
+
+import xfer
+from xfer._mxnet import mx
+from xfer.exceptions import NotFittedError
+from xfer.testing import make_tiny_source_model
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int) + 2 * (X[:, 1] > 0)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def source():
+    return make_tiny_source_model(6)
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("xfer.repurposer", "Repurposer"),
+        ("xfer.meta_model_repurposer", "MetaModelRepurposer"),
+        ("xfer.meta_model_repurposer", "MetaModelData"),
+        ("xfer.lr_repurposer", "LrRepurposer"),
+        ("xfer.svm_repurposer", "SvmRepurposer"),
+        ("xfer.gp_repurposer", "GpRepurposer"),
+        ("xfer.bnn_repurposer", "BnnRepurposer"),
+        ("xfer.neural_network_repurposer", "NeuralNetworkRepurposer"),
+        ("xfer.neural_network_fine_tune_repurposer", "NeuralNetworkFineTuneRepurposer"),
+        ("xfer.neural_network_random_freeze_repurposer", "NeuralNetworkRandomFreezeRepurposer"),
+        ("xfer.load_repurposer", "load"),
+        ("xfer.model_handler.model_handler", "ModelHandler"),
+        ("xfer.model_handler.exceptions", "ModelArchitectureError"),
+        ("xfer.model_handler.consts", "LayerType"),
+        ("xfer.utils", "serialize_ctx_fn"),
+    ],
+)
+def test_xfer_module_paths(path, name):
+    module = importlib.import_module(path)
+    top = getattr(xfer, name, None) or getattr(xfer.model_handler, name, None)
+    assert getattr(module, name) is top or top is None
+    # attribute access through the package works too (import xfer; xfer.lr_repurposer.X)
+    parent = importlib.import_module(path.rpartition(".")[0])
+    assert getattr(parent, path.rpartition(".")[2]) is module
+
+
+def test_target_model_is_none_before_fitting(source, data):
+    repurposer = xfer.LrRepurposer(source, ["fc1"])
+    assert repurposer.target_model is None
+    with pytest.raises(ValueError, match="Cannot predict because target_model is not initialized"):
+        repurposer.predict_label(data[0])
+    repurposer.fit(*data)
+    assert repurposer.target_model is repurposer.target_model_ is not None
+
+
+def test_source_model_handler_and_features_per_layer(source, data):
+    repurposer = xfer.MetaModelRepurposer(source, ["fc2", "fc1"])
+    assert repurposer.source_model_handler.layer_names == ["fc1", "relu1", "fc2", "softmax"]
+    meta = repurposer.get_features_from_source_model(data_iterator=data[0])
+    assert isinstance(meta.feature_indices_per_layer, OrderedDict)
+    assert list(meta.feature_indices_per_layer) == ["fc2", "fc1"]
+    n_fc2 = meta.feature_indices_per_layer["fc2"].size
+    np.testing.assert_array_equal(meta.feature_indices_per_layer["fc1"], np.arange(n_fc2, meta.features.shape[1]))
+
+
+def test_patching_xfers_model_handler_name_reaches_the_repurposers(source):
+    features = OrderedDict([("a", np.ones((3, 2))), ("b", np.zeros((3, 1)))])
+    with patch("xfer.meta_model_repurposer.ModelHandler") as handler_class:
+        handler_class.return_value = Mock(layer_names=["a", "b"])
+        handler_class.return_value.get_layer_output.return_value = features, np.array([0, 1, 0])
+        meta = xfer.MetaModelRepurposer(source, ["a", "b"]).get_features_from_source_model(Mock())
+    np.testing.assert_array_equal(meta.features, [[1, 1, 0]] * 3)
+    assert handler_class.call_count == 1
+
+
+def test_layer_name_errors_use_xfers_words(source, data):
+    with pytest.raises(ValueError, match="feature_layer_names cannot be empty"):
+        xfer.LrRepurposer(source, []).fit(*data)
+    with pytest.raises(TypeError, match="feature_layer_names must be a list"):
+        xfer.LrRepurposer(source, "fc1").fit(*data)
+    with pytest.raises(ValueError, match="feature_layer_name 'phantom' is not found in source_model"):
+        xfer.LrRepurposer(source, ["fc1", "phantom"]).fit(*data)
+
+
+class KNNRepurposer(xfer.MetaModelRepurposer):
+    """The custom meta-model repurposer of Xfer's demo, written as Xfer users write it."""
+
+    def __init__(self, source_model, feature_layer_names, context_function=mx.context.cpu, num_devices=1,
+                 n_neighbors=5):
+        super().__init__(source_model, feature_layer_names, context_function, num_devices)
+        self.n_neighbors = n_neighbors
+
+    def _train_model_from_features(self, features, labels, feature_indices_per_layer=None):
+        return KNeighborsClassifier(n_neighbors=self.n_neighbors).fit(features, labels)
+
+    def _predict_probability_from_features(self, features):
+        return self.target_model.predict_proba(features)
+
+    def _predict_label_from_features(self, features):
+        return self.target_model.predict(features)
+
+    def get_params(self):  # Xfer's signature: no ``deep``
+        params = super().get_params()
+        params["n_neighbors"] = self.n_neighbors
+        return params
+
+
+def test_custom_repurposer_with_xfer_style_get_params(source, data):
+    X, y = data
+    repurposer = KNNRepurposer(source, ["fc1"], n_neighbors=3)
+    assert "n_neighbors=3" in repr(repurposer)
+    copy = clone(repurposer)
+    assert copy.get_params()["n_neighbors"] == 3 and copy.source_model is source
+    repurposer.repurpose(mx.io.NDArrayIter(X, y.astype(np.float32), batch_size=8))
+    labels = repurposer.predict_label(mx.io.NDArrayIter(X, batch_size=8))
+    assert labels.shape == (len(X),) and np.mean(labels == y) > 0.6
+    np.testing.assert_allclose(repurposer.predict_probability(X).sum(axis=1), 1.0)
+
+
+def test_validation_hooks_run_once_per_call(source, data):
+    repurposer = xfer.LrRepurposer(source, ["fc1"])
+    with patch.object(xfer.LrRepurposer, "_validate_before_repurpose") as before_fit:
+        repurposer.fit(*data)
+    assert before_fit.call_count == 1
+    with patch.object(xfer.LrRepurposer, "_validate_before_predict") as before_predict:
+        repurposer.predict_label(data[0])
+        repurposer.predict_probability(data[0])
+    assert before_predict.call_count == 2
+    with pytest.raises(NotFittedError):
+        xfer.LrRepurposer(source, ["fc1"])._validate_before_predict()
+
+
+def test_context_functions_to_and_from_strings():
+    from xfer import utils
+
+    assert utils.serialize_ctx_fn(mx.cpu) == "cpu" and utils.serialize_ctx_fn(mx.gpu) == "gpu"
+    assert utils.deserialize_ctx_fn("cpu") is mx.cpu and utils.deserialize_ctx_fn("gpu") is mx.gpu
+    with pytest.raises(ValueError, match="Unexpected context function"):
+        utils.serialize_ctx_fn("cpu")
+    with pytest.raises(ValueError, match="Unexpected context function"):
+        utils.deserialize_ctx_fn(mx.cpu)

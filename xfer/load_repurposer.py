@@ -1,0 +1,5 @@
+"""Xfer's module path ``xfer.load_repurposer``: another name of :mod:`xfer.serialization`."""
+
+from xfer._xfer_paths import alias
+
+alias(__name__, "xfer.serialization")
