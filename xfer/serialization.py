@@ -1042,6 +1042,15 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def _written_by_xfer_1_1_0(path: Path) -> bool:
+    """Whether ``path`` is a repurposer file of Amazon's Xfer 1.1.0 (read by :mod:`xfer.xfer1`)."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(content, dict) and "format" not in content and "repurposer_class" in content
+
+
 def model_prefix(model_name: str | os.PathLike, model_directory: str | os.PathLike = "") -> Path:
     """``model_directory/model_name`` as a path prefix (Xfer's ``P``), with a clear type error."""
     if not isinstance(model_name, (str, os.PathLike)) or not str(model_name):
@@ -1103,7 +1112,9 @@ def load(
     Returns
     -------
     Repurposer
-        The loaded repurposer; it predicts exactly what the saved one did.
+        The loaded repurposer; it predicts exactly what the saved one did. Files saved by Amazon's
+        Xfer 1.1.0 are read too (see :mod:`xfer.xfer1`), except a BNN, whose pickled posterior
+        needs :func:`xfer.xfer1.convert_xfer1` with ``allow_pickle=True``.
 
     Raises
     ------
@@ -1120,6 +1131,10 @@ def load(
     """
     prefix = model_prefix(model_name, model_directory)
     manifest_path = prefix.with_name(prefix.name + ".json")
+    if _written_by_xfer_1_1_0(manifest_path):
+        from xfer.xfer1 import load_xfer1
+
+        return load_xfer1(model_name, model_directory, source_model)
     with reading(prefix.parent):
         manifest = read_manifest(manifest_path)
         cls = _lookup(manifest["class_key"], manifest_path)

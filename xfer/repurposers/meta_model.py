@@ -403,11 +403,21 @@ class MetaModelRepurposer(Repurposer):
             except BaseException:
                 del self.classes_  # a failed fit leaves the repurposer unfitted
                 raise
-        self.target_model_ = target_model
-        self.feature_indices_per_layer_ = indices
-        self.n_meta_features_ = int(n_columns)
-        self._needs_source_model = needs_source_model
+        self._install_fitted(target_model, indices, int(n_columns), needs_source_model)
         return self
+
+    def _install_fitted(
+        self,
+        target_model: Any,
+        feature_indices_per_layer: list[np.ndarray],
+        n_meta_features: int,
+        needs_source_model: bool,
+    ) -> None:
+        """Set the fitted state beside ``classes_`` (by fit, and by readers of other formats)."""
+        self.target_model_ = target_model
+        self.feature_indices_per_layer_ = feature_indices_per_layer
+        self.n_meta_features_ = n_meta_features
+        self._needs_source_model = needs_source_model
 
     # ---------------------------------------------------------------- predict
     def _as_feature_array(self, features: Any, expected_features: int | None = None) -> np.ndarray:
