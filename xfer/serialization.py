@@ -1045,9 +1045,11 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 def _written_by_xfer_1_1_0(path: Path) -> bool:
     """Whether ``path`` is a repurposer file of Amazon's Xfer 1.1.0 (read by :mod:`xfer.xfer1`)."""
     try:
+        if not path.is_file():  # a regular file (a device such as /dev/zero is never read)
+            return False
         content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False  # read_manifest reports what is wrong with it
     return isinstance(content, dict) and "format" not in content and "repurposer_class" in content
 
 

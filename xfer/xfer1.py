@@ -5,16 +5,16 @@ state) and, depending on the kind, ``P_source-symbol.json``/``P_source-0000.para
 model), ``P-symbol.json``/``P-0000.params`` (a fine-tuned network) or ``P_posterior.json`` and
 ``P_posterior_params.npz`` (a BNN posterior). How each kind is read:
 
-=======================  ====================================================  ===============
-kind                     what Xfer stored                                      read by
-=======================  ====================================================  ===============
-LR, SVM                  scikit-learn attributes as ``[dtype name, list]``     JSON, directly
-GP                       GPy models as JSON (training inputs, kernel, EP       JSON, directly
-                         site parameters)
-fine-tune, random-freeze an MXNet network (symbol JSON + ``.params``)          MXNet's loaders
-BNN                      ``_posterior_params.npz`` holds *pickled* MXNet       only with
-                         Gluon ``Parameter`` objects                           ``allow_pickle``
-=======================  ====================================================  ===============
+==========================  =============================================  ==================
+kind                        what Xfer stored                               read by
+==========================  =============================================  ==================
+LR, SVM                     scikit-learn attributes as ``[dtype, list]``   JSON, directly
+GP                          GPy models as JSON (training inputs, kernel,   JSON, directly
+                            EP site parameters)
+fine-tune, random-freeze    an MXNet network (symbol JSON + ``.params``)   MXNet's loaders
+BNN                         ``_posterior_params.npz``: *pickled* MXNet     only with
+                            Gluon ``Parameter`` objects                    ``allow_pickle``
+==========================  =============================================  ==================
 
 Nothing here runs code from a file: Xfer's own loader ran ``eval`` on dtype names (here they come
 from a fixed list) and ``np.load(..., allow_pickle=True)`` on the BNN posterior. The BNN posterior
@@ -88,9 +88,11 @@ def read_xfer1_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     ``parameters``; its GP files are not strict JSON (``Infinity``), which is accepted here.
     """
     try:
+        if not Path(path).is_file():  # a regular file (never a device)
+            return None
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if (
         isinstance(content, dict)

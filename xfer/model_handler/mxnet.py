@@ -857,6 +857,8 @@ class MXNetModelHandler(ModelHandler):
             self.get_layer_parameters(self._check_layer_names(random_layers or [], "random_layers"))
         )
         fixed -= random
+        # In the order given (Xfer's), then the parameters of fixed layers in graph order.
+        ordered = list(dict.fromkeys([*(fixed_layer_parameters or []), *self.symbol.list_arguments()]))
         fixed_bn = [name for name in fixed_layer_set if self.layer_type_dict[name] == "BatchNorm"]
         fixed_bn += [
             layer for layer in self.get_layer_names_matching_type("BatchNorm")
@@ -873,7 +875,7 @@ class MXNetModelHandler(ModelHandler):
             data_names=[desc.name for desc in data_shapes],
             label_names=label_names,
             context=to_mxnet(context, default=self.devices),
-            fixed_param_names=sorted(fixed & arguments),
+            fixed_param_names=[name for name in ordered if name in fixed and name in arguments],
             logger=MODULE_LOGGER,
         )
         module.bind(data_shapes=data_shapes, label_shapes=label_shapes)
