@@ -446,6 +446,7 @@ class MetaModelRepurposer(Repurposer):
             self._validated_layer_names()
 
     def _prediction_features(self, X: Any, devices: list[Device]) -> np.ndarray:
+        self._check_fitted()
         if self.source_model is None:
             if getattr(self, "_needs_source_model", False):
                 raise InvalidArgumentError(
