@@ -216,7 +216,8 @@ class MetaModelRepurposer(Repurposer):
         for name in names:
             if name not in layer_names:
                 raise LayerNotFoundError(
-                    f"feature_layer_name {name!r} is not found in source_model."
+                    f"Layer {name!r} is not in the model: feature_layer_name {name!r} is not "
+                    "found in source_model."
                     f"{closest_names_hint(name, layer_names)} Its layers are "
                     f"{', '.join(layer_names[:20])}{', ...' if len(layer_names) > 20 else ''} "
                     "(see ModelHandler.layer_names)."
