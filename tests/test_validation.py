@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from xfer import BnnRepurposer, GpRepurposer, LrRepurposer, SvmRepurposer, _validation
+from xfer import (
+    BnnRepurposer,
+    GpRepurposer,
+    LaplaceRepurposer,
+    LrRepurposer,
+    SvmRepurposer,
+    _validation,
+)
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError, XferError
 from xfer.testing import make_blob_features, make_tiny_source_model
 
@@ -21,6 +28,7 @@ HEADS = {
     "bnn": lambda source=None, layers=None: BnnRepurposer(
         source, layers, num_epochs=2, num_samples_mc_prediction=3, random_state=0
     ),
+    "laplace": lambda source=None, layers=None: LaplaceRepurposer(source, layers),
 }
 
 X, Y = make_blob_features(8, 3, 5)
@@ -261,3 +269,24 @@ def test_check_finite_scans_large_arrays_in_chunks():
     big[2999, 2, 31, 31] = np.inf
     with pytest.raises(InvalidArgumentError, match=r"first at \(2999, 2, 31, 31\)"):
         _validation.check_finite(big, "images", "")
+
+
+def test_torch_loader_with_nan_in_a_later_batch():
+    torch = pytest.importorskip("torch")
+    from xfer.model_handler import ModelHandler
+
+    handler = ModelHandler(torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU()))
+    data = torch.tensor(_with(X, (17, 4), np.nan), dtype=torch.float32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=8)
+    with pytest.raises(InvalidArgumentError, match=r"The data contains NaN .*first at \(17, 4\)"):
+        handler.get_layer_output(loader, ["0"])
+    with pytest.raises(InvalidArgumentError, match=r"The data contains NaN .*first at \(17, 4\)"):
+        handler.get_layer_output(data, ["0"])  # a tensor is checked whole before any batch
+
+
+def test_list_of_arrays_of_different_shapes_is_refused():
+    from xfer.model_handler import ModelHandler
+
+    handler = ModelHandler(make_tiny_source_model(5))
+    with pytest.raises(InvalidArgumentError, match="list of arrays of different shapes"):
+        handler.get_layer_output([X[0], X[1][:3]], ["fc1"])

@@ -1106,7 +1106,7 @@ def _load_checkpoint_files(prefix: str, epoch: int) -> tuple[Any, dict, dict]:
             raise SerializationError(f"{symbol_file!r} is not a valid MXNet symbol file: {_first_line(error)}") from None
         try:
             saved = mx.nd.load_frombuffer(paths[1].read_bytes())
-        except (mx.base.MXNetError, OSError) as error:
+        except (mx.base.MXNetError, OSError, ValueError) as error:  # ValueError: undecodable names
             raise SerializationError(
                 f"{params_file!r} is not a valid MXNet parameter file (corrupt or truncated): {_first_line(error)}"
             ) from None

@@ -541,9 +541,9 @@ class Repurposer(ClassifierMixin, BaseEstimator):
                 )
                 repurposer._set_fitted_state(manifest.get("state") or {}, arrays)
                 repurposer._check_loaded_state()
-            except SerializationError:
+            except (SerializationError, ModelFileNotFoundError):
                 raise
-            except (KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
+            except Exception as error:  # a state no fit makes: any failure reads it wrongly
                 raise SerializationError(
                     f"{manifest_path}: the saved state does not match {cls.__qualname__} "
                     f"({type(error).__name__}: {error}). Save the repurposer again."
