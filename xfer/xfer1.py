@@ -731,7 +731,59 @@ def _convert_bnn(reader: _Reader, source: Any, allow_pickle: bool) -> ConvertedB
 
 # ------------------------------------------------------------------------------ fine-tuners
 def _convert_network(reader: _Reader, source_model: Any) -> Any:
-    raise reader.error("fine-tuned networks are not converted yet.")
+    """A fine-tuner holding the network Xfer trained (``P-symbol.json``, ``P-0000.params``)."""
+    from xfer.fine_tuning.history import History
+    from xfer.model_handler import MXNetModelHandler
+    from xfer.repurposers.fine_tune import (
+        NeuralNetworkFineTuneRepurposer,
+        NeuralNetworkRandomFreezeRepurposer,
+    )
+
+    reader.file("-symbol.json")
+    reader.file("-0000.params")
+    context_function = _context_function(reader)
+    num_devices = int(reader.parameter("num_devices", 1))
+    handler = MXNetModelHandler.load_checkpoint(
+        str(reader.prefix), 0, context_function=context_function, num_devices=num_devices
+    )
+    output = reader.content.get("last_layer_name_target") or handler.layer_names[-1]
+    if output not in handler.layer_names:
+        raise reader.error(f"its output layer {output!r} is not in its network.")
+    try:
+        sample_shape = tuple(int(d) for d in reader.content["provide_data"][0][1][1:])
+        _, (output_shape,), _ = handler.symbol.get_internals()[f"{output}_output"].infer_shape(
+            **{handler.data_name: (1, *sample_shape)}
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise reader.error(f"the input shape of its network is not readable ({error}).") from None
+    n_classes = int(np.prod(output_shape[1:]))
+    common = {
+        "context_function": context_function,
+        "num_devices": num_devices,
+        "batch_size": int(reader.parameter("batch_size", 64)),
+        "num_epochs": int(reader.parameter("num_epochs", 5)),
+        "optimizer": reader.parameter("optimizer", "sgd"),
+        "optimizer_params": reader.parameter("optimizer_params"),
+    }
+    target_class_count = reader.parameter("target_class_count", n_classes)
+    if reader.kind == "NeuralNetworkFineTuneRepurposer":
+        repurposer: Any = NeuralNetworkFineTuneRepurposer(
+            source_model, reader.parameter("transfer_layer_name"), target_class_count, **common
+        )
+    else:
+        repurposer = NeuralNetworkRandomFreezeRepurposer(
+            source_model, target_class_count, reader.parameter("fixed_layers", []),
+            reader.parameter("random_layers", []),
+            num_layers_to_drop=int(reader.parameter("num_layers_to_drop", 2)), **common,
+        )  # fmt: skip
+    repurposer.classes_ = np.arange(n_classes)  # Xfer's fine-tuners predicted class indices
+    repurposer.target_handler_ = handler
+    repurposer.output_layer_ = output
+    repurposer.new_layers_ = []
+    repurposer.sample_shape_ = sample_shape
+    repurposer.n_training_examples_ = 0
+    repurposer.history_ = History()
+    return repurposer
 
 
 # ------------------------------------------------------------------------------ converted classes

@@ -20,7 +20,7 @@ from xfer.exceptions import ModelFileNotFoundError, SerializationError
 from xfer.xfer1 import ConvertedBnnRepurposer, XferHead, convert_xfer1, is_xfer1_file, load_xfer1
 
 FIXTURES = Path(__file__).parent / "fixtures" / "xfer_1_1_0"
-EXACT_KINDS = ["lr", "svm", "gp", "gp_sparse"]
+EXACT_KINDS = ["lr", "svm", "gp", "gp_sparse", "fine_tune", "random_freeze"]
 
 
 @pytest.fixture(scope="module")

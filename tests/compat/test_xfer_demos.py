@@ -248,3 +248,98 @@ def test_text_transfer_flow():
     repurposer.repurpose(train)
     assert np.mean(repurposer.predict_label(test) == labels[60:]) >= 0.9
     assert repurposer.predict_probability(test).shape == (20, 2)
+
+
+def test_overview_fine_tuning_flow(image_folder, source_model):
+    """Neural-network repurposers of the overview: random-freeze and fine-tune, trained through
+    ImageIter (labels named after the source model's output, 'prob_label')."""
+    (train_iterator, test_iterator), (_, test_labels) = _iterators(image_folder)
+    freeze = xfer.NeuralNetworkRandomFreezeRepurposer(
+        source_model, target_class_count=4, fixed_layers=["conv1_1"], random_layers=["conv2_1"],
+        num_epochs=3, batch_size=4, optimizer="adam", optimizer_params={"learning_rate": 0.01},
+    )  # fmt: skip
+    fine_tune = xfer.NeuralNetworkFineTuneRepurposer(
+        source_model, transfer_layer_name="relu7", target_class_count=4, num_epochs=3, batch_size=4,
+        optimizer="adam", optimizer_params={"learning_rate": 0.01},
+    )  # fmt: skip
+    for repurposer in (freeze, fine_tune):
+        assert repurposer.target_model is None
+        repurposer.repurpose(train_iterator)
+        assert isinstance(repurposer.target_model, mx.mod.Module)
+        labels = repurposer.predict_label(test_iterator)
+        assert labels.shape == (len(test_labels),) and set(labels) <= {0, 1, 2, 3}
+        assert repurposer.predict_probability(test_iterator).shape == (len(test_labels), 4)
+    arguments = freeze.target_model.symbol.list_arguments()
+    assert "new_fully_connected_layer_weight" in arguments and "fc8_weight" not in arguments
+    np.testing.assert_array_equal(
+        freeze.target_model._arg_params["conv1_1_weight"].asnumpy(),
+        source_model._arg_params["conv1_1_weight"].asnumpy(),
+    )
+
+
+class Add2FullyConnectedRepurposer(xfer.NeuralNetworkRepurposer):
+    """The custom neural-network repurposer of Xfer's demo, as an Xfer user writes one: keep the
+    source network up to a layer, add two dense layers, train with the convolutions fixed."""
+
+    def __init__(self, source_model, transfer_layer_name, num_nodes, target_class_count,
+                 context_function=mx.context.cpu, num_devices=1, batch_size=64, num_epochs=5):
+        super().__init__(source_model, context_function, num_devices, batch_size, num_epochs)
+        self.transfer_layer_name = transfer_layer_name
+        self.num_nodes = num_nodes
+        self.target_class_count = target_class_count
+
+    def _create_target_module(self, train_iterator):
+        handler = xfer.model_handler.ModelHandler(self.source_model, self.context_function, self.num_devices)
+        if self.transfer_layer_name not in handler.layer_names:
+            raise ValueError(f"transfer_layer_name: {self.transfer_layer_name} not found in source model")
+        handler.update_sym(self.source_model.symbol.get_internals()[self.transfer_layer_name + "_output"])
+        output_name = train_iterator.provide_label[0][0].replace("_label", "")
+        handler.add_layer_top([
+            mx.sym.FullyConnected(num_hidden=self.num_nodes, name="fc_rep"),
+            mx.sym.FullyConnected(num_hidden=self.target_class_count, name="fc_from_custom_repurposer"),
+            mx.sym.SoftmaxOutput(name=output_name),
+        ])  # fmt: skip
+        fixed = handler.get_layer_parameters(handler.get_layer_names_matching_type("Convolution"))
+        return handler.get_module(train_iterator, fixed_layer_parameters=fixed)
+
+
+def test_custom_neural_network_repurposer_flow(image_folder, source_model):
+    (train_iterator, test_iterator), (_, test_labels) = _iterators(image_folder)
+    repurposer = Add2FullyConnectedRepurposer(source_model, transfer_layer_name="relu7", num_nodes=16,
+                                              target_class_count=4, batch_size=4, num_epochs=2)
+    train_iterator.reset()
+    repurposer.repurpose(train_iterator)
+    assert repurposer.predict_label(test_iterator).shape == (len(test_labels),)
+    module = repurposer.target_model
+    assert "fc_rep_weight" in module.symbol.list_arguments()
+    np.testing.assert_array_equal(  # the convolutions were fixed
+        module._arg_params["conv2_1_weight"].asnumpy(), source_model._arg_params["conv2_1_weight"].asnumpy()
+    )
+    with pytest.raises(ValueError, match="transfer_layer_name: nope not found"):
+        Add2FullyConnectedRepurposer(source_model, "nope", 4, 4).repurpose(train_iterator)
+
+
+def test_gluon_fine_tuning_with_more_classes_than_labels(image_folder, tmp_path):
+    """The Gluon demo fine-tunes with target_class_count larger than the labels present: labels
+    are class indices, the network gets target_class_count outputs."""
+    (train_iterator, test_iterator), (_, test_labels) = _iterators(image_folder, label_name="softmax_label")
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(8, 3, padding=1, activation="relu"), mx.gluon.nn.MaxPool2D(2),
+            mx.gluon.nn.Flatten(), mx.gluon.nn.Dense(16, activation="relu"), mx.gluon.nn.Dense(10))  # fmt: skip
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, SIZE, SIZE)))
+    net.export(str(tmp_path / "gluon_net"))
+    symbol, arg_params, aux_params = mx.model.load_checkpoint(str(tmp_path / "gluon_net"), 0)
+    source = mx.mod.Module(mx.sym.SoftmaxOutput(symbol, name="softmax"), label_names=["softmax_label"])
+    source.bind(data_shapes=[("data", (4, 3, SIZE, SIZE))], label_shapes=[("softmax_label", (4,))])
+    source.set_params(arg_params, aux_params)
+    dense = xfer.model_handler.ModelHandler(source).get_layer_names_matching_type("Activation")[-1]
+    repurposer = xfer.NeuralNetworkFineTuneRepurposer(source, transfer_layer_name=dense, target_class_count=6,
+                                                      num_epochs=2, batch_size=4)
+    repurposer.repurpose(train_iterator)
+    np.testing.assert_array_equal(repurposer.classes_, np.arange(6))
+    probabilities = repurposer.predict_probability(test_iterator)
+    assert probabilities.shape == (len(test_labels), 6)
+    assert set(repurposer.predict_label(test_iterator)) <= set(range(6))

@@ -154,3 +154,16 @@ def test_context_functions_to_and_from_strings():
         utils.serialize_ctx_fn("cpu")
     with pytest.raises(ValueError, match="Unexpected context function"):
         utils.deserialize_ctx_fn(mx.cpu)
+
+
+def test_target_class_count_larger_than_the_labels_seen(source, data):
+    X, y = data
+    repurposer = xfer.NeuralNetworkFineTuneRepurposer(source, "relu1", target_class_count=6, num_epochs=1)
+    assert repurposer.target_model is None
+    repurposer.fit(X, y)  # labels 0..3 are class indices among 6
+    np.testing.assert_array_equal(repurposer.classes_, np.arange(6))
+    assert repurposer.predict_proba(X).shape == (len(X), 6)
+    with pytest.raises(ValueError, match="are class indices 0..5; these labels are not"):
+        xfer.NeuralNetworkFineTuneRepurposer(source, "relu1", 6, num_epochs=1).fit(X, np.array(list("abcd"))[y])
+    with pytest.raises(ValueError, match="target_class_count=3 but the training labels have 4 classes"):
+        xfer.NeuralNetworkFineTuneRepurposer(source, "relu1", 3, num_epochs=1).fit(X, y)

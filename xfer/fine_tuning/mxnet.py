@@ -22,6 +22,7 @@ import numpy as np
 
 from xfer._mxnet import MODULE_LOGGER, mx
 from xfer.context import Device, to_mxnet
+from xfer.data import data_descs
 from xfer.exceptions import InvalidArgumentError, ModelError, SerializationError
 from xfer.fine_tuning.backend import Trainer, TrainingBackend, register_training_backend
 from xfer.fine_tuning.history import finite_or_none
@@ -457,7 +458,7 @@ class MXNetTrainingBackend(TrainingBackend):
         ]
 
     def xfer_target_module(self, repurposer: Any, train_iterator: Any) -> Any:
-        provided = train_iterator.provide_label
+        provided = data_descs(train_iterator.provide_label)  # DataDesc or (name, shape)
         label_name = provided[0].name if provided else "softmax_label"
         network = repurposer._target_network(label_name, repurposer._class_count_for_hook())
         return network.handler.get_module(

@@ -40,8 +40,9 @@ class NeuralNetworkFineTuneRepurposer(NeuralNetworkRepurposer):
     transfer_layer_name : str
         Last layer kept from the source network (e.g. the layer before its classifier).
     target_class_count : int or None
-        Number of target classes; must equal the number of distinct training labels. None takes
-        it from the labels.
+        Number of target classes. None takes it from the labels. More than the distinct training
+        labels (Xfer's use) means the labels are class indices ``0..target_class_count-1``: the
+        network gets that many outputs, and ``classes_`` lists them all.
     context_function, num_devices, batch_size, num_epochs, optimizer, optimizer_params
         As in Xfer (see :class:`~xfer.repurposers.neural_network.NeuralNetworkRepurposer`).
     **keyword-only options
@@ -100,7 +101,8 @@ class NeuralNetworkRandomFreezeRepurposer(NeuralNetworkRepurposer):
         The pretrained network. For a torch network the new head is ``Flatten`` + ``Linear``
         (logits) and layer names are module names (``"relu2"``, ``"features.3"``).
     target_class_count : int or None
-        Number of target classes (None: from the labels).
+        Number of target classes (None: from the labels; more than the distinct labels: they are
+        class indices, as for the fine-tune repurposer).
     fixed_layers : list of str
         Layers whose parameters stay exactly as in the source model (matched by exact name:
         ``['conv1']`` never freezes ``conv10``). Frozen BatchNorm layers keep their statistics.

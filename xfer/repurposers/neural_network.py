@@ -64,7 +64,7 @@ from xfer import serialization
 from xfer._arguments import check_int, check_number
 from xfer._progress import check_verbose
 from xfer.context import Device, cpu
-from xfer.data import as_batches, is_data_iterator, is_torch_data
+from xfer.data import as_batches, data_descs, is_data_iterator, is_torch_data
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -384,7 +384,7 @@ class NeuralNetworkRepurposer(Repurposer):
                     "labels are used. Put the labels in it, or pass arrays."
                 )
             if not torch_data and X.provide_label:
-                label_name = X.provide_label[0].name
+                label_name = data_descs(X.provide_label)[0].name  # DataDesc or (name, shape)
             batches = as_batches(X)
             data_chunks, label_chunks = [], []
             for batch in batches:
@@ -538,6 +538,7 @@ class NeuralNetworkRepurposer(Repurposer):
         for attribute in ("classes_", "target_handler_", "history_"):
             self.__dict__.pop(attribute, None)
         codes = self._encode_labels(labels)
+        codes = self._declared_class_indices(labels, codes)
         try:
             return self._fit_encoded(
                 data, codes, iterator_label_name, validation_data, devices, contexts, resume
@@ -545,6 +546,26 @@ class NeuralNetworkRepurposer(Repurposer):
         except BaseException:
             self.__dict__.pop("classes_", None)  # a failed fit leaves the repurposer unfitted
             raise
+
+    def _declared_class_indices(self, labels: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Xfer's reading of ``target_class_count`` larger than the labels seen: the labels are
+        class indices ``0..target_class_count-1`` (some not in this training set), the network
+        gets ``target_class_count`` outputs and ``classes_`` is all of them."""
+        declared = getattr(self, "target_class_count", None)
+        if declared is None or isinstance(declared, bool) or not isinstance(declared, numbers.Integral):
+            return codes
+        if int(declared) <= len(self.classes_):
+            return codes  # equal: nothing to do; fewer: _fit_encoded says what is wrong
+        classes = self.classes_
+        if classes.dtype.kind not in "iu" or classes.min() < 0 or classes.max() >= int(declared):
+            raise InvalidArgumentError(
+                f"target_class_count={declared} but the training labels have {len(classes)} "
+                f"classes ({list(classes)[:10]}). A larger target_class_count means the labels "
+                f"are class indices 0..{int(declared) - 1}; these labels are not. Pass "
+                f"target_class_count={len(classes)}, or None to take it from the labels."
+            )
+        self.classes_ = np.arange(int(declared), dtype=classes.dtype)
+        return np.asarray(labels).astype(np.int64)
 
     def _seed(self, resume: bool) -> int:
         """The fit's seed (every process of a distributed run takes the same)."""
@@ -826,8 +847,9 @@ class NeuralNetworkRepurposer(Repurposer):
     def target_model(self) -> Any:
         """The trained target network: an unbound ``mx.mod.Module`` with its parameters set, or,
         for a PyTorch source, the ``torch.nn.Module`` (it returns logits; softmax gives
-        ``predict_proba``)."""
-        self._check_fitted()
+        ``predict_proba``). None before fitting, as in Xfer."""
+        if not self.__sklearn_is_fitted__():
+            return None
         handler = self.target_handler_
         return training_backend(handler).target_model(
             handler, self.output_layer_, self._default_devices()
