@@ -332,7 +332,7 @@ class XferSvmHead(XferHead):
         linear = values * self.arrays["prob_a"] + self.arrays["prob_b"]
         pairwise = 1.0 / (1.0 + np.exp(np.clip(linear, -700, 700)))
         pairwise = np.clip(pairwise, 1e-7, 1 - 1e-7)
-        r = np.empty((values.shape[0], n_classes, n_classes))
+        r = np.zeros((values.shape[0], n_classes, n_classes))  # the diagonal is unused: 0
         pair = 0
         for i in range(n_classes):
             for j in range(i + 1, n_classes):
