@@ -870,29 +870,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _save_figures(report: Path, labels: Any, predicted: Any, proba: Any, classes: Any, bins: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figures without pyplot: no backend is chosen or changed (main() may run inside Jupyter).
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
 
     from xfer import metrics
     from xfer.serialization import atomic_write
 
     size = max(4.0, 0.5 * len(classes) + 2)
-    figure, ax = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    ax = figure.subplots()
     ConfusionMatrixDisplay.from_predictions(
         labels, predicted, labels=classes, ax=ax, colorbar=False, xticks_rotation="vertical"
     )
     ax.set_title("Confusion matrix")
     figure.tight_layout()
     atomic_write(report / "confusion_matrix.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
-    figure, ax = plt.subplots(figsize=(4.5, 4.5))
-    metrics.plot_reliability_diagram(labels, proba, classes, n_bins=bins, ax=ax)
+    figure = Figure(figsize=(4.5, 4.5))
+    metrics.plot_reliability_diagram(labels, proba, classes, n_bins=bins, ax=figure.subplots())
     figure.tight_layout()
     atomic_write(report / "reliability_diagram.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
 
 
 # --------------------------------------------------------------------------------------------
