@@ -13,6 +13,16 @@ _CONTEXT_FUNCTIONS = {"cpu": mx.cpu, "gpu": mx.gpu}
 def serialize_ctx_fn(context_function: Any) -> str:
     """``mx.cpu`` -> ``'cpu'``, ``mx.gpu`` -> ``'gpu'`` (how Xfer writes a context function).
 
+    Parameters
+    ----------
+    context_function : callable
+        ``mx.cpu`` or ``mx.gpu``.
+
+    Returns
+    -------
+    str
+        ``'cpu'`` or ``'gpu'``.
+
     Raises
     ------
     InvalidArgumentError
@@ -28,6 +38,16 @@ def serialize_ctx_fn(context_function: Any) -> str:
 
 def deserialize_ctx_fn(context_function: Any) -> Any:
     """``'cpu'`` -> ``mx.cpu``, ``'gpu'`` -> ``mx.gpu`` (how Xfer reads a context function).
+
+    Parameters
+    ----------
+    context_function : str
+        ``'cpu'`` or ``'gpu'``.
+
+    Returns
+    -------
+    callable
+        ``mx.cpu`` or ``mx.gpu``.
 
     Raises
     ------
