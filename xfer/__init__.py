@@ -47,7 +47,7 @@ _EXPORTS = {
 #: Submodules reachable as attributes after ``import xfer`` (imported on first use).
 _SUBMODULES = (
     "cli", "context", "data", "datasets", "distributed", "exceptions", "feature_store", "files",
-    "meta_model_repurposer",
+    "fine_tuning", "meta_model_repurposer",
     "metrics", "model_handler", "repurposers", "serialization", "testing", "threads", "toy_models",
     "utils", "zoo",
 )  # fmt: skip

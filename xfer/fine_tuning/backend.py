@@ -44,10 +44,23 @@ class Trainer(ABC):
     Built from the backend's :attr:`TrainingBackend.trainer_class` with the target network (a
     :class:`~xfer.repurposers.TargetNetwork`), the settings and the data (training examples,
     integer labels, and the validation pair or None), which this base class stores; subclasses
-    convert them to their framework's objects. The loop calls
-    :meth:`start_phase` once per phase, then per epoch :meth:`set_learning_rate`, :meth:`seed`,
-    :meth:`run_epoch` and :meth:`evaluate`, and :meth:`end_phase` to write the phase's result into
-    the target network's handler. Used as a context manager around all phases.
+    convert them to their framework's objects. The loop calls :meth:`start_phase` once per phase,
+    then per epoch :meth:`set_learning_rate`, :meth:`seed`, :meth:`run_epoch` and
+    :meth:`evaluate`, and :meth:`end_phase` to write the phase's result into the target network's
+    handler. Used as a context manager around all phases.
+
+    Parameters
+    ----------
+    network : TargetNetwork
+        The target network; ``network.handler`` holds the parameters to start from.
+    settings : Settings
+        How to train (``contexts`` are the backend's devices).
+    data : ndarray
+        Training examples (float32).
+    labels : ndarray
+        Their class codes ``0..K-1``.
+    validation : (ndarray, ndarray) or None
+        Validation examples and class codes.
     """
 
     #: Whether this process writes checkpoints and shows the progress bar (False on the
@@ -80,64 +93,162 @@ class Trainer(ABC):
     def start_phase(self, phase: Phase, first: bool, params: dict[str, np.ndarray] | None) -> None:
         """Build the phase's trainable network from the handler's parameters.
 
-        ``phase.fixed_parameters`` stay fixed, ``phase.random_parameters`` are re-initialised
-        (from ``derived_seed(settings.seed, 0)``) when ``first``. ``params`` (arrays from
-        :meth:`checkpoint_arrays` of an interrupted run) replace the parameters when given.
+        Parameters
+        ----------
+        phase : Phase
+            ``phase.fixed_parameters`` stay fixed; ``phase.random_parameters`` are re-initialised
+            (from ``derived_seed(settings.seed, 0)``) when ``first``.
+        first : bool
+            Whether this is the first phase of the fit.
+        params : dict of str to ndarray or None
+            Arrays from :meth:`checkpoint_arrays` of an interrupted run, which replace the
+            parameters.
         """
 
     @abstractmethod
     def start_optimizer(self) -> float:
-        """Create the phase's optimiser over its trainable parameters; return the base learning
-        rate (the optimiser's, times ``phase.lr_factor``)."""
+        """Create the phase's optimiser over its trainable parameters.
+
+        Returns
+        -------
+        float
+            The base learning rate: the optimiser's, times ``phase.lr_factor``.
+        """
 
     @abstractmethod
     def restore_optimizer(self, layout: dict, arrays: dict[str, np.ndarray]) -> None:
-        """Restore the optimiser's state saved by :meth:`optimizer_state`."""
+        """Restore the optimiser's state saved by :meth:`optimizer_state`.
+
+        Parameters
+        ----------
+        layout : dict
+            The JSON-safe part.
+        arrays : dict of str to ndarray
+            The arrays.
+        """
 
     @abstractmethod
     def set_learning_rate(self, learning_rate: float) -> float:
-        """Use ``learning_rate`` times each parameter's ``phase.lr_mults`` multiplier in the next
-        epoch; return the base rate actually used (a backend's own schedule object may decide)."""
+        """Train the next epoch at ``learning_rate`` times each parameter's ``phase.lr_mults``.
+
+        Parameters
+        ----------
+        learning_rate : float
+            The scheduled base rate of the epoch.
+
+        Returns
+        -------
+        float
+            The base rate actually used (a backend's own scheduler object may set it).
+        """
 
     @abstractmethod
     def seed(self, seed: int) -> None:
-        """Seed the backend's random operators (dropout...) for the next epoch."""
+        """Seed the backend's random operators (dropout...) for the next epoch.
+
+        Parameters
+        ----------
+        seed : int
+        """
 
     @abstractmethod
     def run_epoch(self, order: np.ndarray, progress: Any) -> tuple[float, float]:
-        """Train on the examples ``order`` (whole batches of ``settings.batch_size``; positions past
-        the number of examples wrap around and are not counted); return the mean cross-entropy
-        and the accuracy on the real examples. ``progress`` (a tqdm bar or None) advances by one
-        per batch."""
+        """Train one epoch.
+
+        Parameters
+        ----------
+        order : ndarray of int
+            Example indices in training order, whole batches of ``settings.batch_size``; positions
+            past the number of examples wrap around and are not counted.
+        progress : tqdm bar or None
+            Advanced by one per batch.
+
+        Returns
+        -------
+        loss : float
+            Mean cross-entropy over the real examples.
+        accuracy : float
+        """
 
     @abstractmethod
     def evaluate(self) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy on the validation data, in inference mode."""
+        """Evaluate on the validation data, in inference mode.
+
+        Returns
+        -------
+        loss : float
+            Mean cross-entropy.
+        accuracy : float
+        """
 
     @abstractmethod
     def copy_params(self) -> Any:
-        """A copy of the current parameters (in the backend's own objects)."""
+        """A copy of the current parameters.
+
+        Returns
+        -------
+        object
+            The parameters in the backend's own objects.
+        """
 
     @abstractmethod
     def load_params(self, params: Any) -> None:
-        """Load parameters made by :meth:`copy_params` or :meth:`arrays_to_params`."""
+        """Load parameters into the phase's network.
+
+        Parameters
+        ----------
+        params : object
+            Made by :meth:`copy_params` or :meth:`arrays_to_params`.
+        """
 
     @abstractmethod
     def params_to_arrays(self, params: Any) -> dict[str, np.ndarray]:
-        """Parameters from :meth:`copy_params` as named NumPy arrays (for checkpoints)."""
+        """Parameters as named arrays, for checkpoints.
+
+        Parameters
+        ----------
+        params : object
+            Made by :meth:`copy_params`.
+
+        Returns
+        -------
+        dict of str to ndarray
+        """
 
     @abstractmethod
     def arrays_to_params(self, arrays: dict[str, np.ndarray]) -> Any:
-        """The inverse of :meth:`params_to_arrays`."""
+        """The inverse of :meth:`params_to_arrays`.
+
+        Parameters
+        ----------
+        arrays : dict of str to ndarray
+
+        Returns
+        -------
+        object
+            Parameters :meth:`load_params` takes.
+        """
 
     @abstractmethod
     def checkpoint_arrays(self) -> dict[str, np.ndarray]:
-        """The current parameters as arrays, with whatever else :meth:`start_phase` needs to
-        continue exactly (per-device states...)."""
+        """The current parameters as arrays, for checkpoints.
+
+        Returns
+        -------
+        dict of str to ndarray
+            With whatever else :meth:`start_phase` needs to continue exactly (per-device states).
+        """
 
     @abstractmethod
     def optimizer_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """The optimiser's state as (JSON-safe layout, arrays): no pickle."""
+        """The optimiser's state, without pickle.
+
+        Returns
+        -------
+        layout : dict
+            The JSON-safe part.
+        arrays : dict of str to ndarray
+        """
 
     @abstractmethod
     def end_phase(self) -> None:
@@ -180,12 +291,33 @@ class TrainingBackend(ABC):
     # ------------------------------------------------------------------ options and devices
     @abstractmethod
     def check_optimizer(self, name: str, params: dict[str, Any]) -> None:
-        """Raise :class:`~xfer.exceptions.InvalidArgumentError` unless the optimiser ``name``
-        takes ``params`` (MXNet spellings: ``learning_rate``, ``momentum``, ``wd``...)."""
+        """Check an optimiser and its parameters.
+
+        Parameters
+        ----------
+        name : str
+            The optimiser's name (``'sgd'``, ``'adam'``...).
+        params : dict
+            Its parameters, MXNet spellings (``learning_rate``, ``momentum``, ``wd``...).
+
+        Raises
+        ------
+        InvalidArgumentError
+            An unknown optimiser, or parameters it does not take.
+        """
 
     def check_lr_schedule(self, schedule: Any) -> None:
-        """Accept ``schedule``, an ``lr_schedule`` that is not a name of :data:`LR_SCHEDULES`
-        (a backend's scheduler object), or raise :class:`~xfer.exceptions.InvalidArgumentError`."""
+        """Check an ``lr_schedule`` that is not a name of ``LR_SCHEDULES`` (a scheduler object).
+
+        Parameters
+        ----------
+        schedule : object
+
+        Raises
+        ------
+        InvalidArgumentError
+            The backend does not take it (the default: no scheduler objects).
+        """
         raise InvalidArgumentError(
             f"lr_schedule must be None or one of {LR_SCHEDULES} for {self.display_name}, got "
             f"{schedule!r} (scheduler objects such as mx.lr_scheduler drive their own framework's "
@@ -193,50 +325,157 @@ class TrainingBackend(ABC):
         )
 
     def describe_schedule(self, schedule: Any) -> str:
-        """A schedule object accepted by :meth:`check_lr_schedule` as text, for fingerprints."""
+        """A schedule object as text, for the fingerprint of a checkpoint.
+
+        Parameters
+        ----------
+        schedule : object
+            Accepted by :meth:`check_lr_schedule`.
+
+        Returns
+        -------
+        str
+        """
         return f"{type(schedule).__name__}:{object_state(schedule)}"
 
     @abstractmethod
     def contexts(self, devices: list[Device]) -> list:
-        """The backend's device objects for training on ``devices``; raise
-        :class:`~xfer.exceptions.InvalidArgumentError` for a list it cannot train on."""
+        """The backend's device objects for ``devices``.
+
+        Parameters
+        ----------
+        devices : list of Device
+
+        Returns
+        -------
+        list
+            The framework's devices (``mx.Context``, ``torch.device``...).
+
+        Raises
+        ------
+        InvalidArgumentError
+            A list the backend cannot train or predict on.
+        DeviceUnavailableError
+            A GPU that is not there.
+        """
 
     def shared_seed(self, seed: int) -> int:
-        """The seed every process of a distributed run uses (``seed`` itself otherwise)."""
+        """The seed every process of a distributed run uses.
+
+        Parameters
+        ----------
+        seed : int
+            This process's seed.
+
+        Returns
+        -------
+        int
+            The first process's seed (``seed`` itself when not distributed).
+        """
         return seed
 
     @contextlib.contextmanager
     def seeded(self, seed: int) -> Iterator[None]:
-        """Make the backend's random draws in the block (new layers' weights) follow ``seed``,
-        leaving its global random state as it was."""
+        """Make the backend's random draws in the block (new layers' weights) follow a seed.
+
+        Parameters
+        ----------
+        seed : int
+
+        Yields
+        ------
+        None
+            The backend's global random state is as it was after the block.
+        """
         yield
 
     # ------------------------------------------------------------------ the target network
     @abstractmethod
     def editable_copy(self, source: Any, sample_shape: tuple | None) -> Any:
-        """A copy of the source's handler to edit into the target network; the source itself is
-        never changed. ``sample_shape`` is the shape of one training example."""
+        """A copy of the source's handler to edit into the target network.
+
+        Parameters
+        ----------
+        source : ModelHandler
+            The source model's handler (never changed).
+        sample_shape : tuple or None
+            The shape of one training example.
+
+        Returns
+        -------
+        ModelHandler
+        """
 
     @abstractmethod
     def cut(self, handler: Any, layer_name: str) -> None:
-        """Drop every layer above ``layer_name``: its output becomes the network's output."""
+        """Drop every layer above a layer: its output becomes the network's output.
+
+        Parameters
+        ----------
+        handler : ModelHandler
+            The copy being edited.
+        layer_name : str
+        """
 
     @abstractmethod
     def add_head(self, handler: Any, fc_name: str, output_name: str, num_classes: int) -> list[str]:
-        """Add a fully connected layer of ``num_classes`` (named ``fc_name`` or a free variant) and
-        whatever the backend's classifier needs on top; return the new layers' names, the output
-        layer last. ``output_name`` is the name an output layer of its own should take."""
+        """Add the classifier: a fully connected layer and what the backend needs on top.
+
+        Parameters
+        ----------
+        handler : ModelHandler
+            The copy being edited.
+        fc_name : str
+            The fully connected layer's name (or a free variant of it).
+        output_name : str
+            The name an output layer of its own takes (MXNet's ``SoftmaxOutput``).
+        num_classes : int
+
+        Returns
+        -------
+        list of str
+            The new layers' names, the output layer last.
+        """
 
     def finish_target(self, network: Any) -> None:
-        """Make the edited target network independent of the source model (its own tensors)."""
+        """Make the edited target network independent of the source model (its own tensors).
+
+        Parameters
+        ----------
+        network : TargetNetwork
+        """
         return None
 
     @abstractmethod
     def parameter_names(self, handler: Any) -> list[str]:
-        """Names of every parameter and auxiliary state of the network, new layers included."""
+        """Names of every parameter and auxiliary state of the network, new layers included.
+
+        Parameters
+        ----------
+        handler : ModelHandler
+
+        Returns
+        -------
+        list of str
+        """
 
     def xfer_target_module(self, repurposer: Any, train_iterator: Any) -> Any:
-        """Xfer's ``_create_target_module`` hook (an MXNet module); other backends refuse it."""
+        """Xfer's ``_create_target_module`` hook: a bound MXNet module.
+
+        Parameters
+        ----------
+        repurposer : NeuralNetworkRepurposer
+        train_iterator : mx.io.DataIter
+
+        Returns
+        -------
+        mx.mod.Module
+
+        Raises
+        ------
+        InvalidTypeError
+            For backends other than MXNet.
+        """
         raise InvalidTypeError(
             "_create_target_module is Xfer's hook for MXNet modules; a fine-tuner of "
             f"{self.display_name} builds its target with _create_target_network."
@@ -245,33 +484,111 @@ class TrainingBackend(ABC):
     def network_from_xfer_module(
         self, repurposer: Any, data: np.ndarray, codes: np.ndarray, label_name: str
     ) -> Any:
-        """The :class:`~xfer.repurposers.TargetNetwork` of a subclass overriding Xfer's
-        ``_create_target_module``; other backends refuse it."""
+        """The target network of a subclass overriding Xfer's ``_create_target_module``.
+
+        Parameters
+        ----------
+        repurposer : NeuralNetworkRepurposer
+        data : ndarray
+            Training examples (the first batch binds the module).
+        codes : ndarray
+            Their class codes.
+        label_name : str
+            The label name the module's output must take.
+
+        Returns
+        -------
+        TargetNetwork
+
+        Raises
+        ------
+        InvalidTypeError
+            For backends other than MXNet.
+        """
         return self.xfer_target_module(repurposer, data)
 
     # ------------------------------------------------------------------ the trained network
     @abstractmethod
     def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
-        """The trained network as the framework's own model object."""
+        """The trained network as the framework's own model object (``target_model``).
+
+        Parameters
+        ----------
+        handler : ModelHandler
+        output_layer : str
+        devices : list of Device
+            The repurposer's default devices.
+
+        Returns
+        -------
+        object
+        """
 
     @abstractmethod
     def save_network(self, handler: Any, prefix: Path) -> list[str]:
-        """Write the trained network beside ``prefix`` (atomically); return the file names."""
+        """Write the trained network beside a path prefix (one atomic save).
+
+        Parameters
+        ----------
+        handler : ModelHandler
+        prefix : Path
+            The repurposer's path prefix.
+
+        Returns
+        -------
+        list of str
+            The names of the files written (in ``prefix.parent``).
+        """
 
     def network_state(self, handler: Any, new_layers: list[str]) -> dict[str, Any]:
-        """What :meth:`load_network` needs besides the files, for the manifest (JSON-safe)."""
+        """What :meth:`load_network` needs besides the files, for the manifest.
+
+        Parameters
+        ----------
+        handler : ModelHandler
+        new_layers : list of str
+
+        Returns
+        -------
+        dict
+            JSON-safe.
+        """
         return {}
 
     @abstractmethod
     def load_network(
         self, repurposer: Any, prefix: Path, config: dict[str, Any]
     ) -> tuple[Any, list[str] | None]:
-        """The trained network's handler read back from the files of :meth:`save_network`, and
-        the new layers' names when the files record them."""
+        """Read back the trained network written by :meth:`save_network`.
+
+        Parameters
+        ----------
+        repurposer : NeuralNetworkRepurposer
+            Being loaded (its parameters, classes and ``sample_shape_`` are set).
+        prefix : Path
+        config : dict
+            The fitted state of the manifest (with :meth:`network_state`'s entries).
+
+        Returns
+        -------
+        handler : ModelHandler
+        new_layers : list of str or None
+            When the files record them.
+        """
 
 
 def register_training_backend(cls: type[TrainingBackend]) -> type[TrainingBackend]:
     """Class decorator: fine-tune networks whose ModelHandler ``backend`` is ``cls.key`` with ``cls``.
+
+    Parameters
+    ----------
+    cls : type
+        A :class:`TrainingBackend` subclass.
+
+    Returns
+    -------
+    type
+        ``cls`` itself.
 
     Raises
     ------
@@ -295,7 +612,15 @@ def register_training_backend(cls: type[TrainingBackend]) -> type[TrainingBacken
 
 
 def training_backend(handler: Any) -> TrainingBackend:
-    """The training backend of ``handler`` (a ModelHandler, by its ``backend`` key).
+    """The training backend of a ModelHandler, by its ``backend`` key.
+
+    Parameters
+    ----------
+    handler : ModelHandler
+
+    Returns
+    -------
+    TrainingBackend
 
     Raises
     ------
