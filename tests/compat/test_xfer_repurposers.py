@@ -167,3 +167,17 @@ def test_target_class_count_larger_than_the_labels_seen(source, data):
         xfer.NeuralNetworkFineTuneRepurposer(source, "relu1", 6, num_epochs=1).fit(X, np.array(list("abcd"))[y])
     with pytest.raises(ValueError, match="target_class_count=3 but the training labels have 4 classes"):
         xfer.NeuralNetworkFineTuneRepurposer(source, "relu1", 3, num_epochs=1).fit(X, y)
+
+
+def test_random_freeze_ignores_layers_it_drops(source, data, caplog):
+    X, y = data
+    repurposer = xfer.NeuralNetworkRandomFreezeRepurposer(
+        source, target_class_count=None, fixed_layers=["fc1"], random_layers=["fc2"], num_epochs=1
+    )
+    with caplog.at_level("WARNING", logger="xfer"):
+        repurposer.fit(X, y)
+    assert "['fc2'] are among the 2 top layers dropped" in caplog.text
+    arguments = repurposer.target_model.symbol.list_arguments()
+    assert "fc2_weight" not in arguments and "new_fully_connected_layer_weight" in arguments
+    with pytest.raises(ValueError, match="'invented' is not in the model"):
+        xfer.NeuralNetworkRandomFreezeRepurposer(source, None, ["invented"], [], num_epochs=1).fit(X, y)

@@ -504,7 +504,6 @@ def test_bad_arguments(kit, small_digits, options, error, match):
         ("conv1", [], 2, InvalidTypeError, "list of layer names"),
         (["conv_1"], [], 2, LayerNotFoundError, "conv1"),
         (["conv1"], ["conv1"], 2, InvalidArgumentError, "both"),
-        (["fc2"], [], 2, InvalidArgumentError, "dropped"),
         ([], [], 0, ModelError, "output layer"),
         ([], [], -1, InvalidArgumentError, "num_layers_to_drop"),
     ],

@@ -6,6 +6,7 @@ training backend of the source model (:mod:`xfer.fine_tuning.backend`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from xfer._arguments import check_int
@@ -17,6 +18,8 @@ from xfer.repurposers.neural_network import (
     _check_layer_list,
 )
 from xfer.serialization import register_repurposer
+
+logger = logging.getLogger("xfer.repurposers.fine_tune")
 
 #: Names of the layers added on top (Xfer's names, so scripts that look them up keep working).
 FINE_TUNE_FC_NAME = "fc_from_fine_tune_repurposer"
@@ -107,7 +110,8 @@ class NeuralNetworkRandomFreezeRepurposer(NeuralNetworkRepurposer):
         Layers whose parameters stay exactly as in the source model (matched by exact name:
         ``['conv1']`` never freezes ``conv10``). Frozen BatchNorm layers keep their statistics.
     random_layers : list of str
-        Layers re-initialised (Xavier) before training.
+        Layers re-initialised (Xavier) before training. Layers of either list that
+        ``num_layers_to_drop`` removes are ignored, with a logged warning (as in Xfer).
     num_layers_to_drop : int, default=2
         Layers removed from the top before the new ``FullyConnected`` + ``SoftmaxOutput``.
     context_function, num_devices, batch_size, num_epochs, optimizer, optimizer_params
@@ -150,11 +154,14 @@ class NeuralNetworkRandomFreezeRepurposer(NeuralNetworkRepurposer):
             handler.drop_layer_top(drop)
         kept = set(handler.layer_names)
         dropped = [layer for layer in fixed_layers + random_layers if layer not in kept]
-        if dropped:
-            raise InvalidArgumentError(
-                f"Layers {dropped} are among the {drop} top layers dropped by num_layers_to_drop "
-                f"(the model's layers are {layers_before}); they cannot be fixed or re-initialised."
-            )
+        if dropped:  # Xfer ignores them too: they are not in the target network
+            logger.warning(
+                "Layers %s are among the %d top layers dropped by num_layers_to_drop (the model's "
+                "layers are %s), so they are neither fixed nor re-initialised.",
+                dropped, drop, layers_before,
+            )  # fmt: skip
+            fixed_layers = [layer for layer in fixed_layers if layer in kept]
+            random_layers = [layer for layer in random_layers if layer in kept]
         backend = training_backend(handler)
         top = handler.layer_type_dict[handler.layer_names[-1]]
         if top in backend.output_layer_types:
