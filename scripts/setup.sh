@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${XFER_VENV:-.venv}
 
-stamp_of() { cat pyproject.toml setup.py scripts/setup.sh requirements/*.txt | sha256sum | cut -c1-16; }
+stamp_of() { cat pyproject.toml setup.py xfer/_mxnet_import_hook.py scripts/setup.sh requirements/*.txt | sha256sum | cut -c1-16; }
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment $VENV"

@@ -29,5 +29,9 @@ class _MXNetNumpyAlias:
         return None  # never imports anything itself
 
 
-if "mxnet" not in sys.modules and _MXNetNumpyAlias not in sys.meta_path:
+# Once per interpreter, however many copies of the .pth site processes (a venv's lib64 -> lib
+# symlink makes site read the same site-packages twice; each read defines a new class).
+if "mxnet" not in sys.modules and not any(
+    getattr(finder, "__name__", "") == "_MXNetNumpyAlias" for finder in sys.meta_path
+):
     sys.meta_path.insert(0, _MXNetNumpyAlias)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -21,12 +22,23 @@ REPO = Path(__file__).resolve().parents[2]
 PTH_NAME = "xfer-mxnet-numpy-alias.pth"
 
 
-def _run(code: str, site_dir: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter; with ``site_dir``, its .pth files are processed first."""
-    prologue = f"import site; site.addsitedir({str(site_dir)!r})\n" if site_dir else ""
+def _run(
+    code: str, *site_dirs: Path, isolated: bool = True, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter; the .pth files of ``site_dirs`` are processed first.
+
+    ``isolated`` (the default) starts it with ``-S``: this environment's site-packages are on
+    ``sys.path`` but their .pth files are not run, so the copy of the hook that installing xfer
+    put there does not mix into the test. ``isolated=False`` starts Python as a user's script is.
+    """
+    prologue = "import sys, site\n"
+    if isolated:
+        # -S also skips the venv's own paths: take this process's (their .pth files unread).
+        prologue += f"sys.path.extend({site.getsitepackages()!r})\n"
+    prologue += "".join(f"site.addsitedir({str(d)!r})\n" for d in site_dirs)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [sys.executable, "-c", prologue + code],
+        [sys.executable, *(["-S"] if isolated else []), "-c", prologue + code],
         capture_output=True,
         text=True,
         cwd=kwargs.get("cwd", "/"),
@@ -49,7 +61,7 @@ def wheels(tmp_path_factory) -> dict[str, Path]:
         f"print(b.build_wheel({str(root / 'wheel')!r}))\n"
         f"print(b.build_editable({str(root / 'editable')!r}))\n"
     )
-    result = _run(script, cwd=str(source))
+    result = _run(script, isolated=False, cwd=str(source))
     assert result.returncode == 0, result.stderr[-3000:]
     return {
         "wheel": next((root / "wheel").glob("*.whl")),
@@ -110,3 +122,37 @@ def test_hook_touches_nothing_until_mxnet_is_imported(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
+
+
+def test_hook_is_installed_once_however_often_site_reads_the_pth(tmp_path):
+    # A venv whose lib64 is a symlink to lib makes site process the same .pth twice.
+    first, second = tmp_path / "a", tmp_path / "b"
+    for directory in (first, second):
+        directory.mkdir()
+        (directory / PTH_NAME).write_text(_expected_line(), encoding="utf-8")
+    result = _run(
+        "hooks = [f for f in sys.meta_path if getattr(f, '__name__', '') == '_MXNetNumpyAlias']\n"
+        "assert len(hooks) == 1, sys.meta_path\n"
+        "import mxnet\n"
+        "assert not any(getattr(f, '__name__', '') == '_MXNetNumpyAlias' for f in sys.meta_path)\n"
+        "print('ok')",
+        first,
+        second,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
+
+
+def test_installed_xfer_lets_a_script_import_mxnet_first():
+    # What a user's script does in this environment, after pip installed xfer.
+    if not any((Path(p) / PTH_NAME).is_file() for p in site.getsitepackages()):
+        pytest.skip(f"{PTH_NAME} is not installed here: run bash scripts/setup.sh (pip install -e .)")
+    result = _run(
+        "import mxnet as mx\n"
+        "hooks = [f for f in sys.meta_path if getattr(f, '__name__', '') == '_MXNetNumpyAlias']\n"
+        "assert hooks == [], sys.meta_path\n"
+        "print(mx.nd.ones((3,)).sum().asscalar())",
+        isolated=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "3.0"
