@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reliability_support
 
 import xfer
 from xfer import LrRepurposer, MetaModelRepurposer, SvmRepurposer, serialization
@@ -585,3 +586,161 @@ def test_array_file_inflating_far_beyond_its_size_is_refused(saved):
     _edit_manifest(directory, arrays_sha256=serialization.sha256_of(directory / "model.npz"))
     with pytest.raises(SerializationError, match="inflate to 40000.* bytes from"):
         xfer.load("model", str(directory))
+
+
+# ------------------------------------------------------------------------------ fine-tuners
+@pytest.fixture(params=["mxnet", "torch"])
+def fitted_fine_tuner(request):
+    repurposer = reliability_support.fitted_tiny_fine_tuner(request.param)
+    return request.param, repurposer, reliability_support.BLOBS[0]
+
+
+def _load_fine_tuner(backend, name, directory):
+    return xfer.load(name, str(directory), source_model=reliability_support.load_source(backend))
+
+
+NETWORK_FILES = {"mxnet": ["m-symbol.json", "m-0000.params"], "torch": ["m-target.json", "m-target.safetensors"]}
+
+
+def test_each_checksum_of_a_fine_tuner_catches_a_change_of_its_own_file(fitted_fine_tuner, tmp_path):
+    backend, repurposer, X = fitted_fine_tuner
+    repurposer.save(tmp_path / "m")
+    np.testing.assert_array_equal(
+        _load_fine_tuner(backend, "m", tmp_path).predict_proba(X), repurposer.predict_proba(X)
+    )
+    for name in NETWORK_FILES[backend] + ["m.json"]:
+        repurposer.save(tmp_path / "m")
+        path = tmp_path / name
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        while not chr(data[middle]).isdigit():  # a digit keeps JSON files valid JSON
+            middle += 1
+        data[middle] = ord("7") if data[middle] != ord("7") else ord("3")
+        path.write_bytes(bytes(data))
+        message = "altered after it was written" if name == "m.json" else f"fine-tuned network file .*{name} does not match"
+        with pytest.raises(SerializationError, match=message):
+            _load_fine_tuner(backend, "m", tmp_path)
+
+
+def test_fine_tuner_network_files_are_bound_by_role(fitted_fine_tuner, tmp_path):
+    """A fine-tuner renamed as a whole loads; a manifest listing other network files does not."""
+    backend, repurposer, X = fitted_fine_tuner
+    repurposer.save(tmp_path / "m")
+    for path in list(tmp_path.iterdir()):
+        path.rename(tmp_path / path.name.replace("m", "renamed", 1))
+    np.testing.assert_array_equal(
+        _load_fine_tuner(backend, "renamed", tmp_path).predict_proba(X), repurposer.predict_proba(X)
+    )
+    repurposer.save(tmp_path / "m")
+    state = json.loads((tmp_path / "m.json").read_text())["state"]
+    first = sorted(state["target_files"])[0]
+    _edit_manifest(tmp_path, name="m", state={**state, "target_files": {first: state["target_files"][first]}})
+    with pytest.raises(SerializationError, match="lists the network files"):
+        _load_fine_tuner(backend, "m", tmp_path)
+
+
+# ------------------------------------------------------------------------------ training checkpoints
+@pytest.fixture(scope="module")
+def interrupted_fit(tmp_path_factory):
+    """An MXNet fine-tuning fit stopped after its first of two epochs, with its checkpoint."""
+    directory = tmp_path_factory.mktemp("checkpoint")
+    X, y = make_blob_features(8, 3, 6)
+
+    class Stop(Exception):
+        pass
+
+    repurposer = reliability_support.tiny_fine_tuner(
+        "mxnet", num_epochs=2, checkpoint_dir=str(directory)
+    )
+
+    def stop(epoch):
+        raise Stop
+
+    repurposer._epoch_end_hook = stop
+    with pytest.raises(Stop):
+        repurposer.fit(X, y)
+    return directory, X, y
+
+
+@pytest.fixture
+def checkpoint_copy(interrupted_fit, tmp_path):
+    import shutil
+
+    directory, X, y = interrupted_fit
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(directory, copy)
+    return copy, X, y
+
+
+def _resume(directory, X, y):
+    return reliability_support.tiny_fine_tuner(
+        "mxnet", num_epochs=2, checkpoint_dir=str(directory)
+    ).fit(X, y, resume=True)
+
+
+def _edit_checkpoint(directory, change):
+    path = directory / "checkpoint.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_training_checkpoint_resumes(checkpoint_copy):
+    resumed = _resume(*checkpoint_copy)
+    assert len(resumed.history_) == 2
+
+
+def test_training_checkpoint_file_checksum(checkpoint_copy):
+    directory, X, y = checkpoint_copy
+    for kind in ("params", "optimizer"):
+        path = next(directory.glob(f"{kind}-*.npz"))
+        original = path.read_bytes()
+        path.write_bytes(original[:-10] + b"0123456789")
+        with pytest.raises(SerializationError, match=f"checkpoint file .*{path.name} does not match"):
+            _resume(directory, X, y)
+        path.write_bytes(original)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("files"), "lacks the key 'files'"),
+        (lambda m: m.pop("history"), "lacks the key 'history'"),
+        (lambda m: m.update(epochs_done="1"), "'epochs_done' has the wrong kind of value"),
+        (lambda m: m.update(wait=-1), "'wait' is negative"),
+        (lambda m: m.update(files={"optimizer": m["files"]["optimizer"]}), "a checkpoint has 'params'"),
+        (lambda m: m["files"]["params"].update(name="../../params.npz"), "plain file name"),
+        (lambda m: m["history"].update(loss=[0.5, 0.4, 0.3]), "history or best parameters cannot be read"),
+    ],
+)
+def test_training_checkpoint_manifest_checks(checkpoint_copy, change, message):
+    directory, X, y = checkpoint_copy
+    _edit_checkpoint(directory, change)
+    with pytest.raises(SerializationError, match=message):
+        _resume(directory, X, y)
+
+
+def test_training_checkpoint_hostile_json(checkpoint_copy):
+    directory, X, y = checkpoint_copy
+    path = directory / "checkpoint.json"
+    text = path.read_text()
+    path.write_text(text.replace('"seed":', '"seed": 1, "seed":', 1))
+    with pytest.raises(SerializationError, match="key 'seed' appears twice"):
+        _resume(directory, X, y)
+    path.write_text('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(SerializationError, match="nest deeper than 64"):
+        _resume(directory, X, y)
+
+
+def test_training_checkpoint_whose_arrays_do_not_fit_the_network(checkpoint_copy):
+    """Arrays of other shapes, recorded with matching checksums: refused before training."""
+    directory, X, y = checkpoint_copy
+    path = next(directory.glob("params-*.npz"))
+    arrays = serialization.read_npz(path)
+    arrays = {name: np.zeros(value.shape + (2,), value.dtype) for name, value in arrays.items()}
+    path.write_bytes(serialization.arrays_to_npz_bytes(arrays))
+    _edit_checkpoint(
+        directory, lambda m: m["files"]["params"].update(sha256=serialization.sha256_of(path))
+    )
+    with pytest.raises(SerializationError, match="does not fit the network being trained"):
+        _resume(directory, X, y)

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+import reliability_support
 
 import xfer
 from xfer import LrRepurposer, serialization
@@ -295,3 +296,98 @@ def test_kills_at_random_moments(tmp_path, two_heads):
         os.waitpid(pid, 0)
         value = xfer.load("m", directory).predict_proba(X)
         assert any(_same(value, e) for e in expected)
+
+
+# ------------------------------------------------------------------------------ fine-tuners
+@pytest.fixture(scope="module", params=["mxnet", "torch"])
+def two_fine_tuners(request, tmp_path_factory):
+    """A fine-tuner fitted for one epoch, and a copy of it whose network weights are changed."""
+    old = reliability_support.fitted_tiny_fine_tuner(request.param)
+    X = reliability_support.BLOBS[0]
+    directory = tmp_path_factory.mktemp("fine_tuner")
+    old.save(directory / "copy")
+    new = xfer.load("copy", directory, source_model=reliability_support.load_source(request.param))
+    handler = new.target_handler_
+    if request.param == "mxnet":
+        handler.arg_params["fc1_weight"] = handler.arg_params["fc1_weight"] * 2
+    else:
+        import torch
+
+        with torch.no_grad():
+            handler.model.fc1.weight.mul_(2)
+    assert not np.allclose(new.predict_proba(X), old.predict_proba(X))
+    return old, new, X, request.param
+
+
+def test_killed_overwrite_of_a_fine_tuner(tmp_path, two_fine_tuners):
+    """Manifest, arrays and the fine-tuned network's files (P-symbol.json and P-0000.params for
+    MXNet, P-target.json and P-target.safetensors for torch): every kill leaves old or new."""
+    old, new, X, backend = two_fine_tuners
+
+    def read(directory):
+        source = reliability_support.load_source(backend)
+        return xfer.load("m", directory, source_model=source).predict_proba(X)
+
+    total = _kill_at_every_step(
+        tmp_path,
+        lambda d: old.save(d / "m"),
+        lambda d: new.save(d / "m"),
+        read,
+        old.predict_proba(X),
+        new.predict_proba(X),
+    )
+    assert total >= 10
+
+
+# ------------------------------------------------------------------------------ training checkpoints
+def _checkpoint(epochs_done, scale):
+    """What a fit's checkpoint holds after ``epochs_done`` epochs (parameters scaled by ``scale``)."""
+    from xfer.fine_tuning.run import Progress
+
+    progress = Progress(phase_index=0, epochs_done=epochs_done, best_metric=0.5, best_epoch=1)
+    arrays = {
+        "params": {"arg:fc1_weight": np.full((4, 3), scale), "arg:fc1_bias": np.full(4, scale)},
+        "optimizer": {"state.0": np.full(4, -scale)},
+        "best": {"arg:fc1_weight": np.full((4, 3), scale / 2), "arg:fc1_bias": np.zeros(4)},
+    }
+    return progress, arrays
+
+
+@pytest.mark.parametrize("same_epoch", [False, True])
+def test_killed_training_checkpoint(tmp_path, same_epoch):
+    """A fit killed while it writes a checkpoint resumes from the previous checkpoint or the new
+    one, never a mix, also when the new one rewrites the same epoch's files."""
+    import xfer.fine_tuning.mxnet  # noqa: F401 - registers the MXNet training backend
+    from xfer.fine_tuning.backend import training_backend_for_files
+    from xfer.fine_tuning.checkpoint import read_checkpoint, write_checkpoint
+    from xfer.fine_tuning.run import Settings
+
+    backend = training_backend_for_files(None)
+
+    def settings(directory):
+        return Settings(8, "sgd", {}, [], seed=3, fingerprint="same fit", checkpoint_dir=directory)
+
+    def write(epochs_done, scale):
+        def run(directory):
+            progress, arrays = _checkpoint(epochs_done, scale)
+            write_checkpoint(directory, progress, settings(directory), arrays, {"n": 1}, backend)
+
+        return run
+
+    def read(directory):
+        progress = read_checkpoint(directory, "same fit", backend, lambda arrays: arrays)
+        return {"epochs": progress.epochs_done, **progress.params, **progress.optimizer_arrays}
+
+    def expected(epochs_done, scale):
+        _, arrays = _checkpoint(epochs_done, scale)
+        return {"epochs": epochs_done, **arrays["params"], **arrays["optimizer"]}
+
+    new_epoch = 1 if same_epoch else 2
+    _kill_at_every_step(
+        tmp_path,
+        write(1, 1.0),
+        write(new_epoch, 2.0),
+        read,
+        expected(1, 1.0),
+        expected(new_epoch, 2.0),
+    )

@@ -290,3 +290,59 @@ def test_list_of_arrays_of_different_shapes_is_refused():
     handler = ModelHandler(make_tiny_source_model(5))
     with pytest.raises(InvalidArgumentError, match="list of arrays of different shapes"):
         handler.get_layer_output([X[0], X[1][:3]], ["fc1"])
+
+
+# ------------------------------------------------------------------------------ fine-tuners
+def _digits_cnn(backend):
+    from xfer._mxnet import mx
+    from xfer.toy_models import digits_cnn_symbol, torch_digits_cnn
+
+    if backend == "torch":
+        return torch_digits_cnn(3)
+    module = mx.mod.Module(digits_cnn_symbol(3), context=mx.cpu())
+    module.bind(data_shapes=[("data", (4, 1, 8, 8))], label_shapes=[("softmax_label", (4,))])
+    module.init_params(mx.init.Xavier())
+    return module
+
+
+IMAGES = np.random.default_rng(0).random((12, 1, 8, 8), dtype=np.float32)
+IMAGE_LABELS = np.arange(12) % 3
+
+
+def _fine_tuner(backend, **options):
+    from xfer import NeuralNetworkFineTuneRepurposer
+
+    return NeuralNetworkFineTuneRepurposer(
+        _digits_cnn(backend), transfer_layer_name="relu3", target_class_count=None, num_epochs=1,
+        batch_size=4, **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["mxnet", "torch"])
+@pytest.mark.parametrize(
+    ("X", "y", "options", "error_type", "message"),
+    [
+        (IMAGES[:, 0], IMAGE_LABELS, {}, InvalidArgumentError, r"\(8, 8\).*does not fit the model"),
+        (_with(IMAGES, (2, 0, 3, 3), np.nan), IMAGE_LABELS, {}, InvalidArgumentError, r"fit: X contains NaN .*\(2, 0, 3, 3\)"),
+        (IMAGES, [1, "a", 2] * 4, {}, InvalidTypeError, "y mixes labels of different kinds"),
+        (IMAGES, IMAGE_LABELS[:-1], {}, InvalidArgumentError, "X has 12, y has 11"),
+        (IMAGES, IMAGE_LABELS, {"kvstore": "bogus"}, InvalidArgumentError, "kvstore='bogus' is not a kvstore type"),
+        (IMAGES, IMAGE_LABELS, {"checkpoint_dir": __file__}, InvalidArgumentError, "checkpoint_dir=.* is not a folder"),
+    ],
+)
+def test_fine_tuner_bad_inputs(backend, X, y, options, error_type, message):
+    with pytest.raises(error_type, match=message) as raised:
+        _fine_tuner(backend, **options).fit(X, y)
+    assert isinstance(raised.value, XferError)
+
+
+def test_fine_tuner_channel_axis_hint():
+    with pytest.raises(InvalidArgumentError, match="The channel axis is missing: give images as N x C x H x W"):
+        _fine_tuner("mxnet").fit(IMAGES[:, 0], IMAGE_LABELS)
+    with pytest.raises(InvalidArgumentError, match="The channel axis is last"):
+        _fine_tuner("mxnet").fit(np.moveaxis(IMAGES, 1, -1), IMAGE_LABELS)
+
+
+def test_fine_tuner_validation_labels_of_another_kind():
+    with pytest.raises(InvalidTypeError, match="y_val holds string labels, but the model was fitted on number"):
+        _fine_tuner("mxnet").fit(IMAGES, IMAGE_LABELS, validation_data=(IMAGES, IMAGE_LABELS.astype(str)))

@@ -1047,6 +1047,8 @@ def _written_by_xfer_1_1_0(path: Path) -> bool:
     try:
         if not path.is_file():  # a regular file (a device such as /dev/zero is never read)
             return False
+        if path.stat().st_size > MAX_JSON_BYTES:
+            return False  # read_manifest refuses it without reading it
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False  # read_manifest reports what is wrong with it

@@ -282,6 +282,9 @@ class TrainingBackend(ABC):
     source_model_hint: ClassVar[str] = "the source network"
     #: Version of the checkpoint layout this backend writes and reads.
     checkpoint_version: ClassVar[int] = 1
+    #: What :meth:`save_network` appends to the model's name for each file it writes; loading
+    #: requires a manifest to list exactly these (empty: whatever it lists, at least one).
+    network_file_endings: ClassVar[tuple[str, ...]] = ()
     #: Whether the output layer gives logits (softmax makes the probabilities) rather than
     #: probabilities.
     output_is_logits: ClassVar[bool] = False

@@ -98,9 +98,25 @@ class History:
         Returns
         -------
         History
+
+        Raises
+        ------
+        ValueError
+            The per-epoch entries are not lists of one length, or ``best_epoch`` or
+            ``stopped_early`` has the wrong type (a damaged file).
         """
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        history = cls(**{k: v for k, v in raw.items() if k in known})
+        columns = [getattr(history, key) for key in cls.keys()]
+        if not all(isinstance(column, list) for column in columns) or len(
+            {len(column) for column in columns}
+        ) > 1:
+            raise ValueError("the per-epoch entries of the history are not lists of one length")
+        if not (history.best_epoch is None or type(history.best_epoch) is int) or not isinstance(
+            history.stopped_early, bool
+        ):
+            raise ValueError("the history's best_epoch or stopped_early has the wrong type")
+        return history
 
     def append(self, **values: Any) -> None:
         """Record one epoch.

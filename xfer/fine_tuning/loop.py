@@ -16,15 +16,16 @@ reached to continue exactly where the interrupted run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from xfer.exceptions import InvalidArgumentError
+from xfer.exceptions import InvalidArgumentError, SerializationError, XferError
 from xfer.fine_tuning.backend import Trainer, TrainingBackend
 from xfer.fine_tuning.checkpoint import read_checkpoint, write_checkpoint
 from xfer.fine_tuning.history import History
@@ -66,9 +67,12 @@ def train(
     try:
         with trainer:
             for phase_index, phase, resuming_here in _phases_to_run(phases, progress):
-                trainer.start_phase(
-                    phase, first=phase_index == 0, params=progress.params if resuming_here else None
-                )
+                with _checkpoint_fits(settings, resuming_here):
+                    trainer.start_phase(
+                        phase,
+                        first=phase_index == 0,
+                        params=progress.params if resuming_here else None,
+                    )
                 progress.params = None
                 if resuming_here and progress.epochs_done >= phase.num_epochs:
                     # Interrupted at a phase boundary: finish the phase as the run would have.
@@ -77,9 +81,10 @@ def train(
                     continue
                 base_lr = trainer.start_optimizer()
                 if resuming_here:
-                    trainer.restore_optimizer(
-                        progress.optimizer_layout or {}, progress.optimizer_arrays or {}
-                    )
+                    with _checkpoint_fits(settings, True):
+                        trainer.restore_optimizer(
+                            progress.optimizer_layout or {}, progress.optimizer_arrays or {}
+                        )
                 for epoch in range(progress.epochs_done, phase.num_epochs):
                     if bar is not None:
                         bar.set_description(
@@ -132,6 +137,25 @@ def train(
         if bar is not None:
             bar.close()
     return progress.history
+
+
+@contextlib.contextmanager
+def _checkpoint_fits(settings: Settings, resuming: bool) -> Iterator[None]:
+    """Report a checkpoint whose arrays do not fit the network as a damaged checkpoint (its
+    checksums held, so the manifest was edited or written for another network)."""
+    if not resuming:
+        yield
+        return
+    try:
+        yield
+    except XferError:
+        raise
+    except Exception as error:
+        raise SerializationError(
+            f"The checkpoint in {settings.checkpoint_dir} does not fit the network being trained "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); fit "
+            "again without resume=True."
+        ) from error
 
 
 def _initial_progress(settings: Settings, backend: TrainingBackend, trainer: Trainer) -> Progress:

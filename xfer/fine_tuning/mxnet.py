@@ -405,6 +405,7 @@ class MXNetTrainingBackend(TrainingBackend):
     key = "mxnet"
     file_key = None  # MXNet files carry no backend key (the format of xfer 0.1)
     display_name = "an MXNet network"
+    network_file_endings = ("-symbol.json", "-0000.params")  # Xfer 1.1.0's P-symbol.json, ...
     trainer_class = MXNetTrainer
     output_layer_types = OUTPUT_LAYER_TYPES
 

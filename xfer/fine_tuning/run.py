@@ -51,6 +51,24 @@ class Phase:
     lr_mults: dict[str, float] = field(default_factory=dict)
 
 
+#: MXNet's kvstore types (MXNet itself takes any other name as 'local', silently).
+KVSTORE_TYPES = (
+    "local",
+    "device",
+    "nccl",
+    "dist_sync",
+    "dist_async",
+    "dist_device_sync",
+    "dist_sync_device",
+    "dist_async_device",
+    "horovod",
+    "byteps",
+    "local_allreduce_cpu",
+    "local_allreduce_device",
+    "local_update_cpu",
+)
+
+
 @dataclass
 class Settings:
     """How to train (validated by the repurposer).

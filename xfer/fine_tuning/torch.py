@@ -530,6 +530,7 @@ class TorchTrainingBackend(TrainingBackend):
     key = "torch"
     file_key = "torch"
     display_name = "a PyTorch network"
+    network_file_endings = (f"{TARGET_SUFFIX}.json", f"{TARGET_SUFFIX}.safetensors")
     trainer_class = TorchTrainer
     output_layer_types = OUTPUT_LAYER_TYPES | TORCH_OUTPUT_TYPES
     needs_source_to_load = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -655,12 +656,21 @@ class MXNetModelHandler(ModelHandler):
         known = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
         stored = {k: v for k, v in self._parameter_shapes().items() if k in known}
         try:
-            arg_shapes, out_shapes, aux_shapes = symbol.infer_shape(**{self.data_name: data_shape}, **stored)
+            # MXNet's infer_shape prints its arguments to stdout on failure; the error says enough.
+            with contextlib.redirect_stdout(io.StringIO()):
+                arg_shapes, out_shapes, aux_shapes = symbol.infer_shape(**{self.data_name: data_shape}, **stored)
         except mx.base.MXNetError as error:
+            given, built = tuple(data_shape[1:]), self.input_shape
+            hint = ""
+            if built is not None and len(given) + 1 == len(built) and given == tuple(built[1:]):
+                hint = " The channel axis is missing: give images as N x C x H x W."
+            elif built is not None and len(given) == len(built) and given == (*built[1:], built[0]):
+                hint = " The channel axis is last: give images as N x C x H x W (np.moveaxis(x, -1, 1))."
             raise InvalidArgumentError(
-                f"Input of shape {data_shape[1:]} per example does not fit the model: "
+                f"Input of shape {given} per example does not fit the model: "
                 f"{_first_line(error)}"
-                + (f". The model was built for inputs of shape {self.input_shape}." if self.input_shape else ".")
+                + (f". The model was built for inputs of shape {built}." if built else ".")
+                + hint
             ) from None
         expected = dict(zip(symbol.list_arguments(), arg_shapes))
         expected.update(zip(symbol.list_auxiliary_states(), aux_shapes))
@@ -878,6 +888,9 @@ class MXNetModelHandler(ModelHandler):
             fixed_param_names=[name for name in ordered if name in fixed and name in arguments],
             logger=MODULE_LOGGER,
         )
+        for desc in data_shapes:  # a shape the graph cannot take: a clear error, not MXNet's
+            if desc.name == self.data_name:
+                self._check_shapes_for_input(symbol, tuple(desc.shape), missing_ok=True)
         module.bind(data_shapes=data_shapes, label_shapes=label_shapes)
         module.init_params(
             initializer=initializer or mx.init.Xavier(**_XAVIER),

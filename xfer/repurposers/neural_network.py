@@ -58,9 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.utils.validation import check_consistent_length
 
-from xfer import serialization
+from xfer import _validation, serialization
 from xfer._arguments import check_int, check_number
 from xfer._progress import check_verbose
 from xfer.context import Device, cpu
@@ -68,7 +67,6 @@ from xfer.data import as_batches, data_descs, is_data_iterator, is_torch_data
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
-    ModelFileNotFoundError,
     SerializationError,
     layer_not_found,
 )
@@ -80,7 +78,7 @@ from xfer.fine_tuning.backend import (
 )
 from xfer.fine_tuning.history import History
 from xfer.fine_tuning.loop import train
-from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, derived_seed
+from xfer.fine_tuning.run import KVSTORE_TYPES, LR_SCHEDULES, Phase, Settings, derived_seed
 from xfer.repurposers.base import Repurposer
 
 logger = logging.getLogger("xfer.repurposers.neural_network")
@@ -88,7 +86,8 @@ logger = logging.getLogger("xfer.repurposers.neural_network")
 #: Xfer's default optimiser parameters.
 DEFAULT_OPTIMIZER_PARAMS = {"learning_rate": 0.001}
 
-_LOADING_PREFIX: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+#: While xfer.load runs: the prefix loaded from and the name the files were saved under.
+_LOADING_PREFIX: contextvars.ContextVar[tuple[Path, str] | None] = contextvars.ContextVar(
     "xfer_nn_loading", default=None
 )
 
@@ -346,9 +345,24 @@ class NeuralNetworkRepurposer(Repurposer):
             raise InvalidTypeError(
                 f"kvstore must be a kvstore type name such as 'device', got {self.kvstore!r}."
             )
-        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, Path)):
+        if self.kvstore not in KVSTORE_TYPES:
+            raise InvalidArgumentError(
+                f"kvstore={self.kvstore!r} is not a kvstore type; use one of "
+                f"{', '.join(KVSTORE_TYPES[:6])} (MXNet would silently train with 'local')."
+            )
+        if self.checkpoint_dir is not None and not isinstance(
+            self.checkpoint_dir, (str, os.PathLike)
+        ):
             raise InvalidTypeError(
                 f"checkpoint_dir must be a path, got {type(self.checkpoint_dir).__name__}."
+            )
+        if self.checkpoint_dir is not None and (
+            not os.fspath(self.checkpoint_dir)
+            or (Path(self.checkpoint_dir).exists() and not Path(self.checkpoint_dir).is_dir())
+        ):
+            raise InvalidArgumentError(
+                f"checkpoint_dir={os.fspath(self.checkpoint_dir)!r} is not a folder (a file is "
+                "there, or it is empty): give the folder the checkpoints go to."
             )
         if self.random_state is not None and not isinstance(
             self.random_state, np.random.RandomState
@@ -373,8 +387,10 @@ class NeuralNetworkRepurposer(Repurposer):
     def _read_data(
         self, X: Any, y: Any, what: str
     ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-        """``X`` (array or DataIter) as a float32 array with its labels (and the iterator's label name)."""
+        """``X`` (array or DataIter) as a float32 array with its labels (and the iterator's label
+        name), checked by the input gate (:mod:`xfer._validation`)."""
         label_name = None
+        x_name, y_name = ("X", "y") if what != "validation_data" else ("X_val", "y_val")
         torch_data = is_torch_data(X)
         if is_data_iterator(X) or torch_data:
             if y is not None:
@@ -385,7 +401,7 @@ class NeuralNetworkRepurposer(Repurposer):
                 )
             if not torch_data and X.provide_label:
                 label_name = data_descs(X.provide_label)[0].name  # DataDesc or (name, shape)
-            batches = as_batches(X)
+            batches = as_batches(X)  # checks every batch for NaN and infinity
             data_chunks, label_chunks = [], []
             for batch in batches:
                 data_chunks.append(batch.data[: batch.num_valid])
@@ -400,11 +416,14 @@ class NeuralNetworkRepurposer(Repurposer):
                 X = X.asnumpy()
             if _is_torch_tensor(X):
                 X = X.detach().cpu().numpy()
-            if _is_torch_tensor(y):
-                y = y.detach().cpu().numpy()
             if not isinstance(X, np.ndarray):
                 if isinstance(X, (list, tuple)):
-                    X = np.asarray(X)
+                    try:
+                        X = np.asarray(X)
+                    except ValueError as error:
+                        raise InvalidArgumentError(
+                            f"{what}: {x_name} cannot be read as an array of examples ({error})."
+                        ) from error
                 else:
                     raise InvalidTypeError(
                         f"{what}: cannot read data of type {type(X).__name__}; pass a NumPy array "
@@ -414,18 +433,22 @@ class NeuralNetworkRepurposer(Repurposer):
                 raise InvalidArgumentError(
                     f"{what}: expected a non-empty array of examples (N x ...), got shape {X.shape}."
                 )
-            if not np.issubdtype(X.dtype, np.number):
-                raise InvalidTypeError(f"{what}: the data must be numeric, got dtype {X.dtype}.")
+            if not np.issubdtype(X.dtype, np.number) or X.dtype.kind == "c":
+                raise InvalidTypeError(f"{what}: the data must be real numbers, got dtype {X.dtype}.")
+            _validation.check_finite(X, f"{what}: {x_name}", "Remove or repair those examples.")
             data = X.astype(np.float32, copy=False)
-            labels = None if y is None else np.asarray(y)
-        if not np.all(np.isfinite(data)):
-            raise InvalidArgumentError(f"{what}: the data contains NaN or infinity.")
-        if labels is not None:
-            check_consistent_length(data, labels)
+            labels = None if y is None else _validation.check_labels(
+                y, y_name, n_samples=len(data), x_name=x_name
+            )
+        if labels is not None and len(labels) != len(data):
+            raise InvalidArgumentError(
+                f"{what}: the data iterator gave {len(data)} examples but {len(labels)} labels."
+            )
         return data, labels, label_name
 
     def _encode_known(self, labels: np.ndarray, what: str) -> np.ndarray:
         labels = np.asarray(labels).ravel()
+        _validation.check_labels_like(labels, self.classes_, "y_val" if what == "validation_data" else "y")
         if (
             self.classes_.dtype.kind in "iuf"
             and labels.dtype.kind == "f"
@@ -934,35 +957,52 @@ class NeuralNetworkRepurposer(Repurposer):
                     f"source_model=<{backend.source_model_hint}>); the edits recorded in the "
                     "manifest are re-applied to it and the saved weights loaded."
                 )
-        token = _LOADING_PREFIX.set(Path(prefix))
+        arrays_file = manifest.get("arrays_file")
+        saved_name = (
+            arrays_file[: -len(".npz")]
+            if isinstance(arrays_file, str) and arrays_file.endswith(".npz")
+            else Path(prefix).name
+        )
+        token = _LOADING_PREFIX.set((Path(prefix), saved_name))
         try:
             return super()._from_manifest(manifest, arrays, prefix, source_model=source_model)
         finally:
             _LOADING_PREFIX.reset(token)
 
     def _set_fitted_state(self, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        prefix = _LOADING_PREFIX.get()
-        if prefix is None:
+        loading = _LOADING_PREFIX.get()
+        if loading is None:
             raise SerializationError(
                 "The target network can only be read while loading (xfer.load)."
             )
-        files = config["target_files"]
-        for name, digest in files.items():
-            path = prefix.parent / str(name)
-            if Path(str(name)).name != str(name):
-                raise SerializationError(f"Target network file {name!r} is not a plain file name.")
-            if not path.is_file():
-                raise ModelFileNotFoundError(
-                    f"The target network file {path} is missing: copy it next to {prefix}.json, or "
-                    "save the repurposer again."
-                )
-            if serialization.sha256_of(path) != digest:
-                raise SerializationError(
-                    f"The target network file {path} does not match {prefix}.json (checksum "
-                    "differs): it is corrupt or from another save."
-                )
-        self.sample_shape_ = tuple(int(s) for s in config["sample_shape"])
+        prefix, saved_name = loading
         backend = training_backend_for_files(config.get("backend"))
+        files = config["target_files"]
+        if not isinstance(files, dict):
+            raise SerializationError(f"{prefix}.json: 'target_files' must be an object.")
+        # Each file is found by its role (what follows the name it was saved under, so a model
+        # renamed as a whole loads) and bound to this model by its checksum.
+        endings = {
+            str(name)[len(saved_name) :]: digest
+            for name, digest in files.items()
+            if str(name).startswith(saved_name)
+        }
+        expected = set(getattr(backend, "network_file_endings", ()) or endings)
+        if len(endings) != len(files) or not endings or set(endings) != expected or any(
+            os.sep in ending or "/" in ending for ending in endings
+        ):
+            raise SerializationError(
+                f"{prefix}.json lists the network files {sorted(map(str, files))}, not those of a "
+                f"network saved as {saved_name} (the manifest was edited or is corrupt)."
+            )
+        for ending, digest in endings.items():
+            serialization.verify_file(
+                prefix.with_name(prefix.name + ending),
+                digest,
+                "The fine-tuned network file",
+                f"It belongs with {prefix}.json; save the repurposer again.",
+            )
+        self.sample_shape_ = tuple(int(s) for s in config["sample_shape"])
         self.target_handler_, new_layers = backend.load_network(self, prefix, config)
         if new_layers is not None:
             self.new_layers_ = new_layers
