@@ -88,6 +88,7 @@ def run_child(side: str, job: str, task: Path, seed: int, options: dict, threads
     result["process_s"] = time.perf_counter() - start
     y_test = np.load(task / f"split-{seed}.npz")["y_test"]
     result["accuracy"] = float(np.mean(np.asarray(result["predicted"]) == y_test))
+    result["accuracies"] = [result["accuracy"], *result.get("repeat_accuracies", [])]
     if result["probabilities"] is not None:
         probabilities, classes = np.asarray(result["probabilities"]), result["column_classes"]
         result["nll"] = metrics.negative_log_likelihood(y_test, probabilities, classes=classes)

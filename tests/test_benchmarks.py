@@ -323,16 +323,28 @@ def test_scale_section_from_canned_measurements():
 def test_fine_tune_section_from_canned_measurements():
     from benchmarks import fine_tune
 
+    def rows(side, accuracies, warm):
+        return [{**_row(side, accuracies[0], 2.0, warm), "accuracies": accuracies}]
+
     results = {
-        ("fine-tune", "ours"): [_row("ours", 0.96, 2.0, 0.5)],
-        ("fine-tune", "xfer"): [_row("xfer", 0.95, 3.0, 0.6)],
-        ("fine-tune", "module"): [_row("module", 0.955, 2.5, 0.48)],
+        ("fine-tune", "ours"): rows("ours", [0.94, 0.96], 0.5),
+        ("fine-tune", "xfer"): rows("xfer", [0.95, 0.97], 0.6),
+        ("fine-tune", "module"): rows("module", [0.955, 0.955], 0.48),
+        ("random-freeze", "ours"): rows("ours", [0.90, 0.90, 0.90], 0.5),
+        ("random-freeze", "xfer"): rows("xfer", [0.95, 0.93, 0.94], 0.6),
+        ("random-freeze", "module"): rows("module", [0.94, 0.94, 0.94], 0.3),
     }
     section = fine_tune.fine_tune_section(results, [0], 1)
-    assert "| fine-tune | 0.960 (≥ 0.950: ✓ met) | 0.950 | 0.955 | 100.0 | 120.0 | 96.0 | 1.04 (≤ 1.10: ✓ met) |" in (
-        section.markdown
+    # Ours 0.950 +- 0.010 against Xfer's 0.960 +- 0.010: within 2 standard errors of the difference.
+    assert (
+        "| fine-tune | 0.950 ± 0.010 (2) (≥ 0.932: ✓ met) | 0.960 ± 0.010 | 0.955 ± 0.000 | 100.0 | 120.0 | "
+        "96.0 | 1.04 (≤ 1.10: ✓ met) | 1.04 |" in section.markdown
     )
-    assert {f.key for f in section.figures} >= {"fine_tune.fine-tune.per_epoch_ratio", "fine_tune.fine-tune.accuracy"}
+    assert "| random-freeze | 0.900 ± 0.000 (3) (≥ 0.928: ✗ MISSED) |" in section.markdown
+    assert "1.67 (≤ 1.10: ✗ MISSED) | 1.67 |" in section.markdown
+    figures = {f.key: f for f in section.figures}
+    assert figures["fine_tune.fine-tune.accuracy"].met and not figures["fine_tune.random-freeze.accuracy"].met
+    assert figures["fine_tune.fine-tune.per_epoch_cpu_ratio"].value == pytest.approx(0.5 / 0.48)
 
 
 def test_threads_section_from_canned_measurements():
@@ -383,6 +395,7 @@ def test_digits_child_smoke_run_on_this_package(tmp_path):
     assert 0.5 < lr["accuracy"] <= 1 and lr["first_fit_s"] >= lr["fit_s"] > 0 and lr["warm_fit_s"] is None
     assert lr["torch_imported"] is False, "an MXNet LR user does not pay for torch"
     assert np.isfinite(lr["nll"])
-    options = {**fine_tune.OPTIONS, "epochs": 1}
+    options = {**fine_tune.OPTIONS, "epochs": 1, "repeats": 2}
     module = xfer_digits.run_child("module", "random-freeze", task, 0, options, threads=1)
     assert module["warm_fit_s"] > 0 and 0 <= module["accuracy"] <= 1
+    assert len(module["warm_fit_s_all"]) == 2 and len(module["accuracies"]) == 3, "first fit + 2 warm fits"
