@@ -37,8 +37,13 @@ class InvalidTypeError(XferError, TypeError):
     """An argument of the wrong type."""
 
 
-class NotFittedError(XferError, _SklearnNotFittedError):
-    """A method that needs a fitted repurposer was called before ``fit``/``repurpose``."""
+class NotFittedError(XferError, _SklearnNotFittedError, TypeError):
+    """A method that needs a fitted repurposer was called before ``fit``/``repurpose``.
+
+    Catchable as ``ValueError`` and ``AttributeError`` (scikit-learn's ``NotFittedError``) and as
+    ``TypeError``: Xfer 1.1.0 raised ``ValueError`` when a meta-model repurposer predicted before
+    fitting and ``TypeError`` when a neural-network repurposer did.
+    """
 
 
 class DeviceUnavailableError(XferError, RuntimeError):

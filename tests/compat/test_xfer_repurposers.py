@@ -181,3 +181,36 @@ def test_random_freeze_ignores_layers_it_drops(source, data, caplog):
     assert "fc2_weight" not in arguments and "new_fully_connected_layer_weight" in arguments
     with pytest.raises(ValueError, match="'invented' is not in the model"):
         xfer.NeuralNetworkRandomFreezeRepurposer(source, None, ["invented"], [], num_epochs=1).fit(X, y)
+
+
+def test_predicting_before_fitting_raises_the_types_xfer_raised(source, data):
+    # Xfer 1.1.0: ValueError from a meta-model repurposer, TypeError from a neural-network one
+    X, _ = data
+    iterator = mx.io.NDArrayIter(X, batch_size=8)
+    with pytest.raises(ValueError, match="not fitted"):
+        xfer.LrRepurposer(source, ["fc1"]).predict_label(iterator)
+    fine_tuner = xfer.NeuralNetworkFineTuneRepurposer(source, "relu1", 4, num_epochs=1)
+    for predict in (fine_tuner.predict_label, fine_tuner.predict_probability):
+        with pytest.raises(TypeError, match="not fitted"):
+            predict(iterator)
+    with pytest.raises(AttributeError):  # scikit-learn's NotFittedError is one too
+        xfer.SvmRepurposer(source, ["fc1"]).predict(X)
+
+
+class _LrWithClippedFeatures(xfer.LrRepurposer):
+    """An Xfer-style custom head: overrides the hook with Xfer's signature and calls the parent's
+    with two arguments, as Xfer's LR, SVM and BNN hooks allowed."""
+
+    def _train_model_from_features(self, features, labels, feature_indices_per_layer=None):
+        self.hook_layers_ = feature_indices_per_layer
+        return super()._train_model_from_features(np.clip(features, -3, 3), labels)
+
+
+def test_meta_model_hook_takes_xfers_two_argument_call(source, data):
+    X, y = data
+    repurposer = _LrWithClippedFeatures(source, ["fc1", "relu1"]).fit(X, y)
+    assert [len(columns) for columns in repurposer.hook_layers_] == [8, 8]
+    assert np.mean(repurposer.predict(X) == y) > 0.6
+    # the parent hook called directly, as Xfer's hooks could be, with no layer split
+    model = xfer.SvmRepurposer(source, ["fc1"])._train_model_from_features(X, y % 2)
+    assert model is not None

@@ -178,7 +178,10 @@ class LrRepurposer(MetaModelRepurposer):
         )
 
     def _train_model_from_features(
-        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> LogisticModel:
         self._check_options()
         features = np.asarray(features, dtype=np.float64)

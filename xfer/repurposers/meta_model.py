@@ -604,9 +604,14 @@ class MetaModelRepurposer(Repurposer):
 
     # ---------------------------------------------------------------- hooks (Xfer's names)
     def _train_model_from_features(
-        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> Any:
-        """Train and return the target model. ``labels`` are int codes ``0..K-1``."""
+        """Train and return the target model. ``labels`` are int codes ``0..K-1``;
+        ``feature_indices_per_layer`` gives each feature layer's columns (``None``, Xfer's
+        default: one block of all columns)."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement _train_model_from_features."
         )

@@ -235,7 +235,10 @@ class SvmRepurposer(MetaModelRepurposer):
         return estimator, config
 
     def _train_model_from_features(
-        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> SvmModel:
         from xfer.repurposers.lr import _thread_limit
 
