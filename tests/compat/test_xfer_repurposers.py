@@ -214,3 +214,11 @@ def test_meta_model_hook_takes_xfers_two_argument_call(source, data):
     # the parent hook called directly, as Xfer's hooks could be, with no layer split
     model = xfer.SvmRepurposer(source, ["fc1"])._train_model_from_features(X, y % 2)
     assert model is not None
+
+
+def test_a_missing_source_model_is_a_type_error_as_in_xfer(data):
+    X, y = data
+    with pytest.raises(TypeError, match="needs a source model to fit"):
+        xfer.NeuralNetworkFineTuneRepurposer(None, "relu1", 4, num_epochs=1).fit(X, y)
+    with pytest.raises(TypeError, match="needs a source model to extract features"):
+        xfer.LrRepurposer(None, ["fc1"]).repurpose(mx.io.NDArrayIter(X, y, batch_size=8))

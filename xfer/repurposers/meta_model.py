@@ -275,7 +275,7 @@ class MetaModelRepurposer(Repurposer):
             return self._fit_store(X, y, devices)
         if self.source_model is None:
             if _is_data_iterator(X):
-                raise InvalidArgumentError(
+                raise InvalidTypeError(  # Xfer: TypeError for a missing source model
                     "A data iterator needs a source model to extract features from; this "
                     "repurposer has source_model=None and takes feature arrays."
                 )
@@ -456,7 +456,7 @@ class MetaModelRepurposer(Repurposer):
                     "xfer.load, or give features to predict_proba_features/predict_features."
                 )
             if _is_data_iterator(X):
-                raise InvalidArgumentError(
+                raise InvalidTypeError(  # Xfer: TypeError for a missing source model
                     "A data iterator needs a source model to extract features from; this "
                     "repurposer has source_model=None and takes feature arrays."
                 )

@@ -308,8 +308,8 @@ class NeuralNetworkRepurposer(Repurposer):
                 f"optimizer must be the name of an optimiser (e.g. 'sgd', 'adam'), got "
                 f"{type(self.optimizer).__name__}; pass its settings in optimizer_params."
             )
-        if self.source_model is None:
-            raise InvalidArgumentError(
+        if self.source_model is None:  # a TypeError, as in Xfer
+            raise InvalidTypeError(
                 f"{type(self).__name__} needs a source model to fit: construct it with "
                 "source_model=..."
             )
