@@ -261,6 +261,29 @@ def _is_torch_loader(data: Any) -> bool:
     return torch is not None and isinstance(data, torch.utils.data.DataLoader)
 
 
+def dataset_part(dataset: Any, indices: Any) -> Any:
+    """The examples ``indices`` of a map-style torch ``Dataset``, without reading them.
+
+    A dataset with its own ``subset(indices)`` (:class:`xfer.files.ImageFolder`) gives that view;
+    any other is wrapped in ``torch.utils.data.Subset``.
+
+    Parameters
+    ----------
+    dataset : torch.utils.data.Dataset
+    indices : array-like of int
+
+    Returns
+    -------
+    torch.utils.data.Dataset
+    """
+    subset = getattr(dataset, "subset", None)
+    if callable(subset):
+        return subset(np.asarray(indices))
+    import torch.utils.data
+
+    return torch.utils.data.Subset(dataset, np.asarray(indices).tolist())
+
+
 def is_torch_data(data: Any) -> bool:
     """Whether ``data`` is a torch ``Dataset`` or ``DataLoader`` (never imports torch to find out).
 
@@ -454,5 +477,6 @@ __all__ = [
     "data_descs",
     "is_data_iterator",
     "is_torch_data",
+    "dataset_part",
     "DEFAULT_BATCH_SIZE",
 ]

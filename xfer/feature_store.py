@@ -140,12 +140,9 @@ class _Rows:
     def rows(self, start: int, stop: int) -> tuple[Any, np.ndarray | None]:
         labels = None if self.labels is None else self.labels[start:stop]
         if self.kind == "dataset":
-            subset = getattr(self.data, "subset", None)
-            if callable(subset):  # xfer.files.ImageFolder: a view, no file read
-                return subset(np.arange(start, stop)), labels
-            import torch.utils.data
+            from xfer.data import dataset_part
 
-            return torch.utils.data.Subset(self.data, range(start, stop)), labels
+            return dataset_part(self.data, np.arange(start, stop)), labels
         return self.data[start:stop], labels
 
     def describe(self) -> dict[str, Any]:

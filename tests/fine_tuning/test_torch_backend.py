@@ -113,7 +113,9 @@ def test_single_process_distributed_matches_plain_training(torch_source, small_d
         "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
     )
     try:
-        assert _torch_training.distributed_world() == (0, 1)
+        from xfer.distributed.world import World, torch_world
+
+        assert torch_world() == World(0, 1, "torch")
         distributed = fine_tune(torch_source, checkpoint_dir=str(tmp_path / "ck"), **options)
         distributed.fit(X, y)
     finally:

@@ -126,6 +126,22 @@ class World:
             return _mxnet_sum(values)
         return values.copy()
 
+    def counts(self, count: int) -> np.ndarray:
+        """Every process's ``count``, in rank order (an int array of ``size`` entries).
+
+        Parameters
+        ----------
+        count : int
+            This process's number (below 2**24 through MXNet).
+
+        Returns
+        -------
+        ndarray
+        """
+        values = np.zeros(self.size)
+        values[self.rank] = count
+        return self.sum(values).round().astype(np.int64)
+
     def gather_bytes(self, data: bytes) -> list[bytes]:
         """Every process's ``data``, in rank order.
 
@@ -145,9 +161,7 @@ class World:
             gathered: list[Any] = [None] * self.size
             _torch_distributed().all_gather_object(gathered, bytes(data))
             return [bytes(item) for item in gathered]
-        lengths = np.zeros(self.size)
-        lengths[self.rank] = len(data)
-        lengths = self.sum(lengths).astype(np.int64)
+        lengths = self.counts(len(data))
         table = np.zeros((self.size, int(lengths.max())))
         table[self.rank, : len(data)] = np.frombuffer(data, dtype=np.uint8)
         table = self.sum(table.ravel()).reshape(self.size, -1)  # whole numbers: exact
@@ -173,6 +187,40 @@ def _mxnet_sum(values: np.ndarray) -> np.ndarray:
     return out.asnumpy().astype(np.float64)
 
 
+def torch_world() -> World:
+    """The ranks of ``torch.distributed`` when it is initialised, else a world of one.
+
+    Returns
+    -------
+    World
+    """
+    dist = _torch_distributed()
+    if dist is None:
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), "torch")
+
+
+def mxnet_world(kind: str = "dist_sync") -> World:
+    """The workers of the MXNet job this process was started in, through its ``kind`` kvstore.
+
+    Parameters
+    ----------
+    kind : str, default="dist_sync"
+        The distributed kvstore type.
+
+    Returns
+    -------
+    World
+
+    Raises
+    ------
+    InvalidArgumentError
+        The process was not started as an MXNet worker (see :func:`mxnet_kvstore`).
+    """
+    kvstore = mxnet_kvstore(kind)
+    return World(int(kvstore.rank), int(kvstore.num_workers), "mxnet")
+
+
 def current_world() -> World:
     """The job this process belongs to: ``torch.distributed`` if initialised, else the MXNet
     kvstore job it was started in (``DMLC_ROLE=worker``), else a world of one.
@@ -181,12 +229,11 @@ def current_world() -> World:
     -------
     World
     """
-    dist = _torch_distributed()
-    if dist is not None:
-        return World(dist.get_rank(), dist.get_world_size(), "torch")
+    if _torch_distributed() is not None:
+        return torch_world()
     if is_mxnet_worker():
-        kvstore = mxnet_kvstore()
-        return World(int(kvstore.rank), int(kvstore.num_workers), "mxnet")
+        existing = _KVSTORE.get("kvstore")
+        return mxnet_world(existing.type if existing is not None else "dist_sync")
     return World()
 
 
@@ -225,4 +272,12 @@ def shard_indices(num_examples: int, rank: int, size: int) -> np.ndarray:
     return np.arange(rank, num_examples, size)
 
 
-__all__ = ["World", "current_world", "shard_indices", "mxnet_kvstore", "is_mxnet_worker"]
+__all__ = [
+    "World",
+    "current_world",
+    "torch_world",
+    "mxnet_world",
+    "shard_indices",
+    "mxnet_kvstore",
+    "is_mxnet_worker",
+]

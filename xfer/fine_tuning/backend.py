@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xfer.context import Device
+from xfer.distributed.world import World
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
 from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, object_state
 
@@ -63,10 +64,6 @@ class Trainer(ABC):
         Validation examples and class codes.
     """
 
-    #: Whether this process writes checkpoints and shows the progress bar (False on the
-    #: non-zero ranks of a distributed run).
-    is_main_process: bool = True
-
     def __init__(
         self,
         network: Any,
@@ -82,6 +79,12 @@ class Trainer(ABC):
         self.labels = labels
         self.validation = validation
         self.phase: Phase | None = None
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes checkpoints and shows the progress bar (rank 0 of
+        ``settings.world``)."""
+        return self.settings.world.is_main
 
     def __enter__(self) -> Trainer:
         return self
@@ -256,7 +259,7 @@ class Trainer(ABC):
 
     def barrier(self) -> None:
         """Wait for the other processes of a distributed run (after a checkpoint is written)."""
-        return None
+        self.settings.world.barrier()
 
 
 class TrainingBackend(ABC):
@@ -362,20 +365,20 @@ class TrainingBackend(ABC):
             A GPU that is not there.
         """
 
-    def shared_seed(self, seed: int) -> int:
-        """The seed every process of a distributed run uses.
+    def world(self, kvstore: str) -> World:
+        """The processes a fit trains with.
 
         Parameters
         ----------
-        seed : int
-            This process's seed.
+        kvstore : str
+            The repurposer's ``kvstore`` (read by backends that distribute through one).
 
         Returns
         -------
-        int
-            The first process's seed (``seed`` itself when not distributed).
+        World
+            A world of one for a backend without distributed training.
         """
-        return seed
+        return World()
 
     @contextlib.contextmanager
     def seeded(self, seed: int) -> Iterator[None]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from xfer.distributed.world import World
 from xfer.exceptions import InvalidArgumentError, SerializationError, XferError
 from xfer.fine_tuning.backend import Trainer, TrainingBackend
 from xfer.fine_tuning.checkpoint import read_checkpoint, write_checkpoint
@@ -59,10 +60,15 @@ def train(
     progress = _initial_progress(settings, backend, trainer)
     patience = settings.early_stopping_patience
     num_examples, batch_size = len(data), settings.batch_size
+    world = settings.world
+    # Every process of a distributed fit runs as many batches as the one with most examples.
+    sizes = world.counts(num_examples)
+    steps = -(-int(sizes.max()) // batch_size)
+    val_sizes = world.counts(0 if validation is None else len(validation[0]))
     total_epochs = sum(p.num_epochs for p in phases)
     bar = None
     if settings.verbose and trainer.is_main_process:
-        bar = _progress_bar(total_epochs, -(-num_examples // batch_size), len(progress.history))
+        bar = _progress_bar(total_epochs, steps, len(progress.history))
     global_epoch = len(progress.history)
     try:
         with trainer:
@@ -94,12 +100,17 @@ def train(
                         scheduled_lr(settings.lr_schedule, base_lr, epoch, phase.num_epochs)
                     )
                     trainer.seed(derived_seed(settings.seed, 2, phase_index, epoch))
-                    order = epoch_order(settings.seed, phase_index, epoch, num_examples, batch_size)
+                    order = epoch_order(
+                        settings.seed, phase_index, epoch, num_examples, batch_size,
+                        rank=world.rank if world.size > 1 else None, length=steps * batch_size,
+                    )  # fmt: skip
                     started = time.perf_counter()
-                    loss, accuracy = trainer.run_epoch(order, bar)
+                    loss, accuracy = _overall(world, trainer.run_epoch(order, bar), sizes)
                     seconds = time.perf_counter() - started
                     val_loss, val_accuracy = (
-                        trainer.evaluate() if validation is not None else (None, None)
+                        _overall(world, trainer.evaluate(), val_sizes)
+                        if validation is not None
+                        else (None, None)
                     )
                     global_epoch += 1
                     stopped = _record_epoch(
@@ -156,6 +167,15 @@ def _checkpoint_fits(settings: Settings, resuming: bool) -> Iterator[None]:
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); fit "
             "again without resume=True."
         ) from error
+
+
+def _overall(world: World, means: tuple[float, float], sizes: np.ndarray) -> tuple[float, float]:
+    """Mean loss and accuracy over every process's examples, from each process's means."""
+    if world.size == 1:
+        return means
+    weight = float(sizes[world.rank])
+    totals = world.sum([means[0] * weight, means[1] * weight])
+    return float(totals[0] / sizes.sum()), float(totals[1] / sizes.sum())
 
 
 def _initial_progress(settings: Settings, backend: TrainingBackend, trainer: Trainer) -> Progress:

@@ -23,6 +23,7 @@ import numpy as np
 from xfer._mxnet import MODULE_LOGGER, mx
 from xfer.context import Device, to_mxnet
 from xfer.data import data_descs
+from xfer.distributed.world import World, mxnet_world
 from xfer.exceptions import InvalidArgumentError, ModelError, SerializationError
 from xfer.fine_tuning.backend import Trainer, TrainingBackend, register_training_backend
 from xfer.fine_tuning.history import finite_or_none
@@ -120,17 +121,74 @@ def _updater_of(module: Any) -> Any:
 
 
 def init_optimizer(module: Any, phase: Phase, settings: Settings) -> float:
-    """Create the optimiser of a phase (on the phase's trainable parameters); returns the base lr."""
+    """Create the optimiser of a phase (on the phase's trainable parameters); returns the base lr.
+
+    In a distributed job the optimiser runs in every worker on the gradients summed over the
+    workers (:class:`WorkerExchange`), so its states stay in the workers' checkpoints.
+    """
     params = dict(settings.optimizer_params)
     base_lr = float(params.pop("learning_rate", 0.01)) * phase.lr_factor
     if isinstance(settings.lr_schedule, mx.lr_scheduler.LRScheduler):
         params["lr_scheduler"] = settings.lr_schedule
     params["learning_rate"] = base_lr
-    kvstore = settings.kvstore if len(settings.contexts) > 1 or "dist" in settings.kvstore else None
+    if settings.world.backend == "mxnet":
+        kvstore = None
+        params.setdefault("rescale_grad", 1.0 / (settings.batch_size * settings.world.size))
+    else:
+        kvstore = settings.kvstore if len(settings.contexts) > 1 else None
     module.init_optimizer(
         kvstore=kvstore, optimizer=settings.optimizer, optimizer_params=params, force_init=True
     )
     return base_lr
+
+
+class WorkerExchange:
+    """What the workers of an MXNet ``dist_sync`` job share, through the process's kvstore.
+
+    At the start of a phase every worker takes rank 0's parameters and auxiliary states (the
+    kvstore keeps the first worker's value of a key and gives it to all). After each backward
+    pass, :meth:`sum_gradients` replaces every device's gradients with their sum over the devices
+    and the workers (the servers add what the workers push), so the optimiser in each worker
+    makes the same update; ``rescale_grad`` is one over the examples of all workers' batches.
+    :meth:`average_states` averages the BatchNorm statistics at the end of an epoch, so every
+    worker holds the same network. Keys are new for every phase of every fit.
+    """
+
+    _phases = 0
+
+    def __init__(self, module: Any):
+        from xfer.distributed.world import mxnet_kvstore
+
+        WorkerExchange._phases += 1
+        self.kvstore = mxnet_kvstore()
+        self.group = module._exec_group
+        prefix = f"xfer.fine_tuning.{WorkerExchange._phases}"
+        self.gradient_keys = []
+        for index, (name, block) in enumerate(zip(self.group.param_names, self.group.param_arrays)):
+            key = f"{prefix}:arg:{name}"
+            self.kvstore.init(key, block[0])
+            self.kvstore.pull(key, out=block)
+            if self.group.grad_arrays[index][0] is not None:
+                self.gradient_keys.append((key, index))
+        self.state_keys = []
+        for name, block in zip(self.group.aux_names, self.group.aux_arrays):
+            key = f"{prefix}:aux:{name}"
+            self.kvstore.init(key, block[0])
+            self.kvstore.pull(key, out=block)
+            self.state_keys.append((key, block))
+
+    def sum_gradients(self) -> None:
+        for key, index in self.gradient_keys:
+            gradients = self.group.grad_arrays[index]
+            self.kvstore.push(key, gradients, priority=-index)
+            self.kvstore.pull(key, out=gradients, priority=-index)
+
+    def average_states(self, num_workers: int) -> None:
+        for key, block in self.state_keys:
+            self.kvstore.push(key, block)
+            self.kvstore.pull(key, out=block)
+            for array in block:
+                array /= num_workers * len(block)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +204,7 @@ def _run_epoch(
     batch_size: int,
     num_real: int,
     progress: Any,
+    exchange: WorkerExchange | None = None,
 ) -> tuple[float, float]:
     """Train one epoch; returns (mean loss, accuracy) over the real (non-wrapped) examples."""
     # One gather per epoch, then cheap views per batch (as NDArrayIter does after its shuffle).
@@ -161,6 +220,8 @@ def _run_epoch(
         stop = start + batch_size
         batch = mx.io.DataBatch(data=[epoch_data[start:stop]], label=[epoch_labels_nd[start:stop]])
         module.forward_backward(batch)
+        if exchange is not None:
+            exchange.sum_gradients()
         module.update()
         output = module.get_outputs()[0]
         if outputs is None:
@@ -341,6 +402,7 @@ class MXNetTrainer(Trainer):
         self.labels = self.labels.astype(np.float32)
         self.uses_scheduler = isinstance(self.settings.lr_schedule, mx.lr_scheduler.LRScheduler)
         self.module: Any = None
+        self.exchange: WorkerExchange | None = None
 
     def start_phase(self, phase: Phase, first: bool, params: dict[str, np.ndarray] | None) -> None:
         self.phase = phase
@@ -350,6 +412,8 @@ class MXNetTrainer(Trainer):
         if params is not None:
             self.module.set_params(*_arrays_to_params(params), allow_missing=False, force_init=True)
             _restore_per_device_aux(self.module, params)
+        if self.settings.world.backend == "mxnet":
+            self.exchange = WorkerExchange(self.module)
 
     def start_optimizer(self) -> float:
         return init_optimizer(self.module, self.phase, self.settings)
@@ -368,7 +432,7 @@ class MXNetTrainer(Trainer):
         seed_everything(seed)
 
     def run_epoch(self, order: np.ndarray, progress: Any) -> tuple[float, float]:
-        return _run_epoch(
+        result = _run_epoch(
             self.module,
             self.data,
             self.labels,
@@ -376,7 +440,11 @@ class MXNetTrainer(Trainer):
             self.settings.batch_size,
             len(self.data),
             progress,
+            self.exchange,
         )
+        if self.exchange is not None:
+            self.exchange.average_states(self.settings.world.size)
+        return result
 
     def evaluate(self) -> tuple[float, float]:
         return evaluate(self.module, *self.validation, self.settings.batch_size)
@@ -436,6 +504,25 @@ class MXNetTrainingBackend(TrainingBackend):
 
     def contexts(self, devices: list[Device]) -> list:
         return to_mxnet(devices)
+
+    def world(self, kvstore: str) -> World:
+        """The workers of the job with ``kvstore="dist_sync"`` (started by
+        :mod:`xfer.distributed.launch`); a world of one otherwise.
+
+        Raises
+        ------
+        InvalidArgumentError
+            Another distributed kvstore (only ``dist_sync`` keeps the workers in step), or a
+            process that was not started as a worker.
+        """
+        if "dist" not in kvstore:
+            return World()
+        if kvstore != "dist_sync":
+            raise InvalidArgumentError(
+                f"kvstore={kvstore!r} is not supported for fine-tuning: use 'dist_sync' (every "
+                "worker waits for the others' gradients, so all hold the same network)."
+            )
+        return mxnet_world(kvstore)
 
     # ------------------------------------------------------------------ the target network
     def editable_copy(self, source: Any, sample_shape: tuple | None) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from xfer.distributed.world import World
 from xfer.exceptions import InvalidArgumentError
 from xfer.fine_tuning.history import History
 
@@ -74,7 +75,8 @@ class Settings:
     """How to train (validated by the repurposer).
 
     ``contexts`` are the backend's device objects (from ``TrainingBackend.contexts``);
-    ``kvstore`` is read by the MXNet backend only.
+    ``kvstore`` is read by the MXNet backend only. ``world`` is the distributed job the fit
+    trains in (every process passes its own part of the data; ``batch_size`` is per process).
     """
 
     batch_size: int
@@ -89,6 +91,7 @@ class Settings:
     resume: bool = False
     fingerprint: str = ""
     verbose: bool = False
+    world: World = field(default_factory=World)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,13 +106,26 @@ def derived_seed(seed: int, *parts: int) -> int:
 
 
 def epoch_order(
-    seed: int, phase: int, epoch: int, num_examples: int, batch_size: int
+    seed: int,
+    phase: int,
+    epoch: int,
+    num_examples: int,
+    batch_size: int,
+    *,
+    rank: int | None = None,
+    length: int | None = None,
 ) -> np.ndarray:
-    """Shuffled example indices of one epoch, padded to whole batches by wrapping around."""
-    order = np.random.default_rng(derived_seed(seed, 1, phase, epoch)).permutation(num_examples)
-    remainder = (-num_examples) % batch_size
-    if remainder:
-        order = np.concatenate([order, order[:remainder]])
+    """Shuffled example indices of one epoch, padded to whole batches by wrapping around.
+
+    In a distributed fit, ``rank`` makes each process's order its own and ``length`` (a multiple
+    of ``batch_size``) gives every process the same number of batches.
+    """
+    parts = (1, phase, epoch) if rank is None else (1, phase, epoch, rank)
+    order = np.random.default_rng(derived_seed(seed, *parts)).permutation(num_examples)
+    if length is None:
+        length = num_examples + (-num_examples) % batch_size
+    if length > num_examples:
+        order = np.resize(order, length)  # repeats the order from its start
     return order
 
 

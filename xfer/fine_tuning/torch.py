@@ -13,10 +13,10 @@ logits, and torch's global random state is restored after the fit.
 Distributed training: when ``torch.distributed`` is initialised (``torchrun``), the network is
 wrapped in ``DistributedDataParallel``. Parameters kept fixed have ``requires_grad=False`` and DDP
 leaves them out of its gradient buckets, so frozen layers need neither
-``find_unused_parameters=True`` nor ``static_graph``. Every global batch of ``batch_size`` examples
-is split evenly over the ranks (``batch_size`` must be a multiple of the world size), so a run on
-``W`` processes takes the same steps as one process would; only rank 0 writes checkpoints. See
-``docs/distributed_torch.md``.
+``find_unused_parameters=True`` nor ``static_graph``. Each rank trains on its own part of the data
+with batches of ``batch_size`` (DDP averages the gradients over the ranks, so a step sees
+``world_size * batch_size`` examples); only rank 0 writes checkpoints. See
+``docs/distributed.md``.
 
 Saved files: ``P-target.safetensors`` and ``P-target.json`` (weights and layer list). The
 architecture is code and is not saved: the manifest records the edits, and loading re-applies
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from xfer.context import Device, to_torch
+from xfer.distributed.world import World, torch_world
 from xfer.exceptions import InvalidArgumentError, ModelError, SerializationError
 from xfer.fine_tuning.backend import Trainer, TrainingBackend, register_training_backend
 from xfer.fine_tuning.run import LR_SCHEDULES, Phase, derived_seed
@@ -234,33 +235,6 @@ def seeded(seed: int, device: Any = None) -> Iterator[None]:
         yield
 
 
-def distributed_world() -> tuple[int, int] | None:
-    """``(rank, world_size)`` when ``torch.distributed`` is initialised, else None."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return None
-
-
-def shared_seed(seed: int) -> int:
-    """Rank 0's ``seed`` on every rank under ``torch.distributed`` (``seed`` itself otherwise).
-
-    A fit without ``random_state`` draws its seed at random; the ranks must agree on it (same
-    validation split, same shuffling order, same initial head).
-    """
-    import torch
-
-    if distributed_world() is None:
-        return seed
-    import torch.distributed as dist
-
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([int(seed)], dtype=torch.int64, device=device)
-    dist.broadcast(value, src=0)
-    return int(value.item())
-
-
 # --------------------------------------------------------------------------------------------
 # Epochs
 # --------------------------------------------------------------------------------------------
@@ -276,7 +250,6 @@ def _run_epoch(
     batch_size: int,
     num_real: int,
     device: Any,
-    world: tuple[int, int] | None,
     progress: Any,
 ) -> tuple[float, float]:
     """Train one epoch; returns (mean loss, accuracy) over the real (non-wrapped) examples."""
@@ -291,8 +264,6 @@ def _run_epoch(
     for start in range(0, len(order), batch_size):
         index = order_tensor[start : start + batch_size]
         place = positions[start : start + batch_size]
-        if world is not None:  # this rank's share of the global batch
-            index, place = index[world[0] :: world[1]], place[world[0] :: world[1]]
         inputs = data[index].to(device, non_blocking=True)
         targets = labels[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -311,12 +282,7 @@ def _run_epoch(
             correct += (logits.detach().argmax(1) == targets)[real].sum()
         if progress is not None:
             progress.update(1)
-    totals = torch.stack([loss_sum, correct.double()])
-    if world is not None:
-        import torch.distributed as dist
-
-        dist.all_reduce(totals)
-    loss, hits = totals.tolist()
+    loss, hits = torch.stack([loss_sum, correct.double()]).tolist()
     return loss / num_real, hits / num_real
 
 
@@ -420,13 +386,6 @@ class TorchTrainer(Trainer):
         settings = self.settings
         self.device = settings.contexts[0]
         self.spec = torch_optimizer(settings.optimizer, settings.optimizer_params)
-        self.world = distributed_world()
-        if self.world is not None and settings.batch_size % self.world[1]:
-            raise InvalidArgumentError(
-                f"batch_size={settings.batch_size} cannot be split evenly over {self.world[1]} "
-                "processes: use a multiple of the world size."
-            )
-        self.is_main_process = self.world is None or self.world[0] == 0
         self.data = torch.as_tensor(np.ascontiguousarray(self.data, dtype=np.float32))
         self.labels = torch.as_tensor(np.asarray(self.labels, dtype=np.int64))
         if self.device.type == "cuda":
@@ -480,17 +439,28 @@ class TorchTrainer(Trainer):
         torch.manual_seed(seed)
 
     def run_epoch(self, order: np.ndarray, progress: Any) -> tuple[float, float]:
-        if self.world is not None and self.trained is self.model:
+        if self.settings.world.backend == "torch" and self.trained is self.model:
             import torch
 
             self.trained = torch.nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
-        return _run_epoch(
+        result = _run_epoch(
             self.trained, self.optimizer, self.spec, self.data, self.labels, order,
-            self.settings.batch_size, len(self.data), self.device, self.world, progress,
+            self.settings.batch_size, len(self.data), self.device, progress,
         )  # fmt: skip
+        world = self.settings.world
+        if world.size > 1:  # BatchNorm statistics of every rank's batches, the same everywhere
+            import torch
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for buffer in self.model.buffers():
+                    if buffer.is_floating_point():
+                        dist.all_reduce(buffer)
+                        buffer /= world.size
+        return result
 
     def evaluate(self) -> tuple[float, float]:
         return evaluate(self.model, *self.validation, self.settings.batch_size, self.device)
@@ -515,12 +485,6 @@ class TorchTrainer(Trainer):
 
     def end_phase(self) -> None:
         _update_handler(self.handler, self.model)
-
-    def barrier(self) -> None:
-        if self.world is not None:
-            import torch.distributed as dist
-
-            dist.barrier()
 
 
 @register_training_backend
@@ -552,12 +516,13 @@ class TorchTrainingBackend(TrainingBackend):
             raise InvalidArgumentError(
                 f"A PyTorch source trains on one device per process, but {len(devices)} were "
                 f"given ({[str(d) for d in devices]}). For several GPUs launch one process per GPU "
-                "with torchrun and pass each its own context (see docs/distributed_torch.md)."
+                "with torchrun and pass each its own context (see docs/distributed.md)."
             )
         return [to_torch(devices)]
 
-    def shared_seed(self, seed: int) -> int:
-        return shared_seed(seed)
+    def world(self, kvstore: str) -> World:
+        """The ranks of ``torch.distributed`` when it is initialised (``kvstore`` is MXNet's)."""
+        return torch_world()
 
     @contextlib.contextmanager
     def seeded(self, seed: int) -> Iterator[None]:
@@ -650,8 +615,6 @@ __all__ = [
     "TorchOptimizer",
     "torch_optimizer",
     "seeded",
-    "distributed_world",
-    "shared_seed",
     "evaluate",
     "add_linear_head",
     "cut_network",

@@ -30,7 +30,7 @@ PyTorch sources
 ---------------
 A ``torch.nn.Module`` source takes the same parameters and gives the same ``history_``; the
 :mod:`~xfer.fine_tuning.torch` backend trains it on one device per call (``context=``),
-or under ``torch.distributed`` with DistributedDataParallel (``docs/distributed_torch.md``).
+or under ``torch.distributed`` with DistributedDataParallel (``docs/distributed.md``).
 ``optimizer`` is one of ``'sgd'``, ``'nag'``, ``'adam'``, ``'adamw'``, ``'rmsprop'``,
 ``'adagrad'`` with MXNet-style ``optimizer_params`` (``learning_rate``, ``momentum``, ``wd``,
 ``beta1``...), mapped to ``torch.optim``; ``lr_schedule`` is a name. The new head is
@@ -63,7 +63,15 @@ from xfer import _validation, serialization
 from xfer._arguments import check_int, check_number
 from xfer._progress import check_verbose
 from xfer.context import Device, cpu
-from xfer.data import as_batches, data_descs, is_data_iterator, is_torch_data
+from xfer.data import (
+    _is_torch_dataset,
+    as_batches,
+    data_descs,
+    dataset_part,
+    is_data_iterator,
+    is_torch_data,
+)
+from xfer.distributed.world import World, shard_indices
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -385,13 +393,20 @@ class NeuralNetworkRepurposer(Repurposer):
 
     # ---------------------------------------------------------------- data
     def _read_data(
-        self, X: Any, y: Any, what: str
+        self, X: Any, y: Any, what: str, world: World | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         """``X`` (array or DataIter) as a float32 array with its labels (and the iterator's label
-        name), checked by the input gate (:mod:`xfer._validation`)."""
+        name), checked by the input gate (:mod:`xfer._validation`).
+
+        In a distributed fit (``world`` of several processes) only this process's part of an
+        array or a torch ``Dataset`` is read (:func:`~xfer.distributed.world.shard_indices`); an
+        ``mx.io.DataIter`` or a ``DataLoader`` is taken to be this process's part already.
+        """
         label_name = None
         x_name, y_name = ("X", "y") if what != "validation_data" else ("X_val", "y_val")
         torch_data = is_torch_data(X)
+        if world is not None and world.size > 1 and _is_torch_dataset(X):
+            X = dataset_part(X, shard_indices(len(X), world.rank, world.size))
         if is_data_iterator(X) or torch_data:
             if y is not None:
                 raise InvalidArgumentError(
@@ -435,11 +450,15 @@ class NeuralNetworkRepurposer(Repurposer):
                 )
             if not np.issubdtype(X.dtype, np.number) or X.dtype.kind == "c":
                 raise InvalidTypeError(f"{what}: the data must be real numbers, got dtype {X.dtype}.")
+            labels = None if y is None else _validation.check_labels(
+                y, y_name, n_samples=len(X), x_name=x_name
+            )
+            if world is not None and world.size > 1:  # read only this process's rows
+                rows = shard_indices(len(X), world.rank, world.size)
+                X = X[rows]
+                labels = None if labels is None else labels[rows]
             _validation.check_finite(X, f"{what}: {x_name}", "Remove or repair those examples.")
             data = X.astype(np.float32, copy=False)
-            labels = None if y is None else _validation.check_labels(
-                y, y_name, n_samples=len(data), x_name=x_name
-            )
         if labels is not None and len(labels) != len(data):
             raise InvalidArgumentError(
                 f"{what}: the data iterator gave {len(data)} examples but {len(labels)} labels."
@@ -551,7 +570,8 @@ class NeuralNetworkRepurposer(Repurposer):
                 "larger batch_size or fewer devices."
             )
 
-        data, labels, iterator_label_name = self._read_data(X, y, "fit")
+        world = self._training_backend().world(self.kvstore)
+        data, labels, iterator_label_name = self._read_data(X, y, "fit", world)
         if labels is None:
             raise InvalidArgumentError(
                 "fit requires y: pass labels, or an mx.io.DataIter that provides labels."
@@ -560,11 +580,16 @@ class NeuralNetworkRepurposer(Repurposer):
             labels = self._iterator_labels_as_user_values(labels)
         for attribute in ("classes_", "target_handler_", "history_"):
             self.__dict__.pop(attribute, None)
-        codes = self._encode_labels(labels)
+        if world.size > 1:  # the classes of every process's part, in every process
+            parts = world.gather_bytes(json.dumps(np.unique(labels).tolist()).encode())
+            every_class = np.unique(np.concatenate([np.asarray(json.loads(p)) for p in parts]))
+            codes = self._encode_labels(np.concatenate([every_class, labels]))[len(every_class) :]
+        else:
+            codes = self._encode_labels(labels)
         codes = self._declared_class_indices(labels, codes)
         try:
             return self._fit_encoded(
-                data, codes, iterator_label_name, validation_data, devices, contexts, resume
+                data, codes, iterator_label_name, validation_data, devices, contexts, resume, world
             )
         except BaseException:
             self.__dict__.pop("classes_", None)  # a failed fit leaves the repurposer unfitted
@@ -590,9 +615,12 @@ class NeuralNetworkRepurposer(Repurposer):
         self.classes_ = np.arange(int(declared), dtype=classes.dtype)
         return np.asarray(labels).astype(np.int64)
 
-    def _seed(self, resume: bool) -> int:
-        """The fit's seed (every process of a distributed run takes the same)."""
-        return self._training_backend().shared_seed(self._draw_seed(resume))
+    def _seed(self, resume: bool, world: World) -> int:
+        """The fit's seed (every process of a distributed run takes rank 0's)."""
+        seed = self._draw_seed(resume)
+        if world.size > 1:
+            seed = int(world.gather_bytes(str(seed).encode())[0])
+        return seed
 
     def _draw_seed(self, resume: bool) -> int:
         if isinstance(self.random_state, numbers.Integral):
@@ -615,6 +643,7 @@ class NeuralNetworkRepurposer(Repurposer):
         devices: list[Device],
         contexts: list,
         resume: bool,
+        world: World,
     ) -> NeuralNetworkRepurposer:
         num_classes = len(self.classes_)
         declared = getattr(self, "target_class_count", None)
@@ -635,19 +664,20 @@ class NeuralNetworkRepurposer(Repurposer):
                 "early_stopping_patience needs validation data: set validation_fraction or pass "
                 "validation_data to fit."
             )
-        seed = self._seed(resume)
+        seed = self._seed(resume, world)
         validation = None
         if validation_data is not None:
-            validation = self._validation_arrays(validation_data, data.shape[1:])
+            validation = self._validation_arrays(validation_data, data.shape[1:], world)
         elif self.validation_fraction is not None:
-            data, codes, validation = self._split(data, codes, seed)
+            data, codes, validation = self._split(data, codes, seed, world)
+        sizes = world.counts(len(data))
 
         backend = self._training_backend()
         # New layers are initialised from the seed (the backend's global state is left alone).
         with backend.seeded(derived_seed(seed, 4)), self._using_devices(devices):
             network = self._build_network(iterator_label_name, num_classes, data, codes)
         settings = Settings(
-            batch_size=int(min(self.batch_size, max(len(data), len(contexts)))),
+            batch_size=int(min(self.batch_size, max(int(sizes.max()), len(contexts)))),
             optimizer=self.optimizer.lower(),
             optimizer_params=self._optimizer_params(),
             contexts=contexts,
@@ -657,8 +687,9 @@ class NeuralNetworkRepurposer(Repurposer):
             kvstore=self.kvstore,
             checkpoint_dir=None if self.checkpoint_dir is None else Path(self.checkpoint_dir),
             resume=resume,
-            fingerprint=self._fingerprint(data, codes, validation, len(contexts)),
+            fingerprint=self._fingerprint(data, codes, validation, len(contexts), world),
             verbose=check_verbose(self.verbose),
+            world=world,
         )
         self.history_ = train(
             backend,
@@ -673,22 +704,23 @@ class NeuralNetworkRepurposer(Repurposer):
         self.target_handler_ = network.handler
         self.output_layer_ = network.output_layer
         self.new_layers_ = list(network.new_layers)
-        self.n_training_examples_ = int(len(data))
+        self.n_training_examples_ = int(sizes.sum())  # every process's
         self.sample_shape_ = tuple(int(s) for s in data.shape[1:])
         return self
 
     def _validation_arrays(
-        self, validation_data: Any, sample_shape: tuple
+        self, validation_data: Any, sample_shape: tuple, world: World
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``validation_data`` (``(X_val, y_val)`` or a DataIter) as examples and label codes."""
+        """``validation_data`` (``(X_val, y_val)`` or a DataIter) as examples and label codes
+        (this process's part of them in a distributed fit)."""
         if is_data_iterator(validation_data):
-            val_x, val_y, _ = self._read_data(validation_data, None, "validation_data")
+            val_x, val_y, _ = self._read_data(validation_data, None, "validation_data", world)
             if val_y is None:
                 raise InvalidArgumentError("validation_data: the iterator provides no labels.")
             val_y = self._iterator_labels_as_user_values(val_y)
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
             val_x, val_y, _ = self._read_data(
-                validation_data[0], validation_data[1], "validation_data"
+                validation_data[0], validation_data[1], "validation_data", world
             )
             if val_y is None:
                 raise InvalidArgumentError("validation_data must be (X_val, y_val) with labels.")
@@ -703,7 +735,8 @@ class NeuralNetworkRepurposer(Repurposer):
             )
         return val_x, self._encode_known(val_y, "validation_data").astype(np.float32)
 
-    def _split(self, data, codes, seed):
+    def _split(self, data, codes, seed, world):
+        """Hold out ``validation_fraction`` of this process's examples (stratified, seeded)."""
         from sklearn.model_selection import train_test_split
 
         indices = np.arange(len(data))
@@ -716,14 +749,17 @@ class NeuralNetworkRepurposer(Repurposer):
                 indices, test_size=self.validation_fraction, random_state=seed
             )
         train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-        if len(np.unique(codes[train_idx])) < len(self.classes_):
+        counts = np.bincount(codes[train_idx], minlength=len(self.classes_))
+        if world.size > 1:  # a class may be missing from one process's part, not from all
+            counts = world.sum(counts)
+        if np.any(counts == 0):
             raise InvalidArgumentError(
                 "validation_fraction leaves a class without training examples: use a smaller "
                 "fraction or pass validation_data."
             )
         return data[train_idx], codes[train_idx], (data[val_idx], codes[val_idx].astype(np.float32))
 
-    def _fingerprint(self, data, codes, validation, num_contexts) -> str:
+    def _fingerprint(self, data, codes, validation, num_contexts, world) -> str:
         digest = hashlib.sha256()
         for array in (data, codes) + (tuple(validation) if validation is not None else ()):
             array = np.ascontiguousarray(array)
@@ -750,6 +786,8 @@ class NeuralNetworkRepurposer(Repurposer):
         digest.update(str(num_contexts).encode())
         # A checkpoint of one backend never resumes a fit of another.
         digest.update((backend.file_key or "").encode())
+        if world.size > 1:  # every process's data, in rank order: the same in every process
+            return hashlib.sha256(b"".join(world.gather_bytes(digest.digest()))).hexdigest()
         return digest.hexdigest()
 
     def _build_network(
