@@ -115,10 +115,14 @@ def test_scale_out_report_marks_targets():
     extraction = {"count": 20_000, "identical": True, "max_difference": 0.0,
                   "runs": {1: {"seconds": 100.0, "count": 20_000, "load": "1.0 / 1.0"},
                            2: {"seconds": 55.0, "count": 20_000, "load": "1.0 / 1.0"}}}
-    text = scale_out.report_rows(heads, extraction)
-    assert "| LR | 2.0 | 40.0 | 2.00 (met) | 800 |" in text
-    assert "| BNN | 10.0 | 400.0 | 4.00 (MISSED) |" in text
-    assert "Speed-up 2 processes / 1: **1.82x** (target >= 1.6: met); features identical: True" in text
+    section = scale_out.report_rows(heads, extraction)
+    text = section.markdown
+    assert "| LR | 2.0 | 40.0 | 2.00 (≤ 3.00: ✓ met) | 800 (< 2048: ✓ met) |" in text
+    assert "| BNN | 10.0 | 400.0 | 4.00 (≤ 3.00: ✗ MISSED) |" in text
+    assert "Speed-up of 2 processes over 1: 1.82 (≥ 1.60: ✓ met); features identical: True" in text
+    figures = {figure.key: figure for figure in section.figures}
+    assert figures["scale_out.bnn.time_per_row_ratio"].met is False
+    assert figures["scale_out.extraction.identical_features"].met is True
     assert "scale_out" in run.SECTIONS
 
 

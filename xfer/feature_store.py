@@ -74,6 +74,7 @@ DEFAULT_SHARD_SIZE = 4096
 DEFAULT_CHUNK_MB = 64
 #: Environment variables that set the threads of a worker process's numerical libraries.
 THREAD_VARIABLES = (
+    "XFER_NUM_THREADS",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -339,13 +340,9 @@ def _extract_shards(handler: Any, rows: _Rows, plan: _Plan, shards: Sequence[int
     return done
 
 
-def _worker_main(payload: tuple, rows: _Rows, plan: _Plan, shards: list[int], threads: int,
-                 errors: Any) -> None:
+def _worker_main(payload: tuple, rows: _Rows, plan: _Plan, shards: list[int], errors: Any) -> None:
     """A local worker process: rebuild the model, extract its shards, report a failure."""
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
+    try:  # the thread counts came with the environment (THREAD_VARIABLES)
         handler = _handler_from_payload(*payload)
         _extract_shards(handler, rows, plan, shards)
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises
@@ -364,7 +361,7 @@ def _run_local_processes(payload: tuple, rows: _Rows, plan: _Plan, parts: list[l
             os.environ[name] = str(threads)
         for part in parts:
             process = context.Process(
-                target=_worker_main, args=(payload, rows, plan, part, threads, errors), daemon=True
+                target=_worker_main, args=(payload, rows, plan, part, errors), daemon=True
             )
             process.start()
             processes.append(process)
