@@ -65,6 +65,7 @@ BAD_FEATURES = {
     "complex": (X + 1j, InvalidArgumentError, ValueError, "Complex data not supported"),
     "ragged": ([[1.0, 2.0], [1.0]] * 12, InvalidArgumentError, ValueError, "rows of unequal length"),
     "dates": (np.zeros((24, 5), dtype="datetime64[s]"), InvalidTypeError, TypeError, "dates or times"),
+    "masked": (np.ma.masked_array(X, mask=np.eye(24, 5, dtype=bool)), InvalidArgumentError, ValueError, r"X is a masked array with 5 masked \(missing\) entries.*X.filled"),
 }
 
 # (y given to fit with X, error type, built-in, message) ----------------------------------------
@@ -94,6 +95,7 @@ BAD_LABELS = {
     "continuous": (Y + 0.5, InvalidArgumentError, ValueError, "Unknown label type: continuous"),
     "one class": (np.zeros(24, dtype=int), InvalidArgumentError, ValueError, "at least 2 classes"),
     "dict": ({"a": 1}, InvalidTypeError, TypeError, "{y} is dict"),
+    "masked": (np.ma.masked_array(Y, mask=np.arange(24) == 4), InvalidArgumentError, ValueError, "{y} is a masked array with 1 masked"),
 }
 
 
@@ -312,10 +314,8 @@ IMAGE_LABELS = np.arange(12) % 3
 def _fine_tuner(backend, **options):
     from xfer import NeuralNetworkFineTuneRepurposer
 
-    return NeuralNetworkFineTuneRepurposer(
-        _digits_cnn(backend), transfer_layer_name="relu3", target_class_count=None, num_epochs=1,
-        batch_size=4, **options,
-    )  # fmt: skip
+    options = {"target_class_count": None, "num_epochs": 1, "batch_size": 4, **options}
+    return NeuralNetworkFineTuneRepurposer(_digits_cnn(backend), "relu3", **options)
 
 
 @pytest.mark.parametrize("backend", ["mxnet", "torch"])
@@ -328,6 +328,8 @@ def _fine_tuner(backend, **options):
         (IMAGES, IMAGE_LABELS[:-1], {}, InvalidArgumentError, "X has 12, y has 11"),
         (IMAGES, IMAGE_LABELS, {"kvstore": "bogus"}, InvalidArgumentError, "kvstore='bogus' is not a kvstore type"),
         (IMAGES, IMAGE_LABELS, {"checkpoint_dir": __file__}, InvalidArgumentError, "checkpoint_dir=.* is not a folder"),
+        (np.ma.masked_array(IMAGES, mask=IMAGES > 0.99), IMAGE_LABELS, {}, InvalidArgumentError, "fit: X is a masked array with"),
+        (IMAGES, IMAGE_LABELS, {"target_class_count": 10**12}, InvalidArgumentError, r"target_class_count must be <= 16777216, got 1000000000000 \(one output per class"),
     ],
 )
 def test_fine_tuner_bad_inputs(backend, X, y, options, error_type, message):
@@ -346,3 +348,31 @@ def test_fine_tuner_channel_axis_hint():
 def test_fine_tuner_validation_labels_of_another_kind():
     with pytest.raises(InvalidTypeError, match="y_val holds string labels, but the model was fitted on number"):
         _fine_tuner("mxnet").fit(IMAGES, IMAGE_LABELS, validation_data=(IMAGES, IMAGE_LABELS.astype(str)))
+
+
+def test_get_layer_output_refuses_masked_entries():
+    from xfer.model_handler import ModelHandler
+
+    masked = np.ma.masked_array(X, mask=np.eye(24, 5, dtype=bool))
+    with pytest.raises(InvalidArgumentError, match="is a masked array with 5 masked"):
+        ModelHandler(make_tiny_source_model(5)).get_layer_output(masked, ["fc1"])
+    unmasked = np.ma.masked_array(X, mask=False)  # nothing masked: read as the plain array
+    np.testing.assert_array_equal(
+        _fitted("lr").predict_proba(unmasked), _fitted("lr").predict_proba(X)
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: LrRepurposer(None, None, n_jobs=10**20), "n_jobs=100000000000000000000 is more threads than can be asked for"),
+        (lambda: SvmRepurposer(None, None, n_jobs=2**40), "n_jobs=1099511627776 is more threads"),
+        (lambda: LrRepurposer(None, None, extraction_batch_size=0), "extraction_batch_size must be >= 1, got 0"),
+        (lambda: GpRepurposer(None, None, extraction_batch_size=-2), "extraction_batch_size must be >= 1"),
+    ],
+)
+def test_counts_that_cannot_be_honoured_are_refused(make, message):
+    """Also where the value would go unused (no source model), so a mistake shows at once;
+    a C int overflow (n_jobs) is not a raw ctypes error."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        make().fit(X, Y)

@@ -14,15 +14,24 @@ from typing import Any
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
 
 
-def check_int(name: str, value: Any, minimum: int = 1, *, allow_none: bool = False) -> None:
-    """Check that ``value`` is an integer ``>= minimum`` (or None when ``allow_none``).
+def check_int(
+    name: str,
+    value: Any,
+    minimum: int = 1,
+    *,
+    allow_none: bool = False,
+    maximum: int | None = None,
+    why_maximum: str = "",
+) -> None:
+    """Check that ``value`` is an integer ``>= minimum`` (and ``<= maximum`` when given; or None
+    when ``allow_none``). ``why_maximum`` ends the message of a value above ``maximum``.
 
     Raises
     ------
     InvalidTypeError
         Not an integer (``True``/``False`` and floats such as ``2.0`` are refused).
     InvalidArgumentError
-        Below ``minimum``.
+        Below ``minimum`` or above ``maximum``.
     """
     if value is None and allow_none:
         return
@@ -33,6 +42,8 @@ def check_int(name: str, value: Any, minimum: int = 1, *, allow_none: bool = Fal
         )
     if value < minimum:
         raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise InvalidArgumentError(f"{name} must be <= {maximum}, got {value!r}{why_maximum}.")
 
 
 def check_number(

@@ -52,8 +52,26 @@ def _describe_bad_values(array: np.ndarray, offset: int) -> tuple[str, str]:
     return first or "NaN", ", ".join(parts)
 
 
+def refuse_masked(value: Any, name: str) -> None:
+    """Refuse a NumPy masked array with masked entries: its masks would be dropped silently
+    (``np.asarray`` keeps the values under the mask), so missing values would be used as data.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``value`` is a masked array with at least one masked entry.
+    """
+    if np.ma.isMaskedArray(value) and np.ma.getmaskarray(value).any():
+        count = int(np.ma.getmaskarray(value).sum())
+        raise InvalidArgumentError(
+            f"{name} is a masked array with {count} masked (missing) entries, which xfer does not "
+            f"read: fill them ({name}.filled(value)) or drop those rows first."
+        )
+
+
 def check_finite(array: np.ndarray, name: str, remedy: str, row_offset: int = 0) -> None:
-    """Refuse NaN, infinity and magnitudes beyond float32's range in a numeric array.
+    """Refuse NaN, infinity and magnitudes beyond float32's range in a numeric array (and
+    masked entries, see :func:`refuse_masked`).
 
     Integer and boolean arrays pass at once. Floating arrays are scanned in chunks of rows with
     ``min``/``max`` (NaN propagates through them), so a clean array costs two reductions.
@@ -63,6 +81,7 @@ def check_finite(array: np.ndarray, name: str, remedy: str, row_offset: int = 0)
     InvalidArgumentError
         Naming ``name``, the count and first position of each kind of bad value, and ``remedy``.
     """
+    refuse_masked(array, name)
     if array.dtype.kind not in "fc" or array.size == 0:
         return
     if array.ndim == 0:
@@ -153,6 +172,7 @@ def check_features(
     """
     expected = "an array of shape (n_samples, n_features)"
     _refuse_non_arrays(X, name, expected)
+    refuse_masked(X, name)
     X = _plain_array(X)
     try:
         array = np.asarray(X)
@@ -313,6 +333,7 @@ def check_labels(
             f"as {name}, one per sample of {x_name}."
         )
     _refuse_non_arrays(y, name, f"one label per sample of {x_name} (a list or 1-D array)")
+    refuse_masked(y, name)
     y = _plain_array(y)
     if isinstance(y, (list, tuple)) or (isinstance(y, np.ndarray) and y.dtype.kind == "O"):
         try:

@@ -22,6 +22,10 @@ from xfer.serialization import register_repurposer
 logger = logging.getLogger("xfer.repurposers.lr")
 
 
+#: The most threads n_jobs may ask for (a C int, what BLAS/OpenMP take).
+_MAX_THREADS = 2**31 - 1
+
+
 def _thread_limit(n_jobs: Any) -> int | None:
     """``n_jobs`` as a BLAS/OpenMP thread limit (``-1``/``None``: no limit)."""
     if n_jobs is None or n_jobs == -1:
@@ -33,6 +37,11 @@ def _thread_limit(n_jobs: Any) -> int | None:
         or n_jobs < -1
     ):
         raise InvalidArgumentError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}.")
+    if n_jobs > _MAX_THREADS:
+        raise InvalidArgumentError(
+            f"n_jobs={n_jobs} is more threads than can be asked for (at most {_MAX_THREADS}); "
+            "use -1 for every core."
+        )
     return int(n_jobs)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from sklearn.utils.validation import validate_data
 
 from xfer import _validation
+from xfer._arguments import check_int
 from xfer._mxnet import mx
 from xfer._progress import check_verbose
 from xfer.context import Device, to_torch
@@ -442,7 +443,9 @@ class MetaModelRepurposer(Repurposer):
             raise InvalidArgumentError(str(error)) from error
 
     def _validate_before_repurpose(self) -> None:
-        """Check the feature layer names (when there is a source model to read them from)."""
+        """Check the feature layer names (when there is a source model to read them from) and
+        ``extraction_batch_size`` (also when it is unused, so that a mistake shows at once)."""
+        check_int("extraction_batch_size", self.extraction_batch_size, allow_none=True)
         if self.source_model is not None:
             self._validated_layer_names()
 

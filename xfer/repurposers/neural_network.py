@@ -91,6 +91,21 @@ from xfer.repurposers.base import Repurposer
 
 logger = logging.getLogger("xfer.repurposers.neural_network")
 
+#: The most classes a fine-tuned network's output layer may have (ImageNet-21k has 21,841): a
+#: larger count is a mistake, and would exhaust memory before training starts.
+MAX_TARGET_CLASSES = 2**24
+
+
+def _check_target_class_count(count: Any) -> None:
+    check_int(
+        "target_class_count",
+        count,
+        minimum=2,
+        maximum=MAX_TARGET_CLASSES,
+        why_maximum=" (one output per class; None takes the count from the labels)",
+    )
+
+
 #: Xfer's default optimiser parameters.
 DEFAULT_OPTIMIZER_PARAMS = {"learning_rate": 0.001}
 
@@ -602,6 +617,7 @@ class NeuralNetworkRepurposer(Repurposer):
         declared = getattr(self, "target_class_count", None)
         if declared is None or isinstance(declared, bool) or not isinstance(declared, numbers.Integral):
             return codes
+        _check_target_class_count(declared)
         if int(declared) <= len(self.classes_):
             return codes  # equal: nothing to do; fewer: _fit_encoded says what is wrong
         classes = self.classes_
@@ -648,7 +664,7 @@ class NeuralNetworkRepurposer(Repurposer):
         num_classes = len(self.classes_)
         declared = getattr(self, "target_class_count", None)
         if declared is not None:
-            check_int("target_class_count", declared, minimum=2)
+            _check_target_class_count(declared)
             if int(declared) != num_classes:
                 raise InvalidArgumentError(
                     f"target_class_count={declared} but the training labels have {num_classes} "
