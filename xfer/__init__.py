@@ -40,6 +40,7 @@ _EXPORTS = {
     "GpRepurposer": "xfer.repurposers",
     "BnnRepurposer": "xfer.repurposers",
     "LaplaceRepurposer": "xfer.repurposers",
+    "AutoRepurposer": "xfer.repurposers",
     "load": "xfer.serialization",
     "set_num_threads": "xfer.threads",
     "get_num_threads": "xfer.threads",
@@ -49,7 +50,7 @@ _SUBMODULES = (
     "cli", "context", "data", "datasets", "distributed", "exceptions", "feature_store", "files",
     "fine_tuning", "meta_model_repurposer",
     "metrics", "model_handler", "repurposers", "serialization", "testing", "threads", "toy_models",
-    "utils", "zoo",
+    "transferability", "utils", "zoo",
 )  # fmt: skip
 
 __all__ = [  # the names of _EXPORTS, spelled out for static tools
@@ -64,6 +65,7 @@ __all__ = [  # the names of _EXPORTS, spelled out for static tools
     "GpRepurposer",
     "BnnRepurposer",
     "LaplaceRepurposer",
+    "AutoRepurposer",
     "load",
     "set_num_threads",
     "get_num_threads",
@@ -71,6 +73,7 @@ __all__ = [  # the names of _EXPORTS, spelled out for static tools
 
 if TYPE_CHECKING:  # what static tools see
     from xfer.repurposers import (
+        AutoRepurposer,
         BnnRepurposer,
         GpRepurposer,
         LaplaceRepurposer,

@@ -9,13 +9,21 @@ import importlib.util
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from xfer import BnnRepurposer, GpRepurposer, LaplaceRepurposer, LrRepurposer, SvmRepurposer
+from xfer import (
+    AutoRepurposer,
+    BnnRepurposer,
+    GpRepurposer,
+    LaplaceRepurposer,
+    LrRepurposer,
+    SvmRepurposer,
+)
 
 ESTIMATORS = [
     LrRepurposer(None, None, random_state=0),
     SvmRepurposer(None, None, random_state=0),
     SvmRepurposer(None, None, kernel="rbf", enable_probability_estimates=True, random_state=0),
     LaplaceRepurposer(None, None, random_state=0),
+    AutoRepurposer(None, None, random_state=0),
 ]
 if importlib.util.find_spec("xfer.repurposers._gp_core"):
     ESTIMATORS.append(GpRepurposer(None, None, max_function_evaluations=10, random_state=0))

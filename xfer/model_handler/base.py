@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from xfer.exceptions import (
+    InvalidArgumentError,
     InvalidTypeError,
     MissingDependencyError,
     ModelFileNotFoundError,
@@ -201,6 +202,7 @@ class ModelHandlerProtocol(Protocol):
         context: Any = None,
         batch_size: int | None = None,
         verbose: bool = False,
+        pooling: str | None = None,
     ) -> tuple[OrderedDict, np.ndarray | None]:
         """The outputs of some layers on some data.
 
@@ -215,6 +217,9 @@ class ModelHandlerProtocol(Protocol):
         batch_size : int, optional
         verbose : bool, default=False
             A progress bar.
+        pooling : {None, 'avg'}, default=None
+            ``'avg'`` averages each feature map over its spatial axes before flattening
+            (``N x C x H x W -> N x C``), batch by batch; see :data:`POOLING_MODES`.
 
         Returns
         -------
@@ -313,6 +318,56 @@ class ModelHandlerProtocol(Protocol):
         graphviz.Digraph
         """
         ...
+
+
+#: Values of ``get_layer_output(..., pooling=)``: ``None`` flattens every output as it is;
+#: ``"avg"`` first averages a channels-first feature map over its spatial axes (every axis after
+#: the channel axis: ``N x C x H x W -> N x C``), the features transferability scores read.
+POOLING_MODES = (None, "avg")
+
+
+def check_pooling(pooling: Any) -> str | None:
+    """Return ``pooling`` if it is one of :data:`POOLING_MODES`, else raise a clear error.
+
+    Parameters
+    ----------
+    pooling : object
+
+    Returns
+    -------
+    str or None
+
+    Raises
+    ------
+    InvalidArgumentError
+        Anything else.
+    """
+    if pooling not in POOLING_MODES:
+        raise InvalidArgumentError(
+            f"pooling must be one of {list(POOLING_MODES)}, got {pooling!r}: None flattens layer "
+            "outputs as they are, 'avg' averages feature maps over their spatial axes."
+        )
+    return pooling
+
+
+def pool_spatial(value: Any, pooling: str | None) -> Any:
+    """Average an ``N x C x ...`` array or tensor over the axes after ``C`` (``pooling="avg"``).
+
+    Outputs with two axes or fewer (dense layers) come back unchanged.
+
+    Parameters
+    ----------
+    value : numpy.ndarray or torch.Tensor
+    pooling : {None, 'avg'}
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+    """
+    if pooling == "avg" and value.ndim > 2:
+        axes = tuple(range(2, value.ndim))
+        return value.mean(axes) if hasattr(value, "dim") else value.mean(axis=axes)
+    return value
 
 
 def register_backend(cls: type) -> type:
@@ -532,4 +587,11 @@ class ModelHandler:
         )
 
 
-__all__ = ["ModelHandler", "ModelHandlerProtocol", "register_backend"]
+__all__ = [
+    "ModelHandler",
+    "ModelHandlerProtocol",
+    "POOLING_MODES",
+    "check_pooling",
+    "pool_spatial",
+    "register_backend",
+]

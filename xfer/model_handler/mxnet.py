@@ -28,7 +28,13 @@ from xfer.exceptions import (
     SerializationError,
     layer_not_found,
 )
-from xfer.model_handler.base import ModelHandler, register_backend, render_digraph
+from xfer.model_handler.base import (
+    ModelHandler,
+    check_pooling,
+    pool_spatial,
+    register_backend,
+    render_digraph,
+)
 from xfer.model_handler.consts import FORBIDDEN_NAME_PARTS, OUTPUT_LAYER_TYPES, LayerType
 from xfer.serialization import atomic_write
 
@@ -704,6 +710,7 @@ class MXNetModelHandler(ModelHandler):
         context: Any = None,
         batch_size: int | None = None,
         verbose: bool = False,
+        pooling: str | None = None,
     ) -> tuple[OrderedDict, np.ndarray | None]:
         """Outputs of the given layers for every example, flattened per example.
 
@@ -723,6 +730,10 @@ class MXNetModelHandler(ModelHandler):
             Batch size for array data (default 64).
         verbose : bool or int, default=False
             Show a progress bar.
+        pooling : {None, 'avg'}, default=None
+            ``'avg'`` averages each feature map over its spatial axes before flattening
+            (``N x C x H x W -> N x C``, batch by batch, so large maps are never stored);
+            dense outputs are unchanged. None keeps every value (Xfer's behaviour).
 
         Returns
         -------
@@ -743,6 +754,7 @@ class MXNetModelHandler(ModelHandler):
         layer_names = self._check_layer_names(layer_names)
         if not layer_names:
             raise InvalidArgumentError("layer_names is empty: give at least one layer.")
+        check_pooling(pooling)
         contexts = to_mxnet(context, default=self.devices)
         batches = as_batches(data_iterator, batch_size=batch_size)
         if batches.batch_size < len(contexts):
@@ -762,7 +774,7 @@ class MXNetModelHandler(ModelHandler):
         progress = _progress(batches, verbose, "Extracting features")
         for batch in progress:
             module.forward(mx.io.DataBatch(data=[mx.nd.array(batch.data)], label=None), is_train=False)
-            values = [out.asnumpy() for out in module.get_outputs()]
+            values = [pool_spatial(out.asnumpy(), pooling) for out in module.get_outputs()]
             valid = batch.num_valid
             if batches.num_examples is not None:
                 if results is None:

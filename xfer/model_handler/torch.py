@@ -61,7 +61,13 @@ from xfer.exceptions import (
     XferError,
     layer_not_found,
 )
-from xfer.model_handler.base import ModelHandler, register_backend, render_digraph
+from xfer.model_handler.base import (
+    ModelHandler,
+    check_pooling,
+    pool_spatial,
+    register_backend,
+    render_digraph,
+)
 from xfer.model_handler.consts import LayerType
 from xfer.serialization import atomic_write
 from xfer.threads import torch_threads
@@ -747,6 +753,7 @@ class TorchModelHandler(ModelHandler):
         context: Any = None,
         batch_size: int | None = None,
         verbose: bool = False,
+        pooling: str | None = None,
     ) -> tuple[OrderedDict, np.ndarray | None]:
         """Outputs of the given layers for every example, flattened per example.
 
@@ -771,6 +778,10 @@ class TorchModelHandler(ModelHandler):
             Batch size for array, Dataset and text data (default 64).
         verbose : bool or int, default=False
             Show a progress bar.
+        pooling : {None, 'avg'}, default=None
+            ``'avg'`` averages each feature map over its spatial axes before flattening
+            (``N x C x H x W -> N x C``, batch by batch, so large maps are never stored);
+            outputs with two axes are unchanged. None keeps every value.
 
         Returns
         -------
@@ -793,6 +804,7 @@ class TorchModelHandler(ModelHandler):
         layer_names = self._check_layer_names(layer_names)
         if not layer_names:
             raise InvalidArgumentError("layer_names is empty: give at least one layer.")
+        check_pooling(pooling)
         device = to_torch(context, default=self.devices[0])
         batches = as_batches(data_iterator, batch_size=batch_size, allow_text=True)
         runner = self._runner(layer_names)
@@ -822,7 +834,10 @@ class TorchModelHandler(ModelHandler):
                             f"The data ({shape}) does not fit the model: {_first_line(error)}"
                             + (f". The model last read examples of shape {self.input_shape}." if self.input_shape else ".")
                         ) from error
-                    flat = [self._flatten(name, value, valid) for name, value in zip(layer_names, values)]
+                    flat = [
+                        self._flatten(name, value, valid, pooling)
+                        for name, value in zip(layer_names, values)
+                    ]
                     if batches.num_examples is not None:
                         if results is None:
                             results = [
@@ -853,7 +868,7 @@ class TorchModelHandler(ModelHandler):
         return OrderedDict(zip(layer_names, results)), label_array
 
     @staticmethod
-    def _flatten(name: str, value: Any, valid: int) -> Any:
+    def _flatten(name: str, value: Any, valid: int, pooling: str | None = None) -> Any:
         if not isinstance(value, torch.Tensor):
             raise ModelError(
                 f"Layer {name!r} gives a {type(value).__name__}, not one tensor: read a layer whose "
@@ -864,7 +879,7 @@ class TorchModelHandler(ModelHandler):
                 f"Layer {name!r} gives a tensor of shape {tuple(value.shape)}, not one row per "
                 f"example of the batch ({valid}): it cannot be read as per-example features."
             )
-        return value.reshape(valid, -1)
+        return pool_spatial(value, pooling).reshape(valid, -1)
 
     def _runner(self, layer_names: list[str]) -> _Runner:
         """A callable giving the requested layers' outputs for one batch (cached per layer set)."""

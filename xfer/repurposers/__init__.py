@@ -1,6 +1,7 @@
 """Repurposers: turn a source model into a predictor for a target task."""
 
 from xfer.fine_tuning.history import History
+from xfer.repurposers.auto import AutoRepurposer, SelectionReport
 from xfer.repurposers.base import Repurposer
 from xfer.repurposers.bnn import BnnRepurposer
 from xfer.repurposers.fine_tune import (
@@ -23,6 +24,8 @@ __all__ = [
     "GpRepurposer",
     "BnnRepurposer",
     "LaplaceRepurposer",
+    "AutoRepurposer",
+    "SelectionReport",
     "NeuralNetworkRepurposer",
     "NeuralNetworkFineTuneRepurposer",
     "NeuralNetworkRandomFreezeRepurposer",

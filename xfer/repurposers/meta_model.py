@@ -155,6 +155,14 @@ class MetaModelRepurposer(Repurposer):
             raise InvalidArgumentError(f"feature_layer_names repeats a layer: {names!r}.")
         return names
 
+    def _extraction_layer_names(self) -> list[str]:
+        """The layers read by feature extraction (a subclass may choose them in ``fit``)."""
+        return self._validated_layer_names()
+
+    def _extraction_pooling(self) -> str | None:
+        """``get_layer_output``'s ``pooling`` for feature extraction (None: flatten as they are)."""
+        return None
+
     def get_features_from_source_model(
         self, data_iterator: Any, context: Any = None
     ) -> MetaModelData:
@@ -180,7 +188,7 @@ class MetaModelRepurposer(Repurposer):
                 "This repurposer has no source model (source_model=None), so it cannot extract "
                 "features: pass feature arrays, or construct it with a source model."
             )
-        names = self._validated_layer_names()
+        names = self._extraction_layer_names()
         handler = self._get_model_handler()
         self._check_layers_in(handler, names)
         if isinstance(data, np.ndarray):
@@ -193,6 +201,7 @@ class MetaModelRepurposer(Repurposer):
             context=devices,
             batch_size=self.extraction_batch_size,
             verbose=check_verbose(self.verbose),
+            pooling=self._extraction_pooling(),
         )
         # Concatenated in the order the handler returns them (the order asked for).
         arrays = [np.asarray(array) for array in outputs.values()]

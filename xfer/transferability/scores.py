@@ -1,0 +1,485 @@
+"""Transferability scores: how well a source model's features or outputs suit a labelled target task.
+
+Every score is a plain function of arrays, computed without training a head, so that ranking
+many layers or models costs a small fraction of fitting a classifier on each:
+
+========================  ============================  =====================================
+score                     reads                         paper
+========================  ============================  =====================================
+:func:`logme`             features ``N x D``            You et al., ICML 2021
+:func:`h_score`           features ``N x D``            Bao et al., ICIP 2019; regularised by
+                                                        Ibrahim et al., ECML-PKDD 2022
+:func:`leep`              source probabilities ``N x Z``  Nguyen et al., ICML 2020
+:func:`nce`               source labels ``N``           Tran et al., ICCV 2019
+========================  ============================  =====================================
+
+Higher is better for all four. Labels may be any values (ints, strings); only their grouping
+matters, so every score is unchanged by renaming or permuting the classes. The feature scores
+work on any layer (average-pool convolutional maps first: see
+:func:`xfer.transferability.rank_layers`); LEEP and NCE read the source model's own output
+distribution over its source classes, so they score a *model* (its output layer), not an
+intermediate layer.
+
+All four are deterministic and vectorised: LogME shares one eigendecomposition between all
+classes and maximises the evidence of all classes at once; the H-score needs one covariance
+matrix and one linear solve; LEEP and NCE are a few matrix products and counts.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+from sklearn.utils.multiclass import check_classification_targets
+
+from xfer.exceptions import InvalidArgumentError, InvalidTypeError
+
+__all__ = ["logme", "h_score", "leep", "nce", "SCORES", "FEATURE_SCORES", "OUTPUT_SCORES"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _encode_labels(labels: Any, n_rows: int, argument: str = "labels") -> tuple[np.ndarray, int]:
+    """``labels`` as int codes ``0..K-1`` (K >= 2) of length ``n_rows``."""
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
+        raise InvalidTypeError(
+            f"{argument} must be a 1-D array-like of class labels, got {type(labels).__name__}."
+        )
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise InvalidArgumentError(
+            f"{argument} must be 1-D (one class label per example), got shape {labels.shape}."
+        )
+    if len(labels) != n_rows:
+        raise InvalidArgumentError(
+            f"{argument} has {len(labels)} entries but there are {n_rows} examples: give one "
+            "label per row."
+        )
+    try:
+        check_classification_targets(labels)
+        classes, codes = np.unique(labels, return_inverse=True)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgumentError(
+            f"{argument} must be class labels (ints or strings, not continuous values or a "
+            f"mixture of types): {error}"
+        ) from error
+    if len(classes) < 2:
+        raise InvalidArgumentError(
+            f"{argument} hold a single class ({classes[0]!r}): a transferability score compares "
+            "classes, so give examples of at least 2 classes."
+        )
+    return codes.astype(np.int64, copy=False), len(classes)
+
+
+def _as_matrix(values: Any, argument: str) -> np.ndarray:
+    """A finite 2-D float64 array with at least one row and column."""
+    if isinstance(values, (str, bytes)) or values is None:
+        raise InvalidTypeError(f"{argument} must be a 2-D numeric array, got {values!r}.")
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidTypeError(f"{argument} must be a 2-D numeric array ({error}).") from error
+    if array.ndim != 2:
+        raise InvalidArgumentError(
+            f"{argument} must be 2-D (one row per example), got shape {array.shape}; flatten or "
+            "average-pool layer outputs first."
+        )
+    if array.shape[0] < 2 or array.shape[1] < 1:
+        raise InvalidArgumentError(
+            f"{argument} has shape {array.shape}: a score needs at least 2 examples and 1 column."
+        )
+    if not np.all(np.isfinite(array)):
+        raise InvalidArgumentError(f"{argument} contains NaN or infinity.")
+    return array
+
+
+def _gram(matrix: np.ndarray) -> np.ndarray:
+    """``matrix.T @ matrix``, symmetrised (NumPy's BLAS: one product)."""
+    product = matrix.T @ matrix
+    return (product + product.T) / 2
+
+
+# --------------------------------------------------------------------------- LogME
+
+
+_GOLDEN = (np.sqrt(5.0) - 1) / 2
+
+
+def _profile_log_evidence(
+    log_ratio: np.ndarray, s: np.ndarray, z2: np.ndarray, r0: np.ndarray, n: int
+) -> np.ndarray:
+    """Log evidence of each class at ``lambda = alpha / beta = exp(log_ratio)``, ``beta`` at its
+    optimum: ``log N(y | 0, (I + F F^T / lambda) / beta)``.
+
+    ``log_ratio`` is ``(G, 1)`` (a grid shared by the classes) or ``(K, 1)`` (one per class);
+    ``s`` ``(r,)`` are the nonzero eigenvalues of ``F^T F``, ``z2`` ``(r, K)`` the squared
+    coordinates of the targets along the matching left singular vectors, ``r0`` ``(K,)`` the
+    targets' squared norm outside the span of ``F``.
+    """
+    ratio = np.exp(log_ratio)
+    weights = ratio / (ratio + s)  # (., r)
+    if log_ratio.shape[0] == z2.shape[1]:  # one ratio per class
+        quadratic = r0 + np.einsum("kr,rk->k", weights, z2)
+        log_det = np.log1p(s / ratio).sum(1)
+    else:
+        quadratic = r0 + weights @ z2
+        log_det = np.log1p(s / ratio).sum(1, keepdims=True)
+    quadratic = np.maximum(quadratic, np.finfo(np.float64).tiny)
+    return -n / 2 * (np.log(2 * np.pi) + 1 + np.log(quadratic / n)) - log_det / 2
+
+
+def logme(features: Any, labels: Any, *, centre: bool = True) -> float:
+    """LogME: the log maximum evidence of a Bayesian linear model from features to labels.
+
+    For each class ``k`` the one-hot column ``y_k`` is modelled as ``y_k = F w + noise`` with a
+    Gaussian prior ``w ~ N(0, I / alpha)`` and noise precision ``beta``. LogME is the evidence
+    ``log p(y_k | F, alpha, beta)`` maximised over ``alpha`` and ``beta``, divided by ``N`` and
+    averaged over the classes (You, Liu, Wang and Long, "LogME: Practical Assessment of
+    Pre-trained Models for Transfer Learning", ICML 2021). It estimates how well a linear head on
+    these features will fit the labels, penalising complexity, with no hyper-parameter.
+
+    One symmetric eigendecomposition (of ``F^T F``, or of ``F F^T`` when ``N < D``) serves every
+    class. The paper maximises the evidence with MacKay's fixed-point updates; here, for all
+    classes at once, the noise precision is profiled out in closed form and the remaining
+    one-dimensional evidence is maximised over ``alpha / beta`` on a grid spanning the whole
+    spectrum, refined by golden-section search. The maximum is the same where the fixed point
+    converges; unlike the fixed point, this also finds it when it lies at a limit (fewer
+    examples than features, where the labels can be fitted exactly; features unrelated to a
+    class), where the iterations drift or oscillate and the result would depend on when they
+    are stopped.
+
+    The result is invariant to permuting the classes or the examples and to scaling or rotating
+    the features as a whole (not to scaling single columns); with ``centre=True`` also to
+    shifting them.
+
+    Parameters
+    ----------
+    features : array-like of shape (n_samples, n_features)
+        Features of the labelled examples (one row each).
+    labels : array-like of shape (n_samples,)
+        Class labels of any values; at least 2 classes.
+    centre : bool, default=True
+        Subtract each feature column's mean first, as the heads' standardisation does (LogME's
+        linear model has no intercept, so uncentred non-negative features such as pooled ReLU
+        maps spend part of their fit on their mean). ``False`` gives the paper's LogME on raw
+        features. On few-shot image tasks centred LogME ranks layers closer to the accuracy of
+        a logistic-regression head (``python -m benchmarks.run --only transferability``).
+
+    Returns
+    -------
+    float
+        Mean log evidence per example; higher means more transferable. Values are comparable
+        between layers or models scored on the same examples and labels.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, fewer than 2 classes, NaN or infinite features, constant
+        features.
+    InvalidTypeError
+        Non-numeric features.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xfer.transferability import logme
+    >>> rng = np.random.RandomState(0)
+    >>> labels = np.repeat([0, 1, 2], 30)
+    >>> informative = np.eye(3)[labels] + 0.1 * rng.normal(size=(90, 3))
+    >>> noise = rng.normal(size=(90, 3))
+    >>> bool(logme(informative, labels) > logme(noise, labels))
+    True
+    """
+    features = _as_matrix(features, "features")
+    codes, n_classes = _encode_labels(labels, features.shape[0])
+    n, d = features.shape
+    targets = np.zeros((n, n_classes))
+    targets[np.arange(n), codes] = 1.0
+    if centre:
+        features = features - features.mean(0)
+
+    # Spectrum of F^T F: s (kept eigenvalues) and z, the targets' coordinates along the left
+    # singular vectors of F; r0 is the part of ||y||^2 outside the span of F.
+    if n >= d:
+        eigenvalues, vectors = np.linalg.eigh(_gram(features))
+    else:
+        eigenvalues, vectors = np.linalg.eigh(_gram(features.T))
+    keep = eigenvalues > eigenvalues.max() * max(n, d) * np.finfo(np.float64).eps
+    if eigenvalues.max() <= 0 or not np.any(keep):
+        raise InvalidArgumentError(
+            "features are constant: LogME needs features that vary between examples."
+        )
+    s = eigenvalues[keep]
+    if n >= d:
+        z = (vectors[:, keep].T @ (features.T @ targets)) / np.sqrt(s)[:, None]
+    else:
+        z = vectors[:, keep].T @ targets
+    z2 = z**2
+    r0 = np.maximum((targets**2).sum(0) - z2.sum(0), 0.0)
+
+    # Both limits of alpha / beta give finite evidence; 1e-10 of the spectrum's ends is close
+    # enough to each that the evidence there equals its limit to about 10 digits.
+    low, high = np.log(s.min() * 1e-10), np.log(s.max() * 1e10)
+    grid = np.linspace(low, high, 256)
+    values = _profile_log_evidence(grid[:, None], s, z2, r0, n)  # (G, K)
+    best = np.argmax(values, axis=0)
+    step = grid[1] - grid[0]
+    left = np.maximum(grid[best] - step, low)
+    right = np.minimum(grid[best] + step, high)
+    # golden-section search in [left, right] for every class at once
+    inner_left = right - _GOLDEN * (right - left)
+    inner_right = left + _GOLDEN * (right - left)
+    value_left = _profile_log_evidence(inner_left[:, None], s, z2, r0, n)
+    value_right = _profile_log_evidence(inner_right[:, None], s, z2, r0, n)
+    for _ in range(48):
+        move_right = value_left < value_right
+        left = np.where(move_right, inner_left, left)
+        right = np.where(move_right, right, inner_right)
+        fresh = np.where(
+            move_right, left + _GOLDEN * (right - left), right - _GOLDEN * (right - left)
+        )
+        fresh_value = _profile_log_evidence(fresh[:, None], s, z2, r0, n)
+        inner_left, inner_right = (
+            np.where(move_right, inner_right, fresh),
+            np.where(move_right, fresh, inner_left),
+        )
+        value_left, value_right = (
+            np.where(move_right, value_right, fresh_value),
+            np.where(move_right, fresh_value, value_left),
+        )
+    evidence = np.maximum.reduce(
+        [values[best, np.arange(n_classes)], value_left, value_right]
+    )
+    return float(np.mean(evidence) / n)
+
+
+# --------------------------------------------------------------------------- H-score
+
+
+def _ledoit_wolf_shrinkage(centred: np.ndarray, covariance: np.ndarray) -> float:
+    """Ledoit and Wolf's (2004) optimal shrinkage of ``covariance`` towards ``mu I``."""
+    n, d = centred.shape
+    mu = np.trace(covariance) / d
+    row_norms = (centred**2).sum(1)
+    beta_sum = (row_norms**2).sum() / n  # mean of ||x x^T||_F^2
+    delta_sum = (covariance**2).sum()  # ||S||_F^2
+    beta = max((beta_sum - delta_sum) / (n * d), 0.0)
+    delta = (delta_sum - 2 * mu * np.trace(covariance) + d * mu**2) / d  # ||S - mu I||_F^2 / d
+    if delta <= 0:
+        return 0.0
+    return float(min(beta, delta) / delta)
+
+
+def h_score(features: Any, labels: Any, *, shrinkage: str | float | None = "ledoit-wolf") -> float:
+    """H-score: how much of the features' variance separates the classes.
+
+    ``H = tr(cov(f)^-1 cov(E[f | y]))`` (Bao, Li, Huang, Wang, Zheng and Zhong, "An
+    Information-theoretic Approach to Transferability in Task Transfer Learning", ICIP 2019), the
+    trace of the between-class covariance relative to the total covariance. With few examples
+    ``cov(f)`` is singular and the plain score is unstable; the regularised H-score replaces it
+    by the shrunk estimate ``(1 - a) cov(f) + a mu I`` (``mu`` the mean variance) and scales the
+    between-class term by ``1 - a`` (Ibrahim, Ponomareva and Mazumder, "Newer is not always
+    better: Rethinking transferability metrics, their peculiarities, stability and performance",
+    ECML-PKDD 2022), with ``a`` chosen by Ledoit and Wolf's formula.
+
+    Parameters
+    ----------
+    features : array-like of shape (n_samples, n_features)
+        Features of the labelled examples.
+    labels : array-like of shape (n_samples,)
+        Class labels of any values; at least 2 classes.
+    shrinkage : {'ledoit-wolf'}, float in [0, 1) or None, default='ledoit-wolf'
+        ``'ledoit-wolf'``: the regularised H-score; a number: that fixed shrinkage; ``None``: the
+        original H-score with a pseudo-inverse.
+
+    Returns
+    -------
+    float
+        Higher means more transferable. It lies between 0 and ``K - 1`` (K classes) and is
+        invariant to permuting the classes and to shifting or scaling the features as a whole.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, fewer than 2 classes, NaN features, a bad ``shrinkage``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xfer.transferability import h_score
+    >>> rng = np.random.RandomState(0)
+    >>> labels = np.repeat([0, 1], 40)
+    >>> separated = labels[:, None] * 3.0 + rng.normal(size=(80, 4))
+    >>> bool(h_score(separated, labels) > h_score(rng.normal(size=(80, 4)), labels))
+    True
+    """
+    features = _as_matrix(features, "features")
+    codes, n_classes = _encode_labels(labels, features.shape[0])
+    n, d = features.shape
+    centred = features - features.mean(0)
+    covariance = _gram(centred) / n
+    if shrinkage == "ledoit-wolf":
+        amount = _ledoit_wolf_shrinkage(centred, covariance)
+    elif shrinkage is None:
+        amount = 0.0
+    elif isinstance(shrinkage, numbers.Real) and not isinstance(shrinkage, bool) and 0 <= shrinkage < 1:
+        amount = float(shrinkage)
+    else:
+        raise InvalidArgumentError(
+            f"shrinkage must be 'ledoit-wolf', a number in [0, 1) or None, got {shrinkage!r}."
+        )
+    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    class_sums = np.zeros((n_classes, d))
+    np.add.at(class_sums, codes, centred)
+    # cov(E[f|y]) = M^T M with M's rows sqrt(p_k) (mean_k - mean)
+    between = class_sums / np.sqrt(counts[:, None] * n)
+    mu = np.trace(covariance) / d
+    if mu <= 0:
+        raise InvalidArgumentError(
+            "features are constant: the H-score needs features that vary between examples."
+        )
+    if amount > 0:  # the shrunk covariance is positive definite
+        shrunk = (1 - amount) * covariance
+        shrunk[np.diag_indices(d)] += amount * mu
+        solved = np.linalg.solve(shrunk, between.T)
+        return float((1 - amount) * np.sum(between.T * solved))
+    eigenvalues, vectors = np.linalg.eigh(covariance)  # plain H-score: pseudo-inverse
+    keep = eigenvalues > eigenvalues.max() * max(n, d) * np.finfo(np.float64).eps
+    rotated = between @ vectors[:, keep]
+    return float(np.sum(rotated**2 / eigenvalues[keep]))
+
+
+# --------------------------------------------------------------------------- LEEP and NCE
+
+
+def _as_probabilities(values: Any, argument: str) -> np.ndarray:
+    probabilities = _as_matrix(values, argument)
+    if probabilities.min() < 0 or not np.allclose(probabilities.sum(1), 1.0, atol=1e-3):
+        raise InvalidArgumentError(
+            f"{argument} must be probabilities: non-negative rows that sum to 1 (the source "
+            "model's softmax output). For logits, apply scipy.special.softmax(logits, axis=1)."
+        )
+    return probabilities / probabilities.sum(1, keepdims=True)
+
+
+def leep(source_probabilities: Any, labels: Any) -> float:
+    """LEEP: log expected empirical prediction of the source model's outputs on the target labels.
+
+    From the source model's distribution ``theta(x)`` over its ``Z`` source classes, LEEP forms
+    the empirical conditional ``P(y | z)`` of target labels given source labels, then averages
+    ``log sum_z P(y_i | z) theta(x_i)_z`` over the examples (Nguyen, Hassner, Seeger and Archambeau,
+    "LEEP: A New Measure to Evaluate Transferability of Learned Representations", ICML 2020).
+
+    Parameters
+    ----------
+    source_probabilities : array-like of shape (n_samples, n_source_classes)
+        The source model's output distribution for each target example (softmax output, e.g.
+        ImageNet class probabilities); rows sum to 1.
+    labels : array-like of shape (n_samples,)
+        Target class labels of any values; at least 2 classes.
+
+    Returns
+    -------
+    float
+        The average log-likelihood of the target labels under the source model's "expected
+        empirical predictor": at most 0 (higher is better) and at least the negative entropy of
+        the target labels' class frequencies, up to numerical precision. Invariant to
+        permuting target or source classes.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Rows that are not probabilities (pass logits through a softmax first), shapes that do
+        not match, fewer than 2 classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xfer.transferability import leep
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> confident = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8]])
+    >>> bool(leep(confident, labels) > leep(np.full((4, 2), 0.5), labels))
+    True
+    """
+    probabilities = _as_probabilities(source_probabilities, "source_probabilities")
+    codes, n_classes = _encode_labels(labels, probabilities.shape[0])
+    n = probabilities.shape[0]
+    joint = np.zeros((n_classes, probabilities.shape[1]))
+    np.add.at(joint, codes, probabilities)
+    joint /= n
+    marginal = joint.sum(0)
+    conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
+    expected = (probabilities @ conditional.T)[np.arange(n), codes]
+    return float(np.mean(np.log(np.maximum(expected, np.finfo(np.float64).tiny))))
+
+
+def nce(source_labels: Any, labels: Any) -> float:
+    """NCE: negative conditional entropy of the target labels given the source model's labels.
+
+    ``NCE = -H(Y | Z)`` from the empirical joint distribution of the source model's predicted
+    class ``z`` and the target label ``y`` of each example (Tran, Nguyen and Hassner,
+    "Transferability and Hardness of Supervised Classification Tasks", ICCV 2019).
+
+    Parameters
+    ----------
+    source_labels : array-like of shape (n_samples,) or (n_samples, n_source_classes)
+        The source model's predicted class of each example, or its output distribution (the
+        argmax is taken).
+    labels : array-like of shape (n_samples,)
+        Target class labels of any values; at least 2 classes.
+
+    Returns
+    -------
+    float
+        Between ``-H(Y)`` (source labels tell nothing) and 0 (they determine the target labels);
+        higher is better. Invariant to renaming either set of classes.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Shapes that do not match, fewer than 2 target classes.
+
+    Examples
+    --------
+    >>> from xfer.transferability import nce
+    >>> nce(["cat", "cat", "dog", "dog"], [0, 0, 1, 1])
+    0.0
+    """
+    if isinstance(source_labels, (str, bytes)) or not hasattr(source_labels, "__len__"):
+        raise InvalidTypeError(
+            "source_labels must be an array-like of source classes or probabilities, got "
+            f"{type(source_labels).__name__}."
+        )
+    values = np.asarray(source_labels)
+    if values.ndim == 2:
+        values = np.argmax(_as_matrix(values, "source_labels"), axis=1)
+    if values.ndim != 1:
+        raise InvalidArgumentError(
+            "source_labels must be 1-D (one predicted source class per example) or 2-D (the "
+            f"source model's output distribution), got shape {values.shape}."
+        )
+    codes, _ = _encode_labels(labels, len(values))
+    try:
+        _, source_codes = np.unique(values, return_inverse=True)
+    except TypeError as error:
+        raise InvalidArgumentError(
+            f"source_labels mix types that cannot be compared: {error}"
+        ) from error
+    n, n_classes = len(codes), int(codes.max()) + 1
+    n_source = int(source_codes.max()) + 1
+    joint = np.bincount(source_codes * n_classes + codes, minlength=n_source * n_classes)
+    joint = joint.reshape(n_source, n_classes) / n
+    source_marginal = joint.sum(1, keepdims=True)
+    nonzero = joint > 0
+    conditional = joint[nonzero] / np.broadcast_to(source_marginal, joint.shape)[nonzero]
+    return float(np.sum(joint[nonzero] * np.log(conditional)))
+
+
+#: Scores of features (any layer), by name.
+FEATURE_SCORES = {"logme": logme, "h_score": h_score}
+#: Scores of the source model's output distribution, by name.
+OUTPUT_SCORES = {"leep": leep, "nce": nce}
+#: Every score, by name.
+SCORES = {**FEATURE_SCORES, **OUTPUT_SCORES}
