@@ -13,7 +13,7 @@ import logging
 import math
 import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,10 @@ class SelectionReport:
         Folds used by cross-validation (0: none was run).
     reason : str
         One sentence saying why.
+    extraction_seconds : float or None
+        Seconds of the pass that read the candidate layers (None without a source model).
+    selection_seconds : float
+        Seconds spent scoring layers and cross-validating heads.
     """
 
     rule: str
@@ -74,10 +78,14 @@ class SelectionReport:
     reason: str
     extraction_seconds: float | None = None
     selection_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe copy (NaN becomes None)."""
+        """A JSON-safe copy (NaN becomes None), as saved with the repurposer.
+
+        Returns
+        -------
+        dict
+        """
 
         def clean(value: Any) -> Any:
             if isinstance(value, float) and math.isnan(value):
@@ -94,6 +102,16 @@ class SelectionReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SelectionReport:
+        """The report written by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        data : dict
+
+        Returns
+        -------
+        SelectionReport
+        """
         return cls(**data)
 
     def __str__(self) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import softmax
 
+from xfer._progress import check_verbose, progress_bar
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
 from xfer.transferability.scores import FEATURE_SCORES, OUTPUT_SCORES, SCORES
 
@@ -160,6 +161,8 @@ class Ranking:
         The score names, in the order asked; rows are sorted by the first, highest first.
     n_examples : int
         Labelled examples scored.
+    features : dict of (str, str) to ndarray
+        The features of each (model, layer), when ranked with ``keep_features=True``.
     """
 
     rows: list[dict[str, Any]]
@@ -173,11 +176,26 @@ class Ranking:
         return self.rows[0]
 
     def column(self, name: str) -> list[Any]:
-        """The values of one column, in the table's order."""
+        """The values of one column, in the table's order.
+
+        Parameters
+        ----------
+        name : str
+            A row key (``"layer"``, ``"logme"``...).
+
+        Returns
+        -------
+        list
+        """
         return [row[name] for row in self.rows]
 
     def to_records(self) -> list[dict[str, Any]]:
-        """The rows as JSON-safe dicts (NaN scores become None)."""
+        """The rows as JSON-safe dicts (NaN scores become None).
+
+        Returns
+        -------
+        list of dict
+        """
         return [
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             for row in self.rows
@@ -260,8 +278,9 @@ def rank_models(
         Device for the forward passes.
     batch_size : int, optional
         Batch size of the passes.
-    verbose : bool, default=False
-        Progress bars (one per pass) and a log line per model.
+    verbose : bool or int, default=False
+        Progress bars (the pass over the data, the layers scored, the models) and a log line
+        per model.
     keep_features : bool, default=False
         Keep each layer's features in ``Ranking.features[(model, layer)]`` (to fit a head on
         the chosen one without a second pass).
@@ -277,6 +296,7 @@ def rank_models(
         ``output_layer``.
     """
     score_names = check_scores(scores)
+    verbose = check_verbose(verbose)
     if not isinstance(candidates, Mapping) or not candidates:
         raise InvalidTypeError(
             "candidates must be a non-empty dict of name -> model or ModelCandidate."
@@ -295,7 +315,9 @@ def rank_models(
     rows: list[dict[str, Any]] = []
     kept: dict[tuple[str, str], np.ndarray] = {}
     n_examples = 0
-    for model_name, candidate in prepared.items():
+    models = progress_bar(list(prepared.items()), verbose=verbose and len(prepared) > 1,
+                          desc="Ranking models", unit="model")  # fmt: skip
+    for model_name, candidate in models:
         handler = (
             candidate.model
             if isinstance(candidate.model, ModelHandler)
@@ -325,7 +347,8 @@ def rank_models(
             probabilities = _source_probabilities(outputs[candidate.output_layer])
             output_values = {name: OUTPUT_SCORES[name](probabilities, target) for name in output_names}
             output_seconds = time.perf_counter() - begin
-        for layer in layers:
+        for layer in progress_bar(layers, verbose=verbose, desc=f"Scoring {model_name}",
+                                  unit="layer", leave=False):  # fmt: skip
             features = outputs[layer]
             values, seconds = score_features(features, target, feature_names)
             row: dict[str, Any] = {"model": model_name, "layer": layer, "n_features": features.shape[1]}
