@@ -25,6 +25,7 @@ from xfer.exceptions import InvalidArgumentError, InvalidTypeError, Serializatio
 from xfer.model_handler.base import check_pooling
 from xfer.repurposers.bnn import BnnRepurposer
 from xfer.repurposers.gp import GpRepurposer
+from xfer.repurposers.laplace import LaplaceRepurposer
 from xfer.repurposers.lr import LrRepurposer
 from xfer.repurposers.meta_model import MetaModelRepurposer
 from xfer.repurposers.svm import SvmRepurposer
@@ -38,6 +39,7 @@ HEADS: dict[str, tuple[type, dict[str, Any]]] = {
     "svm": (SvmRepurposer, {"enable_probability_estimates": True}),
     "gp": (GpRepurposer, {}),
     "bnn": (BnnRepurposer, {}),
+    "laplace": (LaplaceRepurposer, {}),
 }
 #: Layer-selection rules: a transferability score of the features, or cross-validation.
 SELECTION_RULES = ("logme", "h_score", "cv")
@@ -195,7 +197,7 @@ class AutoRepurposer(MetaModelRepurposer):
         accuracy of the first head on each layer (ties broken by LogME).
     heads : str or list of str, default=('lr',)
         Heads to choose from: ``'lr'``, ``'svm'`` (with probability estimates), ``'gp'``,
-        ``'bnn'``. With several, the one with the best cross-validated accuracy on the chosen
+        ``'bnn'``, ``'laplace'``. With several, the one with the best cross-validated accuracy on the chosen
         layers wins (ties: the first listed).
     n_layers : int, default=1
         How many of the best-ranked layers the head reads, concatenated in graph order.
