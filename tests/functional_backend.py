@@ -43,6 +43,7 @@ from xfer.exceptions import (
 from xfer.fine_tuning import Trainer, TrainingBackend, register_training_backend
 from xfer.fine_tuning.run import derived_seed
 from xfer.model_handler import ModelHandler, register_backend
+from xfer.model_handler.base import check_pooling, pool_spatial
 
 logger = logging.getLogger("tests.functional_backend")
 
@@ -292,10 +293,12 @@ class FunctionalModelHandler(ModelHandler):
         context: Any = None,
         batch_size: int | None = None,
         verbose: bool = False,
+        pooling: str | None = None,
     ) -> tuple[OrderedDict, np.ndarray | None]:
         if isinstance(layer_names, (list, tuple)) and not layer_names:
             raise InvalidArgumentError("layer_names is empty: name at least one layer.")
         names = self._check_layer_names(layer_names)
+        check_pooling(pooling)
         device = to_torch(context, default=self.devices[0])
         batches = as_batches(data_iterator, batch_size=batch_size)
         self.input_shape = tuple(batches.sample_shape)
@@ -306,7 +309,8 @@ class FunctionalModelHandler(ModelHandler):
                 inputs = torch.as_tensor(np.asarray(batch.data, dtype=np.float32)).to(device)
                 outputs = self._on(device).run(inputs, upto=set(names))
                 for name in names:
-                    chunks[name].append(outputs[name][: batch.num_valid].flatten(1).cpu().numpy())
+                    value = pool_spatial(outputs[name][: batch.num_valid], pooling)
+                    chunks[name].append(value.flatten(1).cpu().numpy())
                 if batch.labels is not None:
                     labels.append(batch.labels)
         features = OrderedDict((n, np.concatenate(chunks[n]).astype(np.float32)) for n in names)
