@@ -191,7 +191,7 @@ def test_bad_files_stop_with_their_name_or_are_skipped(workspace, tmp_path, caps
         (["fit", "nowhere", *CHECKPOINT, "--output", "m"], 1,
          "xfer fit: error: nowhere does not exist: give a folder of images"),
         (["fit", "photos", *CHECKPOINT, "--head", "forest", "--output", "m"], 2,
-         "xfer fit: error: unknown head 'forest'; choose from bnn, gp, "),
+         "xfer fit: error: unknown head 'forest'; choose from auto, bnn, gp, "),
         (["fit", "photos", *CHECKPOINT, "--param", "cc=1", "--output", "m"], 2,
          "xfer fit: error: LrRepurposer has no parameter cc; its parameters are c, context_function"),
         (["fit", "photos", *CHECKPOINT, "--param", "c", "--output", "m"], 2,
