@@ -179,3 +179,28 @@ def test_bad_options():
     for options, error, message in cases:
         with pytest.raises(error, match=message):
             AutoRepurposer(None, None, **options).fit(X, y)
+
+
+def test_a_feature_store_is_refused_with_what_to_do_instead(tmp_path):
+    from xfer.feature_store import write_features
+
+    X, y = signal_and_noise()
+    store = write_features(tmp_path / "store", X, y)
+    for auto in (AutoRepurposer(None, None), AutoRepurposer(mxnet_chain(), None)):
+        with pytest.raises(InvalidTypeError, match="cannot train on a FeatureStore.*to_array"):
+            auto.fit(store)
+        with pytest.raises(InvalidTypeError, match="cannot train on a FeatureStore"):
+            auto.fit_features(store, None)
+    features, labels = store.to_array()
+    fitted = AutoRepurposer(None, None).fit_features(features, labels)
+    assert np.mean(fitted.predict_features(X) == y) > 0.9
+
+
+def test_options_are_checked_before_features_are_extracted(monkeypatch):
+    auto = AutoRepurposer(mxnet_chain(), None, select="accuracy")
+    monkeypatch.setattr(
+        AutoRepurposer, "_extract", lambda *a: pytest.fail("extracted before checking")
+    )
+    X, y = signal_and_noise()
+    with pytest.raises(InvalidArgumentError, match="select must be one of"):
+        auto.fit(X, y)

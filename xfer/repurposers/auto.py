@@ -22,6 +22,7 @@ from sklearn.model_selection import StratifiedKFold
 from xfer import serialization
 from xfer._mxnet import mx
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError, SerializationError
+from xfer.feature_store import FeatureStore
 from xfer.model_handler.base import check_pooling
 from xfer.repurposers.bnn import BnnRepurposer
 from xfer.repurposers.gp import GpRepurposer
@@ -302,6 +303,21 @@ class AutoRepurposer(MetaModelRepurposer):
             return candidate_layers(self._get_model_handler())
         return self._validated_layer_names()
 
+    def _validate_before_repurpose(self) -> None:
+        # The meta-model check wants a list of layers; here None means "the default candidates".
+        self._check_options()
+        if self.source_model is not None:
+            self._candidate_names()
+
+    def _refuse_store(self, data: Any) -> None:
+        if isinstance(data, FeatureStore):
+            raise InvalidTypeError(
+                f"{type(self).__name__} cannot train on a FeatureStore (features on disk): it "
+                "scores every candidate layer in memory. Pass the arrays of store.to_array() "
+                "with feature_indices_per_layer=store.feature_indices_per_layer to "
+                "fit_features, or fit the chosen head (e.g. LrRepurposer) on the store."
+            )
+
     # ---------------------------------------------------------------- extraction hooks
     def _extraction_layer_names(self) -> list[str]:
         # After fit() the chosen layers alone are read; after fit_features() (features of
@@ -331,7 +347,8 @@ class AutoRepurposer(MetaModelRepurposer):
         -------
         self
         """
-        self._check_options()
+        self._validate_before_repurpose()
+        self._refuse_store(X)
         self._reads_chosen_layers = False
         if self.source_model is None:
             self._block_names = None
@@ -382,6 +399,7 @@ class AutoRepurposer(MetaModelRepurposer):
         self
         """
         self._check_options()
+        self._refuse_store(features)
         self._reads_chosen_layers = False
         self._block_names = None
         if self.source_model is not None and feature_indices_per_layer is not None:
