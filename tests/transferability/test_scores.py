@@ -182,7 +182,7 @@ def test_logme_errors():
         logme(features, labels)
     with pytest.raises(InvalidArgumentError, match="at least 2 classes"):
         logme(np.eye(6, 3), np.zeros(6))
-    with pytest.raises(InvalidArgumentError, match="5 entries but there are 6 examples"):
+    with pytest.raises(InvalidArgumentError, match="features has 6, labels has 5"):
         logme(np.eye(6, 3), labels[:5])
     with pytest.raises(InvalidArgumentError, match="2-D"):
         logme(np.ones(6), labels)
@@ -190,8 +190,12 @@ def test_logme_errors():
         logme(np.full((6, 3), np.nan), labels)
     with pytest.raises(InvalidArgumentError, match="continuous"):
         logme(np.eye(6, 3), np.linspace(0, 1, 6))
-    with pytest.raises(InvalidTypeError, match="numeric"):
+    with pytest.raises(InvalidArgumentError, match="features holds strings"):
         logme([["a", "b"]] * 6, labels)
+    with pytest.raises(InvalidTypeError, match="mixing|mixture|kinds|mix"):
+        logme(np.eye(6, 3), [0, 0, 0, "b", "b", "b"])
+    with pytest.raises(InvalidArgumentError, match="at least 2 examples"):
+        logme(np.eye(1, 3), [0])
 
 
 # --------------------------------------------------------------------------- H-score
@@ -322,7 +326,7 @@ def test_nce_known_answers_bounds_and_invariances():
 
 
 def test_nce_errors():
-    with pytest.raises(InvalidArgumentError, match="3 entries but there are 4"):
+    with pytest.raises(InvalidArgumentError, match="source_labels has 4, labels has 3"):
         nce([0, 1, 2, 3], [0, 1, 1])
     with pytest.raises(InvalidTypeError, match="source_labels"):
         nce(3, [0, 1])

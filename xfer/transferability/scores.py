@@ -31,8 +31,8 @@ import numbers
 from typing import Any
 
 import numpy as np
-from sklearn.utils.multiclass import check_classification_targets
 
+from xfer import _validation
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["logme", "h_score", "leep", "nce", "SCORES", "FEATURE_SCORES", "OUTPUT_SCORES"]
@@ -41,30 +41,12 @@ __all__ = ["logme", "h_score", "leep", "nce", "SCORES", "FEATURE_SCORES", "OUTPU
 # --------------------------------------------------------------------------- validation
 
 
-def _encode_labels(labels: Any, n_rows: int, argument: str = "labels") -> tuple[np.ndarray, int]:
-    """``labels`` as int codes ``0..K-1`` (K >= 2) of length ``n_rows``."""
-    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
-        raise InvalidTypeError(
-            f"{argument} must be a 1-D array-like of class labels, got {type(labels).__name__}."
-        )
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise InvalidArgumentError(
-            f"{argument} must be 1-D (one class label per example), got shape {labels.shape}."
-        )
-    if len(labels) != n_rows:
-        raise InvalidArgumentError(
-            f"{argument} has {len(labels)} entries but there are {n_rows} examples: give one "
-            "label per row."
-        )
-    try:
-        check_classification_targets(labels)
-        classes, codes = np.unique(labels, return_inverse=True)
-    except (TypeError, ValueError) as error:
-        raise InvalidArgumentError(
-            f"{argument} must be class labels (ints or strings, not continuous values or a "
-            f"mixture of types): {error}"
-        ) from error
+def _encode_labels(
+    labels: Any, n_rows: int, argument: str = "labels", x_name: str = "features"
+) -> tuple[np.ndarray, int]:
+    """``labels`` as int codes ``0..K-1`` (K >= 2) of length ``n_rows`` (checked by xfer's gate)."""
+    labels = _validation.check_labels(labels, argument, n_samples=n_rows, x_name=x_name)
+    classes, codes = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise InvalidArgumentError(
             f"{argument} hold a single class ({classes[0]!r}): a transferability score compares "
@@ -74,24 +56,12 @@ def _encode_labels(labels: Any, n_rows: int, argument: str = "labels") -> tuple[
 
 
 def _as_matrix(values: Any, argument: str) -> np.ndarray:
-    """A finite 2-D float64 array with at least one row and column."""
-    if isinstance(values, (str, bytes)) or values is None:
-        raise InvalidTypeError(f"{argument} must be a 2-D numeric array, got {values!r}.")
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InvalidTypeError(f"{argument} must be a 2-D numeric array ({error}).") from error
-    if array.ndim != 2:
+    """A finite 2-D float64 array with at least two rows (checked by xfer's gate)."""
+    array = _validation.check_features(values, argument).astype(np.float64, copy=False)
+    if array.shape[0] < 2:
         raise InvalidArgumentError(
-            f"{argument} must be 2-D (one row per example), got shape {array.shape}; flatten or "
-            "average-pool layer outputs first."
+            f"{argument} has shape {array.shape}: a score needs at least 2 examples."
         )
-    if array.shape[0] < 2 or array.shape[1] < 1:
-        raise InvalidArgumentError(
-            f"{argument} has shape {array.shape}: a score needs at least 2 examples and 1 column."
-        )
-    if not np.all(np.isfinite(array)):
-        raise InvalidArgumentError(f"{argument} contains NaN or infinity.")
     return array
 
 
@@ -460,7 +430,7 @@ def nce(source_labels: Any, labels: Any) -> float:
             "source_labels must be 1-D (one predicted source class per example) or 2-D (the "
             f"source model's output distribution), got shape {values.shape}."
         )
-    codes, _ = _encode_labels(labels, len(values))
+    codes, _ = _encode_labels(labels, len(values), x_name="source_labels")
     try:
         _, source_codes = np.unique(values, return_inverse=True)
     except TypeError as error:
