@@ -65,6 +65,7 @@ SECTIONS: dict[str, Callable[[bool], str | Section]] = {
     "ood": _section("calibration", "ood_report"),
     "calibration_scale": _section("calibration", "scale_report"),
     "scale_out": _section("scale_out"),
+    "transferability": _section("transferability"),
 }
 
 

@@ -403,3 +403,34 @@ def test_digits_child_smoke_run_on_this_package(tmp_path):
     module = xfer_digits.run_child("module", "random-freeze", task, 0, options, threads=1)
     assert module["warm_fit_s"] > 0 and 0 <= module["accuracy"] <= 1
     assert len(module["warm_fit_s_all"]) == 2 and len(module["accuracies"]) == 3, "first fit + 2 warm fits"
+
+
+def test_transferability_report_marks_targets():
+    """The transferability section from canned draws and a tiny run of its score-cost part."""
+    from benchmarks import transferability
+
+    layers = ["a", "b", "c", "_avg_pooling"]
+
+    def draw(shift):
+        rows = [
+            {"layer": layer, "logme": i + shift, "h_score": -i, "accuracy": 0.5 + 0.1 * i}
+            for i, layer in enumerate(layers)
+        ]
+        auto = {"lr": {"accuracy": 0.8, "layers": ["c"], "head": "lr"},
+                "lr+svm": {"accuracy": 0.7, "layers": ["_avg_pooling"], "head": "svm"}}  # fmt: skip
+        return {"rows": rows, "fixed": {"lr": 0.75, "svm": 0.72}, "auto": auto, "leep": -1.0, "nce": -0.5}
+
+    summary = transferability.summarise({"name": "fashion", "layers": layers, "draws": [draw(0), draw(1)]})
+    assert summary["tau_logme"] == pytest.approx(1.0) and summary["tau_h_score"] == pytest.approx(-1.0)
+    assert summary["auto"] == {"lr": pytest.approx(0.8), "lr+svm": pytest.approx(0.7)}
+    speed = transferability.speed(n_rows=200, n_features=16, n_classes=4, repeats=1)
+    assert set(speed["seconds"]) == {"lr_fit", "logme", "h_score", "leep", "nce"}
+    forward = {"count": 10, "layers": layers, "threads": 1, "plain": 1.0, "ours": 1.5, "ratio": 1.5, "ratios": [1.5]}
+    section = transferability.report_rows([summary, {**summary, "name": "faces"}], speed, forward)
+    figures = {figure.key: figure for figure in section.figures}
+    assert figures["transferability.fashion.tau_logme"].met
+    assert figures["transferability.faces.auto_lr_minus_best_fixed"].met
+    assert not figures["transferability.faces.auto_lr_svm_minus_best_fixed"].met
+    assert not figures["transferability.forward.rank_8_layers_over_forward"].met
+    assert "| Fashion-MNIST | 1.00 (≥ 0.60: ✓ met) |" in section.markdown
+    assert "transferability" in run.SECTIONS

@@ -1,0 +1,400 @@
+"""Transferability scores: do they rank layers as a trained head would, and what do they cost?
+
+Sections
+--------
+validity
+    EfficientNet-Lite0 (torch backend, ImageNet weights, 96 px, ``stretch``) on Fashion-MNIST and
+    on faces vs non-faces, 10 labelled images per class. Nine layers spread over the network's
+    depth (the eight-layer default of :func:`xfer.transferability.candidate_layers` with the
+    README's default layer ``_avg_pooling`` added) are read in one pooled pass. On each of
+    several random draws of the training images every layer gets its LogME and H-score (on the
+    training images only) and the held-out accuracy of a logistic-regression head
+    (:class:`xfer.LrRepurposer`) trained on them. Kendall's tau compares each score's ranking of
+    the layers with the accuracies' ranking: of the per-layer means over draws (the headline,
+    target for LogME >= 0.6) and per draw (mean of the draws' taus). LEEP and NCE score the
+    source model's output, which is the same for every layer: they are reported, not ranked.
+auto
+    On the same draws: :class:`xfer.AutoRepurposer` (default rule, LogME; heads ``lr`` alone and
+    ``lr``/``svm`` by cross-validation) against every fixed choice the README documents (LR and
+    SVM heads on ``_avg_pooling``), held-out accuracy averaged over the draws.
+speed
+    Each score at 10,000 x 1,280 features, 10 classes (synthetic Gaussian classes that an LR
+    head separates about as well as real few-shot image features; LEEP/NCE from 1,000-class
+    source probabilities) against fitting :class:`xfer.LrRepurposer` on the same
+    features, interleaved in one process, median of the repeats.
+forward
+    :func:`xfer.transferability.rank_layers` (eight default layers, LogME and H-score, one pass)
+    on 1,000 Fashion-MNIST test images against one plain forward pass of the same torch model
+    over them (``model(batch)`` under ``torch.no_grad()``, same batch size and threads),
+    interleaved.
+
+Usage::
+
+    python -m benchmarks.run --only transferability [--quick]
+    python -m benchmarks.transferability [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.report import Figure, Section, cell
+
+IMAGE_SIZE = 96
+BATCH_SIZE = 64
+DEFAULT_LAYER = "_avg_pooling"
+FIXED_HEADS = ("lr", "svm")
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def _handler():
+    from xfer.model_handler import ModelHandler
+    from xfer.zoo import efficientnet_lite0
+
+    return ModelHandler(efficientnet_lite0("torch", image_size=IMAGE_SIZE))
+
+
+def _validity_layers(handler) -> list[str]:
+    from xfer.transferability import candidate_layers
+
+    layers = candidate_layers(handler)
+    if DEFAULT_LAYER not in layers:
+        order = list(handler.layer_names)
+        layers = sorted([*layers, DEFAULT_LAYER], key=order.index)
+    return layers
+
+
+def _task_images(name: str, quick: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(pool images, pool labels, test images, test labels); faces test on what a draw leaves."""
+    from xfer.datasets import load_faces, load_fashion_mnist
+
+    if name == "fashion":
+        pool = load_fashion_mnist("train", n_per_class=20 if quick else 30, random_state=0)
+        test = load_fashion_mnist("test", n_per_class=20 if quick else 60, random_state=0)
+        return pool.data, pool.target, test.data, test.target
+    faces = load_faces()
+    return faces.data, faces.target, None, None
+
+
+def _pooled_features(handler, images: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
+    from xfer.zoo import efficientnet_lite0_preprocess
+
+    x = efficientnet_lite0_preprocess(images, IMAGE_SIZE, mode="stretch")
+    return handler.get_layer_output(x, layers, batch_size=BATCH_SIZE, pooling="avg")[0]
+
+
+def _draw(pool_y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.RandomState(seed)
+    return np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(pool_y == k), per_class, replace=False) for k in np.unique(pool_y)
+    ]))  # fmt: skip
+
+
+def _accuracy(head, features: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(head.predict_features(features) == labels))
+
+
+# ------------------------------------------------------------------------------ validity + auto
+
+
+def task_rows(name: str, handler, layers: list[str], n_draws: int, quick: bool) -> dict:
+    """Per draw and layer: scores and LR accuracy; per draw: AutoRepurposer and fixed heads."""
+    from xfer import AutoRepurposer
+    from xfer.repurposers.auto import HEADS
+    from xfer.transferability import h_score, leep, logme, nce
+
+    pool_x, pool_y, test_x, test_y = _task_images(name, quick)
+    wanted = layers + (["_fc"] if "_fc" not in layers else [])
+    pool = _pooled_features(handler, pool_x, wanted)
+    test = _pooled_features(handler, test_x, wanted) if test_x is not None else None
+    widths = [pool[layer].shape[1] for layer in layers]
+    starts = np.cumsum([0, *widths])
+    blocks = [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])]
+    pool_all = np.concatenate([pool[layer] for layer in layers], axis=1)
+    test_all = np.concatenate([test[layer] for layer in layers], axis=1) if test is not None else None
+    draws = []
+    for seed in range(n_draws):
+        train = _draw(pool_y, 10, seed)
+        if test is None:
+            held = np.setdiff1d(np.arange(len(pool_y)), train)
+            x_test_all, y_test = pool_all[held], pool_y[held]
+        else:
+            x_test_all, y_test = test_all, test_y
+        x_train_all, y_train = pool_all[train], pool_y[train]
+        rows = []
+        for layer, columns in zip(layers, blocks):
+            lr = HEADS["lr"][0](None, None, random_state=seed).fit_features(x_train_all[:, columns], y_train)
+            rows.append({
+                "layer": layer,
+                "logme": logme(x_train_all[:, columns], y_train),
+                "h_score": h_score(x_train_all[:, columns], y_train),
+                "accuracy": _accuracy(lr, x_test_all[:, columns], y_test),
+            })  # fmt: skip
+        logits = pool["_fc"][train]
+        probabilities = np.exp(logits - logits.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        default = blocks[layers.index(DEFAULT_LAYER)]
+        fixed = {}
+        for head_name in FIXED_HEADS:
+            cls, options = HEADS[head_name]
+            head = cls(None, None, random_state=seed, **options).fit_features(x_train_all[:, default], y_train)
+            fixed[head_name] = _accuracy(head, x_test_all[:, default], y_test)
+        auto = {}
+        for label, heads in (("lr", ("lr",)), ("lr+svm", FIXED_HEADS)):
+            chooser = AutoRepurposer(None, None, heads=heads, random_state=seed)
+            chooser.fit_features(x_train_all, y_train, feature_indices_per_layer=blocks)
+            auto[label] = {
+                "accuracy": _accuracy(chooser, x_test_all, y_test),
+                "layers": [layers[int(n.split()[-1])] for n in chooser.report_.chosen_layers],
+                "head": chooser.head_name_,
+            }
+        draws.append({
+            "rows": rows, "fixed": fixed, "auto": auto,
+            "leep": leep(probabilities, y_train), "nce": nce(probabilities, y_train),
+        })  # fmt: skip
+    return {"name": name, "layers": layers, "draws": draws}
+
+
+def _tau(a: list[float], b: list[float]) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def summarise(task: dict) -> dict:
+    """Per-layer means over draws; tau of the means and mean of the per-draw taus; auto vs fixed."""
+    layers, draws = task["layers"], task["draws"]
+    means = {
+        key: [float(np.mean([d["rows"][i][key] for d in draws])) for i in range(len(layers))]
+        for key in ("logme", "h_score", "accuracy")
+    }
+    summary = {"name": task["name"], "layers": layers, "means": means, "n_draws": len(draws)}
+    for score in ("logme", "h_score"):
+        summary[f"tau_{score}"] = _tau(means[score], means["accuracy"])
+        summary[f"tau_{score}_per_draw"] = float(np.mean([
+            _tau([r[score] for r in d["rows"]], [r["accuracy"] for r in d["rows"]]) for d in draws
+        ]))  # fmt: skip
+    summary["leep"] = float(np.mean([d["leep"] for d in draws]))
+    summary["nce"] = float(np.mean([d["nce"] for d in draws]))
+    summary["fixed"] = {h: float(np.mean([d["fixed"][h] for d in draws])) for h in FIXED_HEADS}
+    summary["auto"] = {
+        label: float(np.mean([d["auto"][label]["accuracy"] for d in draws])) for label in ("lr", "lr+svm")
+    }
+    summary["auto_choices"] = {
+        label: sorted({f"{'+'.join(d['auto'][label]['layers'])} / {d['auto'][label]['head']}" for d in draws})
+        for label in ("lr", "lr+svm")
+    }
+    return summary
+
+
+# ------------------------------------------------------------------------------ speed
+
+
+def speed(n_rows: int = 10_000, n_features: int = 1_280, n_classes: int = 10, repeats: int = 3) -> dict:
+    """Seconds of each score and of an LrRepurposer fit on the same features (medians)."""
+    from xfer import LrRepurposer
+    from xfer.transferability import h_score, leep, logme, nce
+
+    rng = np.random.RandomState(0)
+    labels = np.arange(n_rows) % n_classes
+    means = rng.normal(size=(n_classes, n_features)).astype(np.float32)
+    # Class means 0.1 standard deviations apart per column: an LR head reaches about 0.8
+    # held-out accuracy, as on real few-shot image features (fully separable features would
+    # make the LR fit, the baseline, unrealistically quick).
+    features = (0.1 * means[labels] + rng.normal(size=(n_rows, n_features))).astype(np.float32)
+    source = rng.normal(size=(n_rows, 1000)) + 3 * np.eye(1000)[rng.randint(0, 1000, n_rows)]
+    source = np.exp(source - source.max(1, keepdims=True))
+    source /= source.sum(1, keepdims=True)
+    tasks = {
+        "lr_fit": lambda: LrRepurposer(None, None, random_state=0).fit_features(features, labels),
+        "logme": lambda: logme(features, labels),
+        "h_score": lambda: h_score(features, labels),
+        "leep": lambda: leep(source, labels),
+        "nce": lambda: nce(source, labels),
+    }
+    times: dict[str, list[float]] = {name: [] for name in tasks}
+    for name, run in tasks.items():  # warm-up (imports, first BLAS calls)
+        if name != "lr_fit":
+            run()
+    for _ in range(repeats):
+        for name, run in tasks.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {
+        "shape": (n_rows, n_features, n_classes),
+        "seconds": {name: statistics.median(values) for name, values in times.items()},
+        "ranges": {name: (min(values), max(values)) for name, values in times.items()},
+    }
+
+
+def forward(count: int = 1000, repeats: int = 2) -> dict:
+    """Seconds of rank_layers over 8 layers vs one plain forward pass of the model (medians)."""
+    import torch
+
+    import xfer
+    from xfer.datasets import load_fashion_mnist
+    from xfer.transferability import candidate_layers, rank_layers
+    from xfer.zoo import efficientnet_lite0, efficientnet_lite0_preprocess
+
+    model = efficientnet_lite0("torch", image_size=IMAGE_SIZE)
+    data = load_fashion_mnist("test", n_per_class=count // 10, random_state=0)
+    x = efficientnet_lite0_preprocess(data.data, IMAGE_SIZE, mode="stretch")
+    threads = torch.get_num_threads()
+    xfer.set_num_threads(threads)  # both sides on the same threads, whatever the load
+    handler = xfer.model_handler.ModelHandler(model)
+    layers = candidate_layers(handler)
+
+    def plain() -> None:
+        with torch.no_grad():
+            for start in range(0, len(x), BATCH_SIZE):
+                model(torch.from_numpy(x[start : start + BATCH_SIZE]))
+
+    def ours() -> None:
+        rank_layers(handler, x, data.target, layers, scores=("logme", "h_score"), batch_size=BATCH_SIZE)
+
+    plain()  # warm-up
+    rank_layers(handler, x[:BATCH_SIZE], data.target[:BATCH_SIZE], layers, batch_size=BATCH_SIZE)
+    plain_times, ours_times = [], []
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            plain()
+            plain_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ours()
+            ours_times.append(time.perf_counter() - start)
+    finally:
+        xfer.set_num_threads(None)
+    ratios = [a / b for a, b in zip(ours_times, plain_times)]
+    return {
+        "count": len(x), "layers": layers, "threads": threads,
+        "plain": statistics.median(plain_times), "ours": statistics.median(ours_times),
+        "ratio": statistics.median(ratios), "ratios": ratios,
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def report(quick: bool = False) -> Section:
+    """Run every part and return the section."""
+    handler = _handler()
+    layers = _validity_layers(handler)
+    n_draws = 3 if quick else 8
+    summaries = [summarise(task_rows(name, handler, layers, n_draws, quick)) for name in ("fashion", "faces")]
+    speed_rows = speed(n_rows=2_000 if quick else 10_000, repeats=2 if quick else 3)
+    forward_row = forward(count=200 if quick else 1000, repeats=1 if quick else 2)
+    return report_rows(summaries, speed_rows, forward_row)
+
+
+def report_rows(summaries: list[dict], speed_row: dict, forward_row: dict) -> Section:
+    """Markdown tables and figures of the parts' results."""
+    figures: list[Figure] = []
+    titles = {"fashion": "Fashion-MNIST", "faces": "faces vs non-faces"}
+    lines = [
+        "### Transferability scores vs held-out accuracy (EfficientNet-Lite0, torch, 96 px)",
+        "",
+        f"{len(summaries[0]['layers'])} layers, 10 labelled images per class, "
+        f"{summaries[0]['n_draws']} random draws; accuracy of an LR head on held-out images. "
+        "Kendall's tau of the per-layer means over the draws (target: LogME ≥ 0.6), and the mean "
+        "of the per-draw taus. All measured in this run.",
+        "",
+        "| task | tau LogME | tau H-score | per-draw tau LogME | per-draw tau H-score | LEEP | NCE |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        logme_tau = Figure(f"transferability.{s['name']}.tau_logme", s["tau_logme"], "", "higher", (">=", 0.6))
+        h_tau = Figure(f"transferability.{s['name']}.tau_h_score", s["tau_h_score"], "", "higher")
+        figures += [logme_tau, h_tau]
+        lines.append(
+            f"| {titles[s['name']]} | {cell(logme_tau)} | {cell(h_tau)} | {s['tau_logme_per_draw']:.2f} "
+            f"| {s['tau_h_score_per_draw']:.2f} | {s['leep']:.3f} | {s['nce']:.3f} |"
+        )
+    lines += [
+        "",
+        "LEEP and NCE score the source model's output distribution (ImageNet logits), the same "
+        "for every layer, so they do not rank layers; their mean over the draws is shown.",
+        "",
+        "Per layer (means over the draws):",
+        "",
+        "| layer | " + " | ".join(f"{titles[s['name']]} {k}" for s in summaries for k in ("LogME", "LR acc")) + " |",
+        "|---|" + "---:|" * (2 * len(summaries)),
+    ]
+    for i, layer in enumerate(summaries[0]["layers"]):
+        lines.append(
+            f"| `{layer}` | "
+            + " | ".join(f"{s['means']['logme'][i]:.3f} | {s['means']['accuracy'][i]:.3f}" for s in summaries)
+            + " |"
+        )
+    lines += [
+        "",
+        "### AutoRepurposer vs the README's fixed choices (same draws, held-out accuracy)",
+        "",
+        "| task | best fixed (head on `_avg_pooling`) | AutoRepurposer, heads lr | AutoRepurposer, heads lr+svm | chosen (lr+svm) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for s in summaries:
+        best_name = max(s["fixed"], key=s["fixed"].get)
+        best = s["fixed"][best_name]
+        auto_figures = [
+            Figure(f"transferability.{s['name']}.auto_{label.replace('+', '_')}_minus_best_fixed",
+                   s["auto"][label] - best, "", "higher", (">=", 0.0))
+            for label in ("lr", "lr+svm")
+        ]  # fmt: skip
+        figures += auto_figures
+        lines.append(
+            f"| {titles[s['name']]} | {best:.3f} ({best_name}) | {s['auto']['lr']:.3f} "
+            f"(Δ {cell(auto_figures[0], 3)}) | {s['auto']['lr+svm']:.3f} (Δ {cell(auto_figures[1], 3)}) "
+            f"| {'; '.join(s['auto_choices']['lr+svm'])} |"
+        )
+    n, d, k = speed_row["shape"]
+    lr_seconds = speed_row["seconds"]["lr_fit"]
+    lines += [
+        "",
+        f"### Score cost at {n:,} x {d:,}, {k} classes (one process, interleaved, median)",
+        "",
+        "| computation | seconds (min-max) | fraction of the LR fit |",
+        "|---|---:|---|",
+        f"| LrRepurposer.fit_features | {lr_seconds:.2f} ({speed_row['ranges']['lr_fit'][0]:.2f}-"
+        f"{speed_row['ranges']['lr_fit'][1]:.2f}) | 1 |",
+    ]
+    for name in ("logme", "h_score", "leep", "nce"):
+        fraction = Figure(f"transferability.speed.{name}_over_lr_fit", speed_row["seconds"][name] / lr_seconds,
+                          "x", "lower", ("<=", 0.1))  # fmt: skip
+        figures.append(fraction)
+        low, high = speed_row["ranges"][name]
+        lines.append(f"| {name} | {speed_row['seconds'][name]:.3f} ({low:.3f}-{high:.3f}) | {cell(fraction, 3)} |")
+    ratio = Figure("transferability.forward.rank_8_layers_over_forward", forward_row["ratio"], "x", "lower",
+                   ("<=", 1.2))  # fmt: skip
+    figures.append(ratio)
+    lines += [
+        "",
+        f"### Scoring {len(forward_row['layers'])} layers of {forward_row['count']:,} images vs one "
+        f"plain forward pass ({forward_row['threads']} threads, batch {BATCH_SIZE})",
+        "",
+        "| plain forward s | rank_layers (one pass, LogME + H-score) s | ratio |",
+        "|---:|---:|---|",
+        f"| {forward_row['plain']:.1f} | {forward_row['ours']:.1f} | {cell(ratio)} |",
+        "",
+        "Layers: " + ", ".join(f"`{layer}`" for layer in forward_row["layers"]) + ".",
+    ]
+    return Section("\n".join(lines), figures)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Transferability benchmark")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(report(quick=args.quick).markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
