@@ -191,3 +191,14 @@ def test_xfer_module_paths():
     assert consts.LayerType.CONVOLUTION == "Convolution"
     with pytest.raises(InvalidTypeError):
         ModelHandler({"not": "a model"})
+
+
+def test_get_module_reinitialises_random_parameters_whatever_their_stored_values(module, images):
+    # Xfer re-initialises random_layer_parameters without reading them: a stored value of another
+    # shape (an edited handler's leftover) does not matter; a fixed one of the wrong shape does.
+    handler = ModelHandler(module)
+    handler.arg_params["fc2_bias"] = mx.nd.ones((7,))
+    trainable = handler.get_module(_image_iter(images), random_layer_parameters=["fc2_weight", "fc2_bias"])
+    assert trainable.get_params()[0]["fc2_bias"].shape == (3,)
+    with pytest.raises(ValueError, match="operator fc2"):
+        handler.get_module(_image_iter(images), fixed_layer_parameters=["fc2_bias"])

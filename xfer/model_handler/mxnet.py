@@ -658,8 +658,11 @@ class MXNetModelHandler(ModelHandler):
                 + "; ".join(problems[:5]) + ". Load parameters saved with this graph."
             )
 
-    def _check_shapes_for_input(self, symbol: Any, data_shape: tuple, missing_ok: bool = False) -> dict:
-        known = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
+    def _check_shapes_for_input(
+        self, symbol: Any, data_shape: tuple, missing_ok: bool = False, ignore: Any = ()
+    ) -> dict:
+        # ``ignore``: parameters about to be re-initialised, whose stored values do not matter
+        known = (set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())) - set(ignore)
         stored = {k: v for k, v in self._parameter_shapes().items() if k in known}
         try:
             # MXNet's infer_shape prints its arguments to stdout on failure; the error says enough.
@@ -680,7 +683,7 @@ class MXNetModelHandler(ModelHandler):
             ) from None
         expected = dict(zip(symbol.list_arguments(), arg_shapes))
         expected.update(zip(symbol.list_auxiliary_states(), aux_shapes))
-        have = self._parameter_shapes()
+        have = {k: v for k, v in self._parameter_shapes().items() if k not in set(ignore)}
         mismatched = [
             f"{name}: stored {have[name]}, graph needs {shape}"
             for name, shape in expected.items()
@@ -902,7 +905,9 @@ class MXNetModelHandler(ModelHandler):
         )
         for desc in data_shapes:  # a shape the graph cannot take: a clear error, not MXNet's
             if desc.name == self.data_name:
-                self._check_shapes_for_input(symbol, tuple(desc.shape), missing_ok=True)
+                self._check_shapes_for_input(
+                    symbol, tuple(desc.shape), missing_ok=True, ignore=random
+                )
         module.bind(data_shapes=data_shapes, label_shapes=label_shapes)
         module.init_params(
             initializer=initializer or mx.init.Xavier(**_XAVIER),
