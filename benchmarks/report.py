@@ -203,3 +203,53 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
     if changed_status:
         lines += ["", "Target status changed: " + ", ".join(f"`{key}`" for key in changed_status) + "."]
     return "\n".join(lines)
+
+
+#: The figures the README quotes: (label, this package's key, baseline's key, ratio key, digits).
+README_ROWS = (
+    *(
+        (f"{head} head, first fit in a fresh process (s)", f"heads.{head}.first_fit_s",
+         f"heads.{head}.xfer_first_fit_s", f"heads.{head}.first_fit_ratio", 2)
+        for head in ("LR", "SVM", "GP", "BNN")
+    ),
+    *(
+        (f"{head} head, test accuracy", f"heads.{head}.accuracy", f"heads.{head}.xfer_accuracy", None, 3)
+        for head in ("LR", "SVM", "GP", "BNN")
+    ),
+    *(
+        (f"{job}, ms per epoch (baseline: `Module.fit`)", f"fine_tune.{job}.ms_per_epoch",
+         f"fine_tune.{job}.module_ms_per_epoch", f"fine_tune.{job}.per_epoch_ratio", 1)
+        for job in ("fine-tune", "random-freeze")
+    ),
+    ("torch extraction beside a busy process, images/s (baseline: MXNet)",
+     "threads.busy.torch_policy_images_per_s", "threads.busy.mxnet_images_per_s",
+     "threads.busy.torch_policy_over_mxnet", 1),
+)  # fmt: skip
+
+
+def readme_summary(data: dict[str, Any]) -> str:
+    """The README's table of measured figures, from a benchmarks JSON (``--readme`` prints it).
+
+    Baselines are Xfer 1.1.0 unless the row names another; the status is the target's (on the
+    ratio where there is one, else on the figure itself). The line under the table names the
+    commands, dates and load averages of the sections the figures come from.
+    """
+    figures = figures_of(data)
+    lines = ["| measured | xfer | baseline | ratio | target |", "|---|---:|---:|---:|---|"]
+    sections: list[str] = []
+    for label, key, baseline_key, ratio_key, digits in README_ROWS:
+        if key not in figures:
+            continue
+        sections.append(key.split(".")[0])
+        ours, baseline = figures[key], figures.get(baseline_key)
+        judged = figures[ratio_key] if ratio_key else ours
+        ratio = f"{judged.value:.3g}" if ratio_key and judged.value is not None else ""
+        status = f"{target_text(judged.target, 3)}: {mark(judged.met)}" if judged.target else ""
+        base = f"{baseline.value:.{digits}f}" if baseline is not None and baseline.value is not None else ""
+        lines.append(f"| {label} | {ours.value:.{digits}f} | {base} | {ratio} | {status} |")
+    runs = []
+    for name in dict.fromkeys(sections):
+        section = data["sections"][name]
+        low, high = section["load_average"]
+        runs.append(f"`{section['command']}` ({section['date']}, load average {low}-{high})")
+    return "\n".join(lines + ["", "Measured by " + "; ".join(runs) + "."])

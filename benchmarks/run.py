@@ -14,6 +14,7 @@ Usage::
     python -m benchmarks.run --only extraction --update   # rerun one section, keep the others
     python -m benchmarks.run --only heads --compare docs/benchmarks.json   # run, show the change
     python -m benchmarks.run --compare OLD.json NEW.json                  # compare, run nothing
+    python -m benchmarks.run --readme       # the README's table from docs/benchmarks.json
 
 Adding a section: write ``report(quick: bool) -> str | Section`` in ``benchmarks/<module>.py``
 and add one line to :data:`SECTIONS`.
@@ -33,7 +34,16 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.report import MET, MISSED, Figure, Section, compare, read_json, summary_lines
+from benchmarks.report import (
+    MET,
+    MISSED,
+    Figure,
+    Section,
+    compare,
+    read_json,
+    readme_summary,
+    summary_lines,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="OLD.json: show the change of this run's figures; OLD.json NEW.json: compare, run nothing",
     )
+    parser.add_argument(
+        "--readme", action="store_true", help="print the README's table of figures from --json, run nothing"
+    )
     args = parser.parse_args(argv)
     if args.compare and len(args.compare) > 2:
         parser.error("--compare takes OLD.json, or OLD.json NEW.json")
@@ -147,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         print(compare(read_json(Path(args.compare[0])), read_json(Path(args.compare[1]))))
         return 0
 
+    if args.readme:
+        print(readme_summary(read_json(Path(args.json or Path(args.output).with_suffix(".json")))))
+        return 0
     command = _command(args)
     old = read_json(Path(args.compare[0])) if args.compare else None  # before this run overwrites it
     to_stdout = args.output == "-"

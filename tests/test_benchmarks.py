@@ -434,3 +434,41 @@ def test_transferability_report_marks_targets():
     assert not figures["transferability.forward.rank_8_layers_over_forward"].met
     assert "| Fashion-MNIST | 1.00 (≥ 0.60: ✓ met) |" in section.markdown
     assert "transferability" in run.SECTIONS
+
+
+def test_readme_summary_quotes_figures_with_their_targets_and_commands():
+    from benchmarks.report import readme_summary
+
+    def figure(key, value, target=None):
+        return Figure(key, value, target=target).to_json()
+
+    data = {
+        "sections": {
+            "heads": {
+                "command": "python -m benchmarks.run --only heads", "date": "2026-12-01", "load_average": [0.5, 0.9],
+                "figures": [
+                    figure("heads.GP.first_fit_s", 2.5), figure("heads.GP.xfer_first_fit_s", 10.0),
+                    figure("heads.GP.first_fit_ratio", 0.25, ("<=", 0.2)),
+                    figure("heads.GP.accuracy", 0.95, (">=", 0.9)), figure("heads.GP.xfer_accuracy", 0.9),
+                ],
+            },
+            "threads": {
+                "command": "python -m benchmarks.run --quick --only threads", "date": "2026-12-02",
+                "load_average": [1.0, 1.2],
+                "figures": [
+                    figure("threads.busy.torch_policy_images_per_s", 6.0),
+                    figure("threads.busy.mxnet_images_per_s", 10.0),
+                    figure("threads.busy.torch_policy_over_mxnet", 0.6, (">=", 0.5)),
+                ],
+            },
+        }
+    }  # fmt: skip
+    text = readme_summary(data)
+    assert "| GP head, first fit in a fresh process (s) | 2.50 | 10.00 | 0.25 | ≤ 0.200: ✗ MISSED |" in text
+    assert "| GP head, test accuracy | 0.950 | 0.900 |  | ≥ 0.900: ✓ met |" in text
+    assert "| torch extraction beside a busy process, images/s (baseline: MXNet) | 6.0 | 10.0 | 0.6 | ≥ 0.500: ✓ met |" in text
+    assert "LR head" not in text, "figures the report does not have are left out"
+    assert text.endswith(
+        "Measured by `python -m benchmarks.run --only heads` (2026-12-01, load average 0.5-0.9); "
+        "`python -m benchmarks.run --quick --only threads` (2026-12-02, load average 1.0-1.2)."
+    )
