@@ -205,25 +205,28 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-#: The figures the README quotes: (label, this package's key, baseline's key, ratio key, digits).
+#: The figures the README quotes: (label, this package's key, baseline's key, ratio key, digits,
+#: CPU-time ratio key).
 README_ROWS = (
     *(
         (f"{head} head, first fit in a fresh process (s)", f"heads.{head}.first_fit_s",
-         f"heads.{head}.xfer_first_fit_s", f"heads.{head}.first_fit_ratio", 2)
+         f"heads.{head}.xfer_first_fit_s", f"heads.{head}.first_fit_ratio", 2,
+         f"heads.{head}.first_fit_cpu_ratio")
         for head in ("LR", "SVM", "GP", "BNN")
     ),
     *(
-        (f"{head} head, test accuracy", f"heads.{head}.accuracy", f"heads.{head}.xfer_accuracy", None, 3)
+        (f"{head} head, test accuracy", f"heads.{head}.accuracy", f"heads.{head}.xfer_accuracy", None, 3, None)
         for head in ("LR", "SVM", "GP", "BNN")
     ),
     *(
         (f"{job}, ms per epoch (baseline: `Module.fit`)", f"fine_tune.{job}.ms_per_epoch",
-         f"fine_tune.{job}.module_ms_per_epoch", f"fine_tune.{job}.per_epoch_ratio", 1)
+         f"fine_tune.{job}.module_ms_per_epoch", f"fine_tune.{job}.per_epoch_ratio", 1,
+         f"fine_tune.{job}.per_epoch_cpu_ratio")
         for job in ("fine-tune", "random-freeze")
     ),
     ("torch extraction beside a busy process, images/s (baseline: MXNet)",
      "threads.busy.torch_policy_images_per_s", "threads.busy.mxnet_images_per_s",
-     "threads.busy.torch_policy_over_mxnet", 1),
+     "threads.busy.torch_policy_over_mxnet", 1, None),
 )  # fmt: skip
 
 
@@ -231,13 +234,17 @@ def readme_summary(data: dict[str, Any]) -> str:
     """The README's table of measured figures, from a benchmarks JSON (``--readme`` prints it).
 
     Baselines are Xfer 1.1.0 unless the row names another; the status is the target's (on the
-    ratio where there is one, else on the figure itself). The line under the table names the
+    ratio where there is one, else on the figure itself); the CPU-time ratio is the same span in
+    process CPU time where the report has it. The line under the table names the
     commands, dates and load averages of the sections the figures come from.
     """
     figures = figures_of(data)
-    lines = ["| measured | xfer | baseline | ratio | target |", "|---|---:|---:|---:|---|"]
+    lines = [
+        "| measured | xfer | baseline | ratio | target | CPU-time ratio |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
     sections: list[str] = []
-    for label, key, baseline_key, ratio_key, digits in README_ROWS:
+    for label, key, baseline_key, ratio_key, digits, cpu_key in README_ROWS:
         if key not in figures:
             continue
         sections.append(key.split(".")[0])
@@ -246,7 +253,9 @@ def readme_summary(data: dict[str, Any]) -> str:
         ratio = f"{judged.value:.3g}" if ratio_key and judged.value is not None else ""
         status = f"{target_text(judged.target, 3)}: {mark(judged.met)}" if judged.target else ""
         base = f"{baseline.value:.{digits}f}" if baseline is not None and baseline.value is not None else ""
-        lines.append(f"| {label} | {ours.value:.{digits}f} | {base} | {ratio} | {status} |")
+        cpu = figures.get(cpu_key) if cpu_key else None
+        cpu_text = f"{cpu.value:.2f}" if cpu is not None and cpu.value is not None else ""
+        lines.append(f"| {label} | {ours.value:.{digits}f} | {base} | {ratio} | {status} | {cpu_text} |")
     runs = []
     for name in dict.fromkeys(sections):
         section = data["sections"][name]
