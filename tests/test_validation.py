@@ -376,3 +376,21 @@ def test_counts_that_cannot_be_honoured_are_refused(make, message):
     a C int overflow (n_jobs) is not a raw ctypes error."""
     with pytest.raises(InvalidArgumentError, match=message):
         make().fit(X, Y)
+
+
+@pytest.mark.parametrize("backend", ["mxnet", "torch"])
+def test_fine_tuner_predict_and_score_go_through_the_gate(backend):
+    import reliability_support
+
+    fitted = reliability_support.fitted_tiny_fine_tuner(backend)
+    features, labels = reliability_support.BLOBS
+    with pytest.raises(InvalidArgumentError, match=r"predict: X contains NaN .*\(4, 1\)"):
+        fitted.predict(_with(features, (4, 1), np.nan))
+    with pytest.raises(InvalidArgumentError, match="predict: X contains infinity"):
+        fitted.predict_proba(_with(features, (0, 0), np.inf))
+    with pytest.raises(InvalidArgumentError, match="is a masked array"):
+        fitted.predict(np.ma.masked_array(features, mask=np.eye(*features.shape, dtype=bool)))
+    with pytest.raises(InvalidTypeError, match="y mixes labels of different kinds"):
+        fitted.score(features, [0, "a", 1] * 8)
+    with pytest.raises(InvalidArgumentError, match="X has 24, y has 23"):
+        fitted.score(features, labels[:-1])
