@@ -222,3 +222,23 @@ def test_a_missing_source_model_is_a_type_error_as_in_xfer(data):
         xfer.NeuralNetworkFineTuneRepurposer(None, "relu1", 4, num_epochs=1).fit(X, y)
     with pytest.raises(TypeError, match="needs a source model to extract features"):
         xfer.LrRepurposer(None, ["fc1"]).repurpose(mx.io.NDArrayIter(X, y, batch_size=8))
+
+
+class _CheckedFineTuner(xfer.NeuralNetworkFineTuneRepurposer):
+    """Xfer's extension point: a subclass adds its checks in _validate_before_repurpose."""
+
+    calls = 0
+
+    def _validate_before_repurpose(self):
+        type(self).calls += 1
+        if self.num_epochs > 3:
+            raise ValueError("this fine-tuner trains for at most 3 epochs")
+
+
+def test_fine_tuners_run_xfers_validate_before_repurpose_hook_once_per_fit(source, data):
+    X, y = data
+    _CheckedFineTuner(source, "relu1", 4, num_epochs=1).fit(X, y)
+    assert _CheckedFineTuner.calls == 1
+    with pytest.raises(ValueError, match="at most 3 epochs"):
+        _CheckedFineTuner(source, "relu1", 4, num_epochs=5).repurpose(mx.io.NDArrayIter(X, y, batch_size=8))
+    assert _CheckedFineTuner.calls == 2

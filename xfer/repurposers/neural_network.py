@@ -567,6 +567,7 @@ class NeuralNetworkRepurposer(Repurposer):
         DeviceUnavailableError
             A GPU asked for on a machine without one.
         """
+        self._validate_before_repurpose()  # Xfer's hook for a subclass's checks, once per fit
         self._validate_params()
         devices = self._resolve_devices(context)
         self._require_available(devices)
