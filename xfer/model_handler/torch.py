@@ -177,6 +177,31 @@ def _get_submodule(model: Any, path: str) -> Any:
     return model if path == "" else model.get_submodule(path)
 
 
+def _channel_axis_hint(model: Any, sample_shape: tuple) -> str:
+    """A hint when images given to a convolutional network lack their channel axis or have it
+    last (read from the first convolution's ``in_channels``); empty otherwise."""
+    from torch.nn.modules.conv import _ConvNd
+
+    conv = next((m for m in model.modules() if isinstance(m, _ConvNd)), None)
+    if conv is None:
+        return ""
+    spatial = conv.weight.dim() - 2
+    if len(sample_shape) == spatial:
+        return (
+            " The channel axis is missing: give images as N x C x H x W "
+            f"(X[:, None] for {conv.in_channels} channel)."
+            if conv.in_channels == 1
+            else f" The channel axis is missing: give images as N x {conv.in_channels} x H x W."
+        )
+    if (
+        len(sample_shape) == spatial + 1
+        and sample_shape[-1] == conv.in_channels
+        and sample_shape[0] != conv.in_channels
+    ):
+        return " The channel axis is last: give images as N x C x H x W (np.moveaxis(X, -1, 1))."
+    return ""
+
+
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
@@ -830,9 +855,12 @@ class TorchModelHandler(ModelHandler):
                         if isinstance(error, XferError):
                             raise
                         shape = "texts" if batches.is_text else f"examples of shape {batches.sample_shape}"
+                        given = None if batches.is_text else tuple(batches.sample_shape)
+                        known = self.input_shape is not None and tuple(self.input_shape) != given
                         raise InvalidArgumentError(
                             f"The data ({shape}) does not fit the model: {_first_line(error)}"
-                            + (f". The model last read examples of shape {self.input_shape}." if self.input_shape else ".")
+                            + (f". The model last read examples of shape {self.input_shape}." if known else ".")
+                            + ("" if given is None else _channel_axis_hint(runner.model, given))
                         ) from error
                     flat = [
                         self._flatten(name, value, valid, pooling)
