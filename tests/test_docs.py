@@ -104,6 +104,13 @@ KEY_LINES: dict[str, list[str]] = {
         rf"fine-tuned torch EfficientNet: test accuracy {NUMBER}",
         r"the loaded fine-tuned network predicts the same: True",
     ],
+    "08_transferability": [
+        r"candidate layers: \['_swish', ",
+        rf"Fashion-MNIST: Kendall's tau of LogME vs held-out accuracy -?{NUMBER}; LogME picks",
+        rf"faces: Kendall's tau of LogME vs held-out accuracy -?{NUMBER}; LogME picks",
+        rf"AutoRepurposer chose \['[\w.#]+'\] with the (lr|svm) head: test accuracy {NUMBER}",
+        rf"LR on _avg_pooling \(the README's default\): test accuracy {NUMBER}",
+    ],
 }
 # Notebooks whose point is a figure: at least this many images in their outputs.
 MIN_FIGURES = {
@@ -114,6 +121,7 @@ MIN_FIGURES = {
     "04_uncertainty": 2,
     "05_fine_tuning": 3,
     "07_pytorch": 1,
+    "08_transferability": 1,
 }
 
 
