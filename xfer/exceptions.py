@@ -140,3 +140,16 @@ class ProbabilityEstimatesDisabledError(XferError, ValueError):
 
 
 __all__ += ["ProbabilityEstimatesDisabledError"]
+
+
+class XferWarning(UserWarning):
+    """Base class of every warning issued by xfer."""
+
+
+class DegenerateFitWarning(XferWarning):
+    """A head whose fit learned (almost) nothing: its held-out predictions on the training data are
+    no better than the class frequencies (for instance a GP whose kernel explains everything as
+    noise). Its probabilities are then close to uniform whatever the input."""
+
+
+__all__ += ["XferWarning", "DegenerateFitWarning"]

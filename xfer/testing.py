@@ -254,6 +254,23 @@ class RepurposerTestCase:
         assert np.all(probabilities >= 0) and np.all(probabilities <= 1)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
 
+    def test_predict_uncertainty_scores(self):
+        """``predict_uncertainty``: its probabilities are ``predict_proba``'s; entropy, max-probability
+        and the epistemic part are consistent per row (0 <= epistemic <= entropy <= log K)."""
+        if not self.has_predict_proba or not hasattr(self.create_repurposer(), "predict_uncertainty"):
+            pytest.skip("head has no probabilities")
+        repurposer, X, _ = self.fitted_on_features()
+        scores = repurposer.predict_uncertainty(X)
+        np.testing.assert_allclose(scores.probabilities, repurposer.predict_proba(X), atol=1e-12)
+        np.testing.assert_allclose(scores.max_probability, scores.probabilities.max(axis=1))
+        assert scores.entropy.shape == scores.epistemic.shape == (len(X),)
+        assert np.all(scores.entropy >= -1e-12) and np.all(scores.entropy <= np.log(self.n_classes) + 1e-9)
+        assert np.all(scores.epistemic >= 0) and np.all(scores.epistemic <= scores.entropy + 1e-12)
+        np.testing.assert_allclose(scores.aleatoric, scores.entropy - scores.epistemic)
+        np.testing.assert_allclose(
+            repurposer.predict_uncertainty_features(X).entropy, scores.entropy, atol=1e-12
+        )
+
     def test_string_labels_round_trip(self):
         names = np.array(["cat", "dog", "emu", "fox", "gnu"])[: self.n_classes]
         repurposer, X, y = self.fitted_on_features(names)

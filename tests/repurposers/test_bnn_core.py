@@ -133,7 +133,7 @@ def test_corrupt_state_raises_serialization_error(bnn):
         BnnClassifierCore.from_state(config, broken)
     with pytest.raises(SerializationError, match=r"Not a BnnClassifierCore state \(config 'class' key\)"):
         BnnClassifierCore.from_state({**config, "class": "GpClassifierCore"}, arrays)
-    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(1\); upgrade xfer"):
+    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(2\); upgrade xfer"):
         BnnClassifierCore.from_state({**config, "format_version": 99}, arrays)
 
 
@@ -144,3 +144,62 @@ def test_cuda_and_cpu_probabilities_agree(bnn, digits5):
     cuda_probs = bnn.predict_proba(x_test, torch.device("cuda", 0))
     np.testing.assert_allclose(cpu_probs, cuda_probs, atol=1e-10)
     np.testing.assert_array_equal(cpu_probs, bnn.predict_proba(x_test, CPU))
+
+
+# ----------------------------------------------------------------------------- predictive maths
+
+
+def test_prediction_averages_probabilities_not_logits(bnn, digits5):
+    """predict_proba = mean over the saved weight samples of softmax(network(x)), recomputed in
+    NumPy from the samples; the softmax of the mean logits is a different (sharper) answer."""
+    _, _, x_test, _ = digits5
+    rows = x_test[:30]
+    h = np.broadcast_to(bnn._transform(rows), (bnn.num_samples_mc_prediction, len(rows), rows.shape[1]))
+    samples = bnn._weight_samples(CPU)
+    for index, (weights, biases) in enumerate(samples):
+        h = h @ weights.numpy() + biases.numpy()[:, None, :]
+        if index < len(samples) - 1:
+            h = np.maximum(h, 0.0)
+    p = np.exp(h - h.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(bnn.predict_proba(rows, CPU), p.mean(axis=0), atol=1e-10)
+    mean_logits = h.mean(axis=0)
+    of_mean = np.exp(mean_logits - mean_logits.max(-1, keepdims=True))
+    of_mean /= of_mean.sum(-1, keepdims=True)
+    assert np.abs(of_mean - p.mean(axis=0)).max() > 1e-3
+
+
+def test_mutual_information_of_the_weight_samples(bnn, digits5):
+    from xfer.repurposers._uncertainty import entropy
+
+    _, _, x_test, _ = digits5
+    probabilities, information = bnn.predict_uncertainty(x_test[:10], CPU)
+    np.testing.assert_array_equal(probabilities, bnn.predict_proba(x_test[:10], CPU))
+    assert np.all(information >= 0) and np.all(information <= entropy(probabilities) + 1e-12)
+
+
+def test_twenty_examples_train_with_the_defaults():
+    """20 examples in minibatches of 20: min_steps makes 2,000 optimiser steps (not 200)."""
+    features, labels = load_digits(return_X_y=True)
+    keep = np.r_[np.flatnonzero(labels == 0)[:10], np.flatnonzero(labels == 1)[:10]]
+    core = BnnClassifierCore(random_state=0).fit(features[keep], labels[keep], 2, CPU)
+    assert len(core.loss_history_) == 200 and core.effective_batch_size_ == 20
+    test = np.r_[np.flatnonzero(labels == 0)[10:60], np.flatnonzero(labels == 1)[10:60]]
+    assert np.mean(core.predict_proba(features[test], CPU).argmax(1) == labels[test]) > 0.95
+
+
+def test_constant_features_warn_degenerate():
+    from xfer.exceptions import DegenerateFitWarning
+
+    with pytest.warns(DegenerateFitWarning, match="BnnClassifierCore: degenerate fit"):
+        BnnClassifierCore(num_epochs=5, min_steps=0, random_state=0).fit(
+            np.ones((12, 4)), np.repeat([0, 1, 2], 4), 3, CPU
+        )
+
+
+def test_version_1_states_load_without_l2_normalisation(bnn, digits5):
+    _, _, x_test, _ = digits5
+    config, arrays = bnn.get_state()
+    old = BnnClassifierCore.from_state({**config, "format_version": 1}, arrays)
+    assert old.apply_l2_norm is False
+    assert not np.allclose(old.predict_proba(x_test, CPU), bnn.predict_proba(x_test, CPU))

@@ -182,7 +182,7 @@ def test_corrupt_state_raises_serialization_error(sparse_gp):
         GpClassifierCore.from_state(config, broken)
     with pytest.raises(SerializationError, match="Not a GpClassifierCore"):
         GpClassifierCore.from_state({**config, "class": "Other"}, arrays)
-    with pytest.raises(SerializationError, match=r"GP state format 99 is newer than this library supports \(1\); upgrade xfer"):
+    with pytest.raises(SerializationError, match=r"GP state format 99 is newer than this library supports \(2\); upgrade xfer"):
         GpClassifierCore.from_state({**config, "format_version": 99}, arrays)
 
 
@@ -204,3 +204,110 @@ def test_repeated_training_points_fit():
     features, labels = load_iris(return_X_y=True)
     core = GpClassifierCore(random_state=0).fit(features, labels, 3, None, torch.device("cpu"))
     assert (core.predict_proba(features, torch.device("cpu")).argmax(1) == labels).mean() > 0.9
+
+
+# ----------------------------------------------------------------------------- predictive maths
+
+
+def test_probabilities_are_the_expected_softmax_of_the_latent_gaussian(exact_gp, digits5):
+    """E[softmax(f / T)] with f ~ N(mean, c variance) per class, by an independent 100,000-sample
+    average: the predictive variance enters the softmax (dropping it changes the answer)."""
+    _, _, x_test, _ = digits5
+    rows = np.r_[x_test[:4], x_test[:4] * 0.3 + 8.0]  # near the data, and where the variance is large
+    core = GpClassifierCore.from_state(*exact_gp.get_state())
+    core.temperature_, core.variance_scale_ = 0.7, 0.5  # any calibration: the same formula
+    mean, variance = core.latent_moments(rows, CPU)
+    temperature = core.temperature_
+    z = np.random.default_rng(0).standard_normal((100_000, 1, 5))
+    logits = (mean[None] + np.sqrt(0.5 * variance)[None] * z) / temperature
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected = (expected / expected.sum(-1, keepdims=True)).mean(axis=0)
+    got = core.predict_proba(rows, CPU)
+    np.testing.assert_allclose(got, expected, atol=0.03)  # 256 Sobol points vs 100,000 draws
+    plug_in = np.exp(mean / temperature) / np.exp(mean / temperature).sum(-1, keepdims=True)
+    assert np.abs(plug_in - expected).max() > 0.1  # the variance matters on these rows
+
+
+def test_leave_one_out_moments_match_refits_without_the_row(exact_gp):
+    """Closed-form leave-one-out latent moments = the GP conditioned on the other rows (numpy)."""
+    from xfer.repurposers._gp_core import dirichlet_targets
+
+    model = exact_gp.model_
+    x = torch.as_tensor(exact_gp.train_features_[:40])
+    core_x = torch.as_tensor(exact_gp.train_features_)
+    targets, noise = dirichlet_targets(
+        torch.as_tensor(exact_gp.train_labels_), 5, exact_gp.alpha_epsilon, torch.float64
+    )
+    noise = (noise + exact_gp._additional_noise()).numpy()
+    with torch.no_grad():
+        kernel = model.covar_module(core_x, core_x).to_dense().numpy()
+    constant = float(model.mean_module.constant)
+    loo_mean, loo_variance = (t.numpy() for t in exact_gp.leave_one_out_moments(CPU))
+    n = len(core_x)
+    for row in (0, 17, 39):
+        keep = np.arange(n) != row
+        for k in (0, 3):
+            c = kernel[np.ix_(keep, keep)] + np.diag(noise[k, keep])
+            cross = kernel[row, keep]
+            mean = constant + cross @ np.linalg.solve(c, targets[k, keep].numpy() - constant)
+            variance = kernel[row, row] - cross @ np.linalg.solve(c, cross)
+            assert loo_mean[row, k] == pytest.approx(mean, rel=1e-6, abs=1e-8)
+            assert loo_variance[row, k] == pytest.approx(variance, rel=1e-5, abs=1e-9)
+    assert x.shape[0] == 40
+
+
+def test_calibration_is_chosen_on_training_data_and_saved(exact_gp, digits5):
+    """Temperature and variance scale minimise the leave-one-out NLL over their grids (recomputed
+    here), are saved, and files written before calibration existed load with both at 1."""
+    from xfer.repurposers._gp_core import VARIANCE_SCALES, mc_softmax
+
+    assert 0.1 <= exact_gp.temperature_ <= 10.0 and exact_gp.variance_scale_ in VARIANCE_SCALES
+    mean, variance = exact_gp.leave_one_out_moments(CPU)
+    rows, labels = np.arange(len(exact_gp.train_labels_)), exact_gp.train_labels_
+
+    def loo_nll(temperature, scale):
+        p = mc_softmax(mean / temperature, scale * variance / temperature**2, exact_gp._points())
+        return float(-np.log(p.numpy()[rows, labels]).mean())
+
+    best = loo_nll(exact_gp.temperature_, exact_gp.variance_scale_)
+    assert best == pytest.approx(exact_gp.loo_nll_, rel=1e-9) and best < np.log(5)
+    assert best <= loo_nll(1.0, 1.0) + 1e-12  # never worse than the plain posterior (prior at 1)
+    _, _, x_test, _ = digits5
+    config, arrays = exact_gp.get_state()
+    assert (config["temperature"], config["variance_scale"]) == (exact_gp.temperature_, exact_gp.variance_scale_)
+    loaded = GpClassifierCore.from_state(config, arrays)
+    np.testing.assert_array_equal(loaded.predict_proba(x_test, CPU), exact_gp.predict_proba(x_test, CPU))
+    version_1 = {**config, "format_version": 1}
+    version_1.pop("temperature")
+    version_1.pop("variance_scale")
+    old = GpClassifierCore.from_state(version_1, arrays)  # files written before calibration
+    assert (old.temperature_, old.variance_scale_) == (1.0, 1.0)
+
+
+def test_calibrate_false_is_the_plain_posterior(digits5):
+    x_train, y_train, x_test, _ = digits5
+    core = GpClassifierCore(random_state=0, calibrate=False).fit(x_train, y_train, 5, None, CPU)
+    assert (core.temperature_, core.variance_scale_) == (1.0, 1.0)
+    mean, variance = core.latent_moments(x_test[:5], CPU)
+    from xfer.repurposers._gp_core import mc_softmax
+
+    expected = mc_softmax(torch.as_tensor(mean), torch.as_tensor(variance), core._points()).numpy()
+    np.testing.assert_allclose(core.predict_proba(x_test[:5], CPU), expected, atol=1e-12)
+
+
+def test_uninformative_features_warn_degenerate():
+    from xfer.exceptions import DegenerateFitWarning
+
+    rng = np.random.RandomState(0)
+    features, labels = rng.normal(size=(16, 30)), np.repeat([0, 1], 8)
+    with pytest.warns(DegenerateFitWarning, match="GpClassifierCore: degenerate fit: its leave-one-out"):
+        GpClassifierCore(random_state=0).fit(features, labels, 2, None, CPU)
+
+
+def test_uncertainty_grows_away_from_the_data(exact_gp, digits5):
+    _, _, x_test, _ = digits5
+    near_p, near_information = exact_gp.predict_uncertainty(x_test[:20], CPU)
+    far_p, far_information = exact_gp.predict_uncertainty(x_test[:20] + 30.0, CPU)
+    np.testing.assert_allclose(near_p, exact_gp.predict_proba(x_test[:20], CPU), atol=1e-12)
+    assert far_information.mean() > near_information.mean()
+    assert far_p.max(axis=1).mean() < near_p.max(axis=1).mean()

@@ -190,3 +190,25 @@ def test_corrupt_state_and_bad_arguments():
         LaplaceClassifierCore().fit(X, y, 2)
     with pytest.raises(InvalidArgumentError, match="fitted on 5"):
         core.predict_proba(X[:, :3])
+
+
+def test_mutual_information_of_the_logit_samples(fitted):
+    """predict_uncertainty: predict_proba, and H(E p) - E H(p) over the Sobol logit samples,
+    recomputed here; larger far from the training rows."""
+    from xfer.repurposers._uncertainty import entropy
+
+    core, x, _ = fitted
+    rows = np.r_[x[:5], x[:5] * 10.0]
+    probabilities, information = core.predict_uncertainty(rows)
+    np.testing.assert_array_equal(probabilities, core.predict_proba(rows))
+    samples = core.predict_samples(rows)
+    np.testing.assert_allclose(information, entropy(samples.mean(axis=1)) - entropy(samples).mean(axis=1))
+    assert np.all(information >= 0) and information[5:].mean() > information[:5].mean()
+
+
+def test_features_unrelated_to_the_labels_warn_degenerate():
+    from xfer.exceptions import DegenerateFitWarning
+
+    rng = np.random.RandomState(0)
+    with pytest.warns(DegenerateFitWarning, match="LaplaceClassifierCore: degenerate fit: its cross-validated"):
+        LaplaceClassifierCore().fit(rng.normal(size=(30, 8)), np.repeat([0, 1, 2], 10), 3)

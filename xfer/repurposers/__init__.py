@@ -1,6 +1,7 @@
 """Repurposers: turn a source model into a predictor for a target task."""
 
 from xfer.fine_tuning.history import History
+from xfer.repurposers._uncertainty import Uncertainty, UncertaintyMixin
 from xfer.repurposers.auto import AutoRepurposer, SelectionReport
 from xfer.repurposers.base import Repurposer
 from xfer.repurposers.bnn import BnnRepurposer
@@ -31,4 +32,6 @@ __all__ = [
     "NeuralNetworkRandomFreezeRepurposer",
     "TargetNetwork",
     "History",
+    "Uncertainty",
+    "UncertaintyMixin",
 ]

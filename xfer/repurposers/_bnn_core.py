@@ -54,11 +54,12 @@ from xfer.repurposers._checks import (
     check_positive_float,
     core_from_state,
 )
-from xfer.repurposers._linear import fit_standardizer
+from xfer.repurposers._linear import fit_standardizer, l2_normalize_layers
+from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
 
 _LOGGER = logging.getLogger("xfer.repurposers.bnn")
 
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2  # 2: apply_l2_norm and layer columns (version 1: no L2 normalisation)
 
 
 def annealing_weight(epoch: int, start: int, end: int) -> float:
@@ -84,8 +85,10 @@ class BnnClassifierCore:
 
     Parameters
     ----------
-    sigma : float, default=100.0
-        Standard deviation of the Gaussian prior ``N(0, sigma^2)`` of every weight and bias.
+    sigma : float or None, default=None
+        Standard deviation of the Gaussian prior ``N(0, sigma^2)`` of every weight and bias
+        (Xfer's meaning); ``None``: ``1 / sqrt(fan_in)`` for each layer's weights and 1 for the
+        biases (see :meth:`_prior_std`).
     num_layers : int, default=1
         Number of hidden ReLU layers (0: Bayesian multinomial logistic regression).
     n_hidden : int, default=10
@@ -116,6 +119,13 @@ class BnnClassifierCore:
         ``ceil(N / max_steps_per_epoch)`` rows.
     prediction_seed : int, default=0
         Seed of the prediction weight samples (saved with the model).
+    min_steps : int, default=2000
+        At least this many optimiser steps in all: when ``num_epochs`` epochs of minibatches are
+        fewer, every epoch makes several passes over the data (20 examples in minibatches of 20
+        would otherwise get 200 steps, far from trained).
+    apply_l2_norm : bool, default=True
+        Scale each layer's features to unit L2 norm per row before standardising (bounded inputs
+        keep the ReLU network from extrapolating to confident logits far from the data).
     num_threads : int or None, default=None
         torch intra-op threads during fit and predict; ``None`` picks 1 thread when a step's
         work is tiny (where threading overhead dominates), else leaves torch's setting.
@@ -132,7 +142,7 @@ class BnnClassifierCore:
     def __init__(
         self,
         *,
-        sigma: float = 100.0,
+        sigma: float | None = None,
         num_layers: int = 1,
         n_hidden: int = 10,
         num_samples_mc: int = 3,
@@ -147,6 +157,8 @@ class BnnClassifierCore:
         max_steps_per_epoch: int = 20,
         prediction_seed: int = 0,
         num_threads: int | None = None,
+        min_steps: int = 2000,
+        apply_l2_norm: bool = True,
     ) -> None:
         self.sigma = sigma
         self.num_layers = num_layers
@@ -163,6 +175,8 @@ class BnnClassifierCore:
         self.max_steps_per_epoch = max_steps_per_epoch
         self.prediction_seed = prediction_seed
         self.num_threads = num_threads
+        self.min_steps = min_steps
+        self.apply_l2_norm = apply_l2_norm
         self._validate_options()
         self._reset_fitted()
 
@@ -183,7 +197,9 @@ class BnnClassifierCore:
         return start, end
 
     def _validate_options(self) -> None:
-        check_positive_float("sigma", self.sigma)
+        if self.sigma is not None:
+            check_positive_float("sigma", self.sigma)
+        check_int("min_steps", self.min_steps, 0)
         check_int("num_layers", self.num_layers, 0)
         check_int("n_hidden", self.n_hidden, 1)
         check_int("num_samples_mc", self.num_samples_mc, 1)
@@ -217,7 +233,9 @@ class BnnClassifierCore:
 
     def _option_dict(self) -> dict[str, Any]:
         return {
-            "sigma": float(self.sigma),
+            "sigma": None if self.sigma is None else float(self.sigma),
+            "min_steps": int(self.min_steps),
+            "apply_l2_norm": bool(self.apply_l2_norm),
             "num_layers": int(self.num_layers),
             "n_hidden": int(self.n_hidden),
             "num_samples_mc": int(self.num_samples_mc),
@@ -237,6 +255,7 @@ class BnnClassifierCore:
     def _reset_fitted(self) -> None:
         self.n_classes_: int | None = None
         self.n_features_: int | None = None
+        self.layer_indices_: list[np.ndarray] | None = None
         self.feature_mean_: np.ndarray | None = None
         self.feature_scale_: np.ndarray | None = None
         # Per layer: weight_mu (in, out), weight_rho (in, out), bias_mu (out,), bias_rho (out,).
@@ -250,8 +269,11 @@ class BnnClassifierCore:
     def _layer_sizes(self) -> list[int]:
         return [self.n_features_] + [int(self.n_hidden)] * int(self.num_layers) + [self.n_classes_]
 
+    def _l2(self, features: np.ndarray) -> np.ndarray:
+        return l2_normalize_layers(features, self.layer_indices_) if self.apply_l2_norm else features
+
     def _transform(self, features: np.ndarray) -> np.ndarray:
-        return (features.astype(np.float64) - self.feature_mean_) / self.feature_scale_
+        return (self._l2(features).astype(np.float64) - self.feature_mean_) / self.feature_scale_
 
     def _threads(self, work_per_step: float) -> int | None:
         if self.num_threads is not None:
@@ -296,13 +318,28 @@ class BnnClassifierCore:
             rho[weight_offset : bias_offset + fan_out] = math.log(math.expm1(init_std))
         return mu, rho
 
-    def _kl(self, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """Closed-form KL(q || N(0, sigma^2)) summed over all weights and biases."""
-        prior_var = float(self.sigma) ** 2
+    def _prior_std(self) -> torch.Tensor:
+        """Prior standard deviation of every parameter, in the flat layout.
+
+        ``sigma`` given: ``sigma`` everywhere (Xfer's meaning). ``sigma=None``: ``1 / sqrt(fan_in)``
+        for the weights of each layer and 1 for the biases, so that the prior's pre-activations
+        have unit scale whatever the width (a prior of 100 on 1,280 standardised inputs lets the
+        logits reach thousands: the KL then barely constrains anything and the network is as
+        over-confident as a maximum-likelihood fit).
+        """
+        if self.sigma is not None:
+            return torch.full((self._num_params(),), float(self.sigma))
+        std = torch.ones(self._num_params())
+        for fan_in, _, weight_offset, bias_offset in self._layout():
+            std[weight_offset:bias_offset] = 1.0 / math.sqrt(fan_in)
+        return std
+
+    def _kl(self, mu: torch.Tensor, std: torch.Tensor, prior_std: torch.Tensor) -> torch.Tensor:
+        """Closed-form KL(q || N(0, prior_std^2)) summed over all weights and biases."""
         return (
-            math.log(float(self.sigma)) * mu.numel()
+            torch.log(prior_std).sum()
             - torch.log(std).sum()
-            + (std.pow(2).sum() + mu.pow(2).sum()) / (2.0 * prior_var)
+            + ((std.pow(2) + mu.pow(2)) / (2.0 * prior_std.pow(2))).sum()
             - 0.5 * mu.numel()
         )
 
@@ -327,7 +364,12 @@ class BnnClassifierCore:
 
     # --------------------------------------------------------------------- fit
     def fit(
-        self, features: np.ndarray, labels: np.ndarray, n_classes: int, device: torch.device
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int,
+        device: torch.device,
+        feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> BnnClassifierCore:
         """Train the variational posterior from scratch (the KL schedule restarts).
 
@@ -342,6 +384,8 @@ class BnnClassifierCore:
             Number of classes ``K >= 2`` (classes missing from ``labels`` are allowed).
         device : torch.device
             Device to train on.
+        feature_indices_per_layer : list of numpy.ndarray, optional
+            Columns of each source layer (``apply_l2_norm`` normalises each layer's block).
 
         Returns
         -------
@@ -375,10 +419,15 @@ class BnnClassifierCore:
         self._reset_fitted()
         self.n_classes_ = int(n_classes)
         self.n_features_ = int(n_columns)
+        self.layer_indices_ = [np.arange(n_columns)] if feature_indices_per_layer is None else [
+            np.asarray(columns, dtype=np.int64) for columns in feature_indices_per_layer
+        ]
         if store is None:
-            self.feature_mean_, self.feature_scale_ = fit_standardizer(features, None, "column")
+            self.feature_mean_, self.feature_scale_ = fit_standardizer(self._l2(features), None, "column")
         else:
-            self.feature_mean_, self.feature_scale_ = _out_of_core.fit_standardizer(store, None, "column")
+            self.feature_mean_, self.feature_scale_ = _out_of_core.fit_standardizer(
+                store, None, "column", transform=self._l2
+            )
 
         batch = int(self.batch_size)
         if math.ceil(n / batch) > int(self.max_steps_per_epoch):
@@ -398,7 +447,21 @@ class BnnClassifierCore:
         )
         with torch_num_threads(self._threads(work)):
             self._train(features, labels, device, batch, seed)
+            if store is None:
+                self._check_degenerate(features, labels, device)
         return self
+
+    def _check_degenerate(self, features: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
+        """Warn when even the training rows' own predictions are no better than class frequencies."""
+        probabilities = self.predict_proba(features, device)
+        if is_degenerate(probabilities, labels):
+            warn_degenerate(
+                _LOGGER, "BnnClassifierCore",
+                f"its predictions of its own {len(labels)} training rows are no better than the class "
+                f"frequencies (final loss {self.loss_history_[-1]:.3f})",
+                "Train longer (num_epochs, min_steps), raise learning_rate, or use a tighter prior "
+                "(sigma=None).",
+            )  # fmt: skip
 
     def _train(self, features: np.ndarray, labels: np.ndarray, device: torch.device, batch: int, seed: int) -> None:
         if isinstance(features, FeatureStore):  # minibatches gathered from the files
@@ -417,24 +480,34 @@ class BnnClassifierCore:
         adam_v = torch.zeros_like(theta, requires_grad=False)
         beta1, beta2, eps, lr = 0.9, 0.999, 1e-8, float(self.learning_rate)
         noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+        prior_std = self._prior_std().to(device)
         start, end = self.annealing_window()
-        steps_per_epoch = math.ceil(n / batch)
+        passes = max(1, math.ceil(int(self.min_steps) / (int(self.num_epochs) * math.ceil(n / batch))))
+        if passes > 1:
+            _LOGGER.info(
+                "%d rows: %d passes over the data per epoch to reach min_steps=%d optimiser steps.",
+                n, passes, self.min_steps,
+            )
+        steps_per_epoch = passes * math.ceil(n / batch)
         bar = progress_bar(total=int(self.num_epochs), desc="BNN", leave=False, verbose=self.verbose)
         adam_step = 0
         for epoch in range(int(self.num_epochs)):
             beta = annealing_weight(epoch, start, end)
             self.annealing_weights_.append(beta)
-            permutation = torch.randperm(n, generator=init_generator).to(device)
+            permutation = torch.cat(
+                [torch.randperm(n, generator=init_generator) for _ in range(passes)]
+            ).to(device)
             epoch_loss = torch.zeros((), device=device)
             for step in range(steps_per_epoch):
-                idx = permutation[step * batch : (step + 1) * batch]
+                part, offset = divmod(step * batch, math.ceil(n / batch) * batch)
+                idx = permutation[part * n + offset : part * n + min(offset + batch, n)]
                 mu, rho = theta[:n_params], theta[n_params:]
                 std = F.softplus(rho)
                 logits = self._sample_logits_local(mu, std * std, x_all[idx], noise_generator)
                 target = y_all[idx].repeat(logits.shape[0])
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
                 if beta > 0:
-                    loss = loss + (beta / n) * self._kl(mu, std)
+                    loss = loss + (beta / n) * self._kl(mu, std, prior_std)
                 (grad,) = torch.autograd.grad(loss, theta)
                 with torch.no_grad():
                     adam_step += 1
@@ -486,7 +559,9 @@ class BnnClassifierCore:
         self._prediction_noise = {key: samples}  # keep one device's copy
         return samples
 
-    def predict_proba(self, features: np.ndarray, device: torch.device, batch_size: int = 4096) -> np.ndarray:
+    def predict_proba(
+        self, features: np.ndarray, device: torch.device, batch_size: int = 4096, _information: bool = False
+    ) -> np.ndarray:
         """Posterior predictive class probabilities (Monte Carlo average of softmax), deterministic.
 
         Parameters
@@ -516,7 +591,8 @@ class BnnClassifierCore:
         check_int("batch_size", batch_size, 1)
         x_np = self._transform(features)
         samples = self._weight_samples(device)
-        out = []
+        out: list[torch.Tensor] = []
+        information: list[torch.Tensor] | None = [] if _information else None
         with torch.no_grad():
             for start in range(0, x_np.shape[0], batch_size):
                 h = torch.as_tensor(x_np[start : start + batch_size], dtype=torch.float64, device=device)
@@ -524,9 +600,29 @@ class BnnClassifierCore:
                     h = torch.matmul(h, w) + b.unsqueeze(-2)  # (S, B, out)
                     if index < len(samples) - 1:
                         h = torch.relu(h)
-                probs = torch.softmax(h, dim=-1).mean(dim=0)
+                log_p = torch.log_softmax(h, dim=-1)  # (S, B, K)
+                probs = log_p.exp().mean(dim=0)
                 out.append(probs / probs.sum(dim=-1, keepdim=True))
-        return torch.cat(out).cpu().numpy()
+                if information is not None:
+                    expected = -(log_p.exp() * log_p).sum(-1).mean(dim=0)
+                    total = -(out[-1] * out[-1].clamp_min(1e-300).log()).sum(-1)
+                    information.append((total - expected).clamp_min(0.0))
+        probabilities = torch.cat(out).cpu().numpy()
+        if information is None:
+            return probabilities
+        return probabilities, torch.cat(information).cpu().numpy()
+
+    def predict_uncertainty(
+        self, features: np.ndarray, device: torch.device, batch_size: int = 4096
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_proba` and the mutual information between prediction and weights.
+
+        Returns
+        -------
+        probabilities : numpy.ndarray of shape (N, K)
+        mutual_information : numpy.ndarray of shape (N,)
+        """
+        return self.predict_proba(features, device, batch_size, _information=True)
 
     # ------------------------------------------------------------------- state
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -544,6 +640,8 @@ class BnnClassifierCore:
         arrays: dict[str, np.ndarray] = {
             "feature_mean": np.asarray(self.feature_mean_, dtype=np.float64),
             "feature_scale": np.asarray(self.feature_scale_, dtype=np.float64),
+            "layer_sizes": np.asarray([len(c) for c in self.layer_indices_], dtype=np.int64),
+            "layer_columns": np.concatenate(self.layer_indices_).astype(np.int64),
         }
         for index, layer in enumerate(self.params_):
             for name, tensor in layer.items():
@@ -584,6 +682,15 @@ class BnnClassifierCore:
         try:
             core = core_from_state(cls, config, "BNN", STATE_FORMAT_VERSION)
             core.effective_batch_size_ = config.get("effective_batch_size")
+            if int(config["format_version"]) < 2:  # written before L2 normalisation existed
+                core.apply_l2_norm = False
+                core.layer_indices_ = [np.arange(core.n_features_)]
+            else:
+                sizes = np.asarray(arrays["layer_sizes"], dtype=np.int64)
+                columns = np.asarray(arrays["layer_columns"], dtype=np.int64)
+                if columns.shape != (int(sizes.sum()),) or columns.min() < 0 or columns.max() >= core.n_features_:
+                    raise SerializationError("BNN layer_sizes/layer_columns do not match n_features.")
+                core.layer_indices_ = list(np.split(columns, np.cumsum(sizes)[:-1]))
             core.feature_mean_ = np.asarray(arrays["feature_mean"], dtype=np.float64)
             core.feature_scale_ = np.asarray(arrays["feature_scale"], dtype=np.float64)
             if core.feature_mean_.shape != (core.n_features_,) or core.feature_scale_.shape != (core.n_features_,):

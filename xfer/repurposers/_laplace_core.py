@@ -57,6 +57,7 @@ from xfer.repurposers._checks import (
     core_from_state,
 )
 from xfer.repurposers._linear import check_standardize_mode, fit_standardizer, l2_normalize_layers
+from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
 
 _LOGGER = logging.getLogger("xfer.repurposers.laplace")
 
@@ -610,6 +611,14 @@ class LaplaceClassifierCore:
         self.calibration_nll_ = float(losses[best_t, best_scale])
         self.temperature_ = float(temperatures[best_t])
         self.covariance_scale_ = float(scales[best_scale])
+        held_out = probit_softmax(loo_mean / self.temperature_, (self.covariance_scale_ / self.temperature_**2) * cavity)
+        if is_degenerate(held_out, labels):
+            warn_degenerate(
+                _LOGGER, "LaplaceClassifierCore",
+                f"its cross-validated predictions of the {n_rows} training rows are no better than the "
+                f"class frequencies (NLL {self.calibration_nll_:.3f})",
+                "The features may not separate these classes: try other feature layers or more labels.",
+            )  # fmt: skip
 
     def _points(self) -> np.ndarray:
         if self._normal_points is None:
@@ -638,6 +647,25 @@ class LaplaceClassifierCore:
                 out.append(probit_softmax(*self.latent_moments(chunk)))
         probabilities = np.concatenate(out)
         return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+    def predict_uncertainty(self, features: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_proba` and the mutual information between prediction and weights.
+
+        The mutual information ``H(E[p]) - E[H(p)]`` is estimated from the Sobol samples of the
+        logits (:meth:`predict_samples`), whatever the ``predictive`` approximation.
+
+        Returns
+        -------
+        probabilities : numpy.ndarray of shape (N, K)
+        mutual_information : numpy.ndarray of shape (N,)
+        """
+        from xfer.repurposers._uncertainty import mutual_information
+
+        information = np.concatenate([
+            mutual_information(self.predict_samples(features[start : start + batch_size], batch_size))
+            for start in range(0, len(features), batch_size)
+        ])  # fmt: skip
+        return self.predict_proba(features, batch_size), information
 
     # ------------------------------------------------------------------- state
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:

@@ -37,8 +37,11 @@ class BnnRepurposer(MetaModelRepurposer):
         Number of devices for feature extraction.
     bnn_context_function : callable or device, default=mx.cpu
         Default device of the BNN.
-    sigma : float, default=100.0
-        Standard deviation of the Gaussian prior on the weights.
+    sigma : float or None, default=None
+        Standard deviation of the Gaussian prior on every weight and bias (Xfer's default is
+        100). ``None``: ``1 / sqrt(fan_in)`` for each layer's weights and 1 for the biases, so the
+        prior's logits have unit scale whatever the number of features (with 100 on 1,280
+        features the KL term swamps the data on few-shot tasks: degenerate fits).
     num_layers : int, default=1
         Number of hidden layers.
     n_hidden : int, default=10
@@ -72,7 +75,7 @@ class BnnRepurposer(MetaModelRepurposer):
         context_function: Any = mx.cpu,
         num_devices: int = 1,
         bnn_context_function: Any = mx.cpu,
-        sigma: float = 100.0,
+        sigma: float | None = None,
         num_layers: int = 1,
         n_hidden: int = 10,
         num_samples_mc: int = 3,
@@ -178,13 +181,18 @@ class BnnRepurposer(MetaModelRepurposer):
             verbose=self.verbose,
             random_state=_seed(self.random_state),
         )
-        return core.fit(features, labels, len(self.classes_), self._bnn_device())
+        return core.fit(
+            features, labels, len(self.classes_), self._bnn_device(), feature_indices_per_layer
+        )
 
     # The core takes a FeatureStore too: it draws the minibatches from the files.
     _train_model_from_store = _train_model_from_features
 
     def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
         return self.target_model_.predict_proba(features, self._bnn_device())
+
+    def _predict_uncertainty_from_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.target_model_.predict_uncertainty(features, self._bnn_device())
 
     def _set_target_model_state(
         self, config: dict[str, Any], arrays: dict[str, np.ndarray]

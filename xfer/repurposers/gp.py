@@ -44,8 +44,10 @@ class GpRepurposer(MetaModelRepurposer):
         Number of devices for feature extraction (the GP uses the first).
     max_function_evaluations : int, default=100
         Optimiser budget for the kernel hyper-parameters.
-    apply_l2_norm : bool, default=False
-        L2-normalise each layer's features per example first.
+    apply_l2_norm : bool, default=True
+        L2-normalise each layer's features per example first (Xfer's default is ``False``; here
+        ``True``: bounded inputs keep inputs far from the task, such as noise images, from
+        reaching confident regions; the ``ood`` section of ``docs/benchmarks.md`` measures it).
     kernel_per_layer : bool, default=True
         One RBF term per feature layer (False: one RBF on all columns).
     random_state : int, optional
@@ -67,7 +69,7 @@ class GpRepurposer(MetaModelRepurposer):
         context_function: Any = mx.cpu,
         num_devices: int = 1,
         max_function_evaluations: int = 100,
-        apply_l2_norm: bool = False,
+        apply_l2_norm: bool = True,
         *,
         kernel_per_layer: bool = True,
         random_state: int | None = None,
@@ -109,6 +111,9 @@ class GpRepurposer(MetaModelRepurposer):
 
     def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
         return self.target_model_.predict_proba(features, self._torch_device())
+
+    def _predict_uncertainty_from_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.target_model_.predict_uncertainty(features, self._torch_device())
 
     def _set_target_model_state(
         self, config: dict[str, Any], arrays: dict[str, np.ndarray]

@@ -134,6 +134,9 @@ class LaplaceRepurposer(MetaModelRepurposer):
     def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
         return self.target_model_.predict_proba(features)
 
+    def _predict_uncertainty_from_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.target_model_.predict_uncertainty(features)
+
     def _set_target_model_state(
         self, config: dict[str, Any], arrays: dict[str, np.ndarray]
     ) -> None:

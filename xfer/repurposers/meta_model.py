@@ -48,6 +48,7 @@ from xfer.exceptions import (
 )
 from xfer.feature_store import FeatureStore
 from xfer.model_handler import ModelHandler
+from xfer.repurposers._uncertainty import UncertaintyMixin
 from xfer.repurposers.base import Repurposer
 
 logger = logging.getLogger("xfer.repurposers.meta_model")
@@ -75,7 +76,7 @@ def _is_data_iterator(data: Any) -> bool:
     return isinstance(data, mx.io.DataIter)
 
 
-class MetaModelRepurposer(Repurposer):
+class MetaModelRepurposer(UncertaintyMixin, Repurposer):
     """Base class of repurposers that train a classifier on features of the source model.
 
     Parameters
