@@ -73,6 +73,7 @@ SECTIONS: dict[str, Callable[[bool], str | Section]] = {
     "torch": _section("torch_backend"),
     "calibration": _section("calibration"),
     "ood": _section("calibration", "ood_report"),
+    "laplace_fit": _section("calibration", "laplace_fit_report"),
     "calibration_scale": _section("calibration", "scale_report"),
     "scale_out": _section("scale_out"),
     "transferability": _section("transferability"),

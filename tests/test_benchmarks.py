@@ -156,7 +156,7 @@ def test_few_shot_and_ood_tables_on_synthetic_tasks(monkeypatch):
     assert "Mean over 2 random draws" in text
     assert "| Fake images, 4/class | LR | " in text and "| baseline |" in text
     assert "| Fake images, 4/class | Uniform | 0.333 (0.333-0.333) | 1.099 |" in text
-    assert "worse: accuracy, NLL, collapse" in text
+    assert "✗ MISSED: accuracy, NLL, collapse" in text
     ood = calibration.ood_report(quick=True)
     assert "| Fake images | 500 scikit-learn digits | " in ood
     assert "| 0.500 (0.50-0.50) |" in ood  # the constant head cannot tell anything apart
@@ -480,3 +480,22 @@ def test_readme_quotes_the_report():
 
     data = read_json(xfer_env.ROOT / "docs" / "benchmarks.json")
     assert readme_summary(data) in (xfer_env.ROOT / "README.md").read_text()
+
+
+def test_laplace_fit_section_reports_time_beside_lr(monkeypatch):
+    """The laplace_fit section: both heads timed on the same features, the target only at full size."""
+    import numpy as np
+
+    calibration = pytest.importorskip("benchmarks.calibration")
+    xfer_digits = pytest.importorskip("benchmarks.xfer_digits")
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(
+        xfer_digits, "structured_features",
+        lambda n, d, k: (rng.normal(size=(60, 8)), np.repeat(np.arange(3), 20)),
+    )  # fmt: skip
+    section = calibration.laplace_fit_report(quick=True, repeats=1)
+    assert "| LR (baseline) | " in section.markdown and "| Laplace | " in section.markdown
+    assert section.figures[0].key == "laplace_fit_s" and section.figures[0].target is None
+    from benchmarks import run
+
+    assert "laplace_fit" in run.SECTIONS
