@@ -491,7 +491,7 @@ def test_laplace_fit_section_reports_time_beside_lr(monkeypatch):
     rng = np.random.default_rng(0)
     monkeypatch.setattr(
         xfer_digits, "structured_features",
-        lambda n, d, k: (rng.normal(size=(60, 8)), np.repeat(np.arange(3), 20)),
+        lambda n, d, k: (rng.normal(size=(60, 8)) + np.repeat(np.eye(8)[:3] * 3, 20, axis=0), np.repeat(np.arange(3), 20)),
     )  # fmt: skip
     section = calibration.laplace_fit_report(quick=True, repeats=1)
     assert "| LR (baseline) | " in section.markdown and "| Laplace | " in section.markdown

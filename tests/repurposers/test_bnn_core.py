@@ -18,7 +18,7 @@ from xfer.exceptions import (
 from xfer.repurposers._bnn_core import BnnClassifierCore, annealing_weight
 
 CPU = torch.device("cpu")
-FAST = {"num_epochs": 60, "learning_rate": 3e-3, "random_state": 0}
+FAST = {"num_epochs": 60, "learning_rate": 3e-3, "random_state": 0, "min_steps": 0}  # 480 steps
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,9 @@ def test_annealing_schedule_follows_xfer_defaults():
 @pytest.mark.parametrize("num_layers", [0, 2])
 def test_other_depths(num_layers, digits5):
     x_train, y_train, x_test, y_test = digits5
-    core = BnnClassifierCore(num_layers=num_layers, n_hidden=16, num_epochs=30, learning_rate=3e-3, random_state=1)
+    core = BnnClassifierCore(
+        num_layers=num_layers, n_hidden=16, num_epochs=30, learning_rate=3e-3, random_state=1, min_steps=0
+    )
     probs = core.fit(x_train, y_train, 5, CPU).predict_proba(x_test, CPU)
     assert np.mean(probs.argmax(axis=1) == y_test) > 0.85
     config, arrays = core.get_state()
@@ -98,7 +100,8 @@ def test_large_data_enlarges_the_minibatch():
     rng = np.random.RandomState(0)
     features = rng.normal(size=(2000, 5))
     labels = (features[:, 0] > 0).astype(np.int64)
-    core = BnnClassifierCore(num_epochs=5, learning_rate=1e-2, random_state=0).fit(features, labels, 2, CPU)
+    core = BnnClassifierCore(num_epochs=5, learning_rate=1e-2, random_state=0, min_steps=0)
+    core.fit(features, labels, 2, CPU)
     assert core.effective_batch_size_ == 100  # 2000 rows / 20 steps per epoch
     assert np.mean(core.predict_proba(features, CPU).argmax(axis=1) == labels) > 0.9
 
@@ -178,6 +181,7 @@ def test_mutual_information_of_the_weight_samples(bnn, digits5):
     assert np.all(information >= 0) and np.all(information <= entropy(probabilities) + 1e-12)
 
 
+@pytest.mark.slow
 def test_twenty_examples_train_with_the_defaults():
     """20 examples in minibatches of 20: min_steps makes 2,000 optimiser steps (not 200)."""
     features, labels = load_digits(return_X_y=True)
