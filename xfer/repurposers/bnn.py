@@ -37,11 +37,10 @@ class BnnRepurposer(MetaModelRepurposer):
         Number of devices for feature extraction.
     bnn_context_function : callable or device, default=mx.cpu
         Default device of the BNN.
-    sigma : float or None, default=None
-        Standard deviation of the Gaussian prior on every weight and bias (Xfer's default is
-        100). ``None``: ``1 / sqrt(fan_in)`` for each layer's weights and 1 for the biases, so the
-        prior's logits have unit scale whatever the number of features (with 100 on 1,280
-        features the KL term swamps the data on few-shot tasks: degenerate fits).
+    sigma : float or None, default=100.0
+        Standard deviation of the Gaussian prior on every weight and bias (Xfer's default).
+        ``None``: ``1 / sqrt(fan_in)`` for each layer's weights and 1 for the biases (the prior's
+        logits then have unit scale whatever the number of features).
     num_layers : int, default=1
         Number of hidden layers.
     n_hidden : int, default=10
@@ -75,7 +74,7 @@ class BnnRepurposer(MetaModelRepurposer):
         context_function: Any = mx.cpu,
         num_devices: int = 1,
         bnn_context_function: Any = mx.cpu,
-        sigma: float | None = None,
+        sigma: float | None = 100.0,
         num_layers: int = 1,
         n_hidden: int = 10,
         num_samples_mc: int = 3,
@@ -180,6 +179,9 @@ class BnnRepurposer(MetaModelRepurposer):
             num_samples_mc_prediction=self.num_samples_mc_prediction,
             verbose=self.verbose,
             random_state=_seed(self.random_state),
+            # Xfer's training as before: num_epochs decides the steps, features unnormalised.
+            min_steps=0,
+            apply_l2_norm=False,
         )
         return core.fit(
             features, labels, len(self.classes_), self._bnn_device(), feature_indices_per_layer
