@@ -194,6 +194,8 @@ EXAMPLE_ARGS: dict[str, list[str]] = {
     "own_repurposer": [],
     "fine_tuning": ["--labels-per-class", "10", "--trials", "3"],
     "pytorch_backend": ["--image-size", "32", "--labels-per-class", "3", "--test-per-class", "3"],
+    "transferability": ["--image-size", "32", "--labels-per-class", "3", "--test-per-class", "3",
+                        "--max-layers", "3"],
 }  # fmt: skip
 
 

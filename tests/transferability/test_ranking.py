@@ -141,6 +141,24 @@ def test_candidate_layers_spread_over_depth_and_skip_the_softmax():
     assert candidate_layers(torch_chain()) == ["0", "1", "2"]
 
 
+def test_candidate_layers_keep_the_deepest_pooling_layer():
+    # A CNN's pooled features sit just below its classifier: even steps would skip them.
+    net = mx.sym.var("data")
+    for i in range(8):
+        net = mx.sym.Convolution(net, num_filter=2, kernel=(1, 1), name=f"conv{i}")
+        net = mx.sym.Activation(net, act_type="relu", name=f"relu{i}")
+    net = mx.sym.Pooling(net, global_pool=True, kernel=(1, 1), pool_type="avg", name="pool")
+    net = mx.sym.FullyConnected(mx.sym.flatten(net, name="flat"), num_hidden=3, name="fc")
+    handler = ModelHandler((mx.sym.SoftmaxOutput(net, name="softmax"), {}, {}))
+    for max_layers in (2, 3, 4, 8):
+        layers = candidate_layers(handler, max_layers=max_layers)
+        assert len(layers) == max_layers, layers
+        assert layers[-1] == "fc" and "pool" in layers, layers
+        assert layers == sorted(layers, key=handler.layer_names.index)
+    assert candidate_layers(handler, max_layers=1) == ["fc"]
+    assert candidate_layers(handler, max_layers=4) == ["relu0", "relu3", "pool", "fc"]
+
+
 def test_ranking_errors():
     X, y = signal_task()
     with pytest.raises(InvalidArgumentError, match="Unknown transferability score 'gbc'"):

@@ -87,7 +87,9 @@ def candidate_layers(model: Any, max_layers: int = 8) -> list[str]:
 
     The candidates are layers of feature-like types (activations, residual additions, pooling,
     dense and flatten layers), excluding a softmax output; ``max_layers`` of them are taken at
-    even steps through the network, always including the deepest. A PyTorch model whose forward
+    even steps through the network, always including the deepest and the deepest pooling layer
+    (a CNN's pooled features, such as EfficientNet-Lite0's ``_avg_pooling``, which sits just
+    below its classifier and would otherwise fall between the steps). A PyTorch model whose forward
     ends in a function (such as :func:`xfer.zoo.minilm`'s normalised mean pooling) is read at its
     ``"output"``: its inner layers give one vector per token, not per example.
 
@@ -118,8 +120,15 @@ def candidate_layers(model: Any, max_layers: int = 8) -> list[str]:
         feature_layers = [n for n in names if types[n] not in _OUTPUT_LAYER_TYPES] or names
     if len(feature_layers) <= max_layers:
         return feature_layers
-    positions = np.linspace(len(feature_layers) - 1, 0, max_layers).round().astype(int)
-    return [feature_layers[i] for i in sorted(set(positions.tolist()))]
+    last = len(feature_layers) - 1
+    positions = set(np.linspace(last, 0, max_layers).round().astype(int).tolist())
+    # The deepest pooling layer (the pooled representation a CNN's classifier reads, the usual
+    # feature layer) is always a candidate: it takes the place of the spread layer nearest to it.
+    pooled = [i for i, name in enumerate(feature_layers) if "pool" in types[name]]
+    if pooled and pooled[-1] not in positions and max_layers > 1:
+        nearest = min(positions - {last}, key=lambda p: (abs(p - pooled[-1]), p))
+        positions = (positions - {nearest}) | {pooled[-1]}
+    return [feature_layers[i] for i in sorted(positions)]
 
 
 @dataclass
