@@ -128,6 +128,17 @@ def test_bad_arguments_raise_clear_errors(bnn, digits5):
         BnnClassifierCore().predict_proba(x_test, CPU)
 
 
+def test_a_network_too_big_for_memory_is_refused_before_allocating(digits5):
+    x_train, y_train, _, _ = digits5
+    core = BnnClassifierCore(num_layers=10**9, num_epochs=1)
+    with pytest.raises(InvalidArgumentError, match=r"num_layers=1000000000, n_hidden=10 .* GiB .* fewer or smaller hidden layers"):
+        core.fit(x_train, y_train, 10, CPU)
+    with pytest.raises(NotFittedError):
+        core.predict_proba(x_train, CPU)
+    with pytest.raises(InvalidArgumentError, match="n_hidden=1000000"):
+        BnnClassifierCore(n_hidden=10**6, num_layers=2, num_epochs=1).fit(x_train, y_train, 10, CPU)
+
+
 def test_corrupt_state_raises_serialization_error(bnn):
     config, arrays = bnn.get_state()
     broken = dict(arrays)

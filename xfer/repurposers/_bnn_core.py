@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -290,6 +291,31 @@ class BnnClassifierCore:
             offset += fan_in * fan_out + fan_out
         return layout
 
+    def _check_fits_in_memory(self) -> None:
+        """Refuse a network whose parameters (with their gradients, Adam's moments and the
+        Monte Carlo weight samples of training and prediction) cannot fit in this machine's RAM."""
+        # Counted without building the list of layer sizes (num_layers may be huge).
+        n_in, hidden, layers, n_out = self.n_features_, int(self.n_hidden), int(self.num_layers), self.n_classes_
+        if layers == 0:
+            n_params = n_in * n_out + n_out
+        else:
+            n_params = (n_in + 1) * hidden + (layers - 1) * (hidden + 1) * hidden + (hidden + 1) * n_out
+        per_param = 32 + 4 * int(self.num_samples_mc) + 16 * int(self.num_samples_mc_prediction)
+        needed = n_params * per_param
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, OSError, ValueError):  # not POSIX: no bound known
+            return
+        if needed > available:
+            self._reset_fitted()
+            raise InvalidArgumentError(
+                f"The BNN of num_layers={self.num_layers}, n_hidden={self.n_hidden} on "
+                f"{n_in} features and {n_out} classes has {n_params:,} weights "
+                f"and needs about {needed / 2**30:,.1f} GiB (this machine has "
+                f"{available / 2**30:,.1f} GiB): use fewer or smaller hidden layers (or fewer "
+                "num_samples_mc_prediction)."
+            )
+
     def _num_params(self) -> int:
         fan_in, fan_out, _, bias_offset = self._layout()[-1]
         return bias_offset + fan_out
@@ -422,6 +448,7 @@ class BnnClassifierCore:
         self.layer_indices_ = [np.arange(n_columns)] if feature_indices_per_layer is None else [
             np.asarray(columns, dtype=np.int64) for columns in feature_indices_per_layer
         ]
+        self._check_fits_in_memory()
         if store is None:
             self.feature_mean_, self.feature_scale_ = fit_standardizer(self._l2(features), None, "column")
         else:
