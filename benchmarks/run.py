@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = Path(args.json) if args.json else (None if to_stdout else Path(args.output).with_suffix(".json"))
     today = datetime.date.today().isoformat()
     machine = machine_description()
-    sections = _existing_sections(Path(args.output)) if args.update and not to_stdout else {}
-    data = read_json(json_path) if args.update and json_path is not None else {"sections": {}}
+    sections: dict[str, str] = {}  # this run's; merged into the files' only when writing
+    data: dict = {"sections": {}}
     failed = False
     for name in args.only or SECTIONS:
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             "failed": section_failed,
             "figures": [figure.to_json() for figure in figures],
         }
+    if args.update:  # read now, not at the start: other sections may have changed meanwhile
+        if not to_stdout:
+            sections = {**_existing_sections(Path(args.output)), **sections}
+        if json_path is not None:
+            previous = read_json(json_path)
+            data = {**previous, "sections": {**previous.get("sections", {}), **data["sections"]}}
     parts = [
         "# Benchmarks",
         "",

@@ -47,6 +47,27 @@ def test_update_replaces_only_the_sections_run(tmp_path, monkeypatch):
     assert "`python -m benchmarks.run --only scale --update`" in text
 
 
+def test_update_keeps_what_another_run_wrote_while_this_one_ran(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "machine_description", lambda: "test machine")
+    output = tmp_path / "benchmarks.md"
+    monkeypatch.setitem(run.SECTIONS, "heads", lambda quick: Section("heads v1", [Figure("heads.x", 1.0)]))
+    monkeypatch.setitem(run.SECTIONS, "scale", lambda quick: Section("scale v1", [Figure("scale.y", 1.0)]))
+    assert run.main(["--only", "heads", "--only", "scale", "--output", str(output)]) == 0
+
+    def slow_scale(quick):  # meanwhile, another process updates the heads section
+        monkeypatch.setitem(run.SECTIONS, "heads", lambda quick: Section("heads v2", [Figure("heads.x", 2.0)]))
+        assert run.main(["--only", "heads", "--update", "--output", str(output)]) == 0
+        return Section("scale v2", [Figure("scale.y", 3.0)])
+
+    monkeypatch.setitem(run.SECTIONS, "scale", slow_scale)
+    assert run.main(["--only", "scale", "--update", "--output", str(output)]) == 0
+    text = output.read_text()
+    assert "heads v2" in text and "scale v2" in text and "heads v1" not in text
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert data["sections"]["heads"]["figures"][0]["value"] == 2.0
+    assert data["sections"]["scale"]["figures"][0]["value"] == 3.0
+
+
 def test_torch_report_tables_from_measurements(monkeypatch):
     """The torch section's tables, with the (minutes-long) measurements replaced by fixed figures."""
     torch_backend = pytest.importorskip("benchmarks.torch_backend")
