@@ -4,9 +4,10 @@ Sections
 --------
 validity
     EfficientNet-Lite0 (torch backend, ImageNet weights, 96 px, ``stretch``) on Fashion-MNIST and
-    on faces vs non-faces, 10 labelled images per class. Nine layers spread over the network's
-    depth (the eight-layer default of :func:`xfer.transferability.candidate_layers` with the
-    README's default layer ``_avg_pooling`` added) are read in one pooled pass. On each of
+    on faces vs non-faces, 10 labelled images per class. The eight default candidate layers of
+    :func:`xfer.transferability.candidate_layers`, spread over the network's depth and always
+    including the README's default layer ``_avg_pooling`` (runs before 94e30a0 added it to the
+    eight by hand: nine layers), are read in one pooled pass. On each of
     several random draws of the training images every layer gets its LogME and H-score (on the
     training images only) and the held-out accuracy of a logistic-regression head
     (:class:`xfer.LrRepurposer`) trained on them. Kendall's tau compares each score's ranking of
