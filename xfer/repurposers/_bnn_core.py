@@ -294,12 +294,7 @@ class BnnClassifierCore:
     def _check_fits_in_memory(self) -> None:
         """Refuse a network whose parameters (with their gradients, Adam's moments and the
         Monte Carlo weight samples of training and prediction) cannot fit in this machine's RAM."""
-        # Counted without building the list of layer sizes (num_layers may be huge).
-        n_in, hidden, layers, n_out = self.n_features_, int(self.n_hidden), int(self.num_layers), self.n_classes_
-        if layers == 0:
-            n_params = n_in * n_out + n_out
-        else:
-            n_params = (n_in + 1) * hidden + (layers - 1) * (hidden + 1) * hidden + (hidden + 1) * n_out
+        n_in, n_out, n_params = self.n_features_, self.n_classes_, self._num_params()
         per_param = 32 + 4 * int(self.num_samples_mc) + 16 * int(self.num_samples_mc_prediction)
         needed = n_params * per_param
         try:
@@ -317,8 +312,12 @@ class BnnClassifierCore:
             )
 
     def _num_params(self) -> int:
-        fan_in, fan_out, _, bias_offset = self._layout()[-1]
-        return bias_offset + fan_out
+        """Weights and biases of all layers, counted without listing the layers (num_layers may
+        be huge: :meth:`_check_fits_in_memory` asks before anything is built)."""
+        n_in, hidden, layers, n_out = self.n_features_, int(self.n_hidden), int(self.num_layers), self.n_classes_
+        if layers == 0:
+            return (n_in + 1) * n_out
+        return (n_in + 1) * hidden + (layers - 1) * (hidden + 1) * hidden + (hidden + 1) * n_out
 
     def _unflatten(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Views ``(weight (in, out), bias (out,))`` of each layer into a flat vector."""
