@@ -319,6 +319,27 @@ def test_custom_neural_network_repurposer_flow(image_folder, source_model):
         Add2FullyConnectedRepurposer(source_model, "nope", 4, 4).repurpose(train_iterator)
 
 
+def test_repurposers_display_in_notebooks(image_folder, source_model):
+    """A notebook cell ending in ``repurposer.repurpose(iterator)`` displays the repurposer it
+    returns with scikit-learn's HTML repr (``_repr_mimebundle_``, what Jupyter calls). With an
+    ``mx.mod.Module`` source model (it has ``get_params`` and ``fit``, but no ``deep``) that
+    printed a TypeError under two cells of Xfer's custom-repurposer demo."""
+    (train_iterator, _), _ = _iterators(image_folder)
+    repurposers = [
+        xfer.LrRepurposer(source_model, ["fc7"]),
+        xfer.NeuralNetworkFineTuneRepurposer(source_model, "relu7", 4, num_epochs=1, batch_size=4),
+        Add2FullyConnectedRepurposer(source_model, "relu7", 8, 4, batch_size=4, num_epochs=1),
+    ]
+    for repurposer in repurposers:
+        for _ in ("unfitted", "fitted"):
+            bundle = repurposer._repr_mimebundle_()
+            assert type(repurposer).__name__ in bundle["text/html"]
+            assert bundle["text/plain"].startswith(type(repurposer).__name__)
+            train_iterator.reset()
+            shown = repurposer.repurpose(train_iterator)
+        assert shown is repurposer
+
+
 def test_gluon_fine_tuning_with_more_classes_than_labels(image_folder, tmp_path):
     """The Gluon demo fine-tunes with target_class_count larger than the labels present: labels
     are class indices, the network gets target_class_count outputs."""

@@ -489,6 +489,20 @@ class Repurposer(ClassifierMixin, BaseEstimator):
                     params.update({f"{name}__{k}": v for k, v in value.get_params(deep=True).items()})
         return params
 
+    def _sk_visual_block_(self) -> Any:
+        """How scikit-learn's HTML display (Jupyter) draws a repurposer: one box.
+
+        Its default draws any parameter with ``get_params`` and ``fit`` as a nested estimator and
+        calls ``get_params(deep=False)`` on it; an ``mx.mod.Module`` source model has both, but
+        its ``get_params`` takes no ``deep``. A notebook cell ending in ``repurposer.repurpose(it)``
+        (which returns the repurposer) printed that TypeError under the cell.
+        """
+        try:
+            from sklearn.utils._repr_html.estimator import _VisualBlock
+        except ImportError:  # scikit-learn < 1.7
+            from sklearn.utils._estimator_html_repr import _VisualBlock
+        return _VisualBlock("single", self, names=type(self).__name__, name_details=str(self))
+
     def __sklearn_clone__(self) -> Repurposer:
         """An unfitted copy with the same parameters; the source model is shared, not copied
         (it is not a scikit-learn estimator, and copying its weights would be wasteful)."""
