@@ -151,6 +151,11 @@ def test_model_handler_flow(image_folder, source_model, tmp_path):
     features, labels = mh.get_layer_output(data_iterator=test_iterator, layer_names=["fc7", "pool2"])
     assert list(features) == ["fc7", "pool2"] and features["fc7"].shape == (24, 32)
     assert features["pool2"].shape == (24, 8 * 4 * 4) and labels.shape == (24,)
+    # labels as Xfer returns them: int class indices (ImageIter carries them as float32); labels
+    # that are not whole numbers are kept as they are (Xfer truncated them)
+    assert labels.dtype == np.int64 and set(labels) == {0, 1, 2, 3}
+    scores = mx.io.NDArrayIter(np.zeros((3, 3, SIZE, SIZE), np.float32), np.array([0.5, 1, 2]), 3)
+    np.testing.assert_array_equal(mh.get_layer_output(scores, ["fc7"])[1], [0.5, 1, 2])
 
     # Surgery: replace the classifier, drop the first convolution, add a layer at the bottom
     mh.drop_layer_top(2)

@@ -743,7 +743,9 @@ class MXNetModelHandler(ModelHandler):
         features : OrderedDict of str to numpy.ndarray
             ``N x D_layer`` float32 array per layer.
         labels : numpy.ndarray or None
-            The iterator's labels, or None when the data has none.
+            The iterator's labels, or None when the data has none. Labels that are all whole
+            numbers (class indices; MXNet iterators carry them as float32) come back as int64, as
+            in Xfer; others unchanged (Xfer truncated them).
 
         Raises
         ------
@@ -799,7 +801,7 @@ class MXNetModelHandler(ModelHandler):
             results = [r[:filled] for r in results]
         self.input_shape = tuple(batches.sample_shape)
         label_array = np.concatenate(labels) if labels and batches.has_labels else None
-        return OrderedDict(zip(layer_names, results)), label_array
+        return OrderedDict(zip(layer_names, results)), _whole_numbers_as_int(label_array)
 
     def _inference_module(self, layer_names: list[str], data_shape: tuple, contexts: list) -> Any:
         """A Module of the graph pruned to ``layer_names``, bound for inference.
@@ -1030,6 +1032,15 @@ def _shapes(descs: Any) -> list[tuple[str, tuple]] | None:
         return None
     return [(d[0], tuple(d[1])) if isinstance(d, (tuple, list)) else (d.name, tuple(d.shape))
             for d in descs]  # fmt: skip
+
+
+def _whole_numbers_as_int(labels: np.ndarray | None) -> np.ndarray | None:
+    """``labels`` as int64 when every value is a whole number (Xfer's ``labels.astype(int)``)."""
+    if labels is None or labels.dtype.kind not in "f":
+        return labels
+    if labels.size and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        return labels
+    return labels.astype(np.int64)
 
 
 def _node_output(symbol: Any, name: str, index: int = 0) -> Any:
