@@ -446,6 +446,7 @@ def test_transferability_report_marks_targets():
     assert summary["auto"] == {"lr": pytest.approx(0.8), "lr+svm": pytest.approx(0.7)}
     speed = transferability.speed(n_rows=200, n_features=16, n_classes=4, repeats=1)
     assert set(speed["seconds"]) == {"lr_fit", "logme", "h_score", "leep", "nce"}
+    assert set(speed["cpu_seconds"]) == set(speed["seconds"])
     forward = {"count": 10, "layers": layers, "threads": 1, "plain": 1.0, "ours": 1.5, "ratio": 1.5, "ratios": [1.5]}
     section = transferability.report_rows([summary, {**summary, "name": "faces"}], speed, forward)
     figures = {figure.key: figure for figure in section.figures}

@@ -8,7 +8,8 @@ from scipy.special import softmax
 from sklearn.covariance import LedoitWolf
 
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
-from xfer.transferability import h_score, leep, logme, nce
+from xfer.transferability import feature_scores, h_score, leep, logme, nce
+from xfer.transferability import scores as scores_module
 
 
 def reference_logme(features, labels, centre=True, tol=1e-12, max_iter=100_000):
@@ -75,6 +76,46 @@ def test_logme_matches_the_papers_fixed_point_iterations(centre, shape):
     assert logme(features, labels, centre=centre) == pytest.approx(
         reference_logme(features, labels, centre=centre), rel=1e-8
     )
+
+
+def test_logme_matches_the_fixed_point_with_many_features():
+    # d = 70 > 2: the Householder reflectors of the tridiagonal reduction are all applied
+    rng = np.random.RandomState(7)
+    n, d = 400, 70
+    labels = rng.randint(0, 4, size=n)
+    features = rng.normal(size=(n, d)) + 1.2 * np.eye(4, d)[labels] @ rng.normal(size=(d, d))
+    assert logme(features, labels) == pytest.approx(reference_logme(features, labels), rel=1e-8)
+    assert logme(features.astype(np.float32), labels) == pytest.approx(
+        reference_logme(features.astype(np.float32), labels), rel=1e-8
+    )
+
+
+@pytest.mark.parametrize("rank", [None, 5])
+def test_eigen_projections_equal_a_full_eigendecomposition(rank, monkeypatch):
+    rng = np.random.RandomState(8)
+    factor = rng.normal(size=(40, rank or 40))
+    matrix = factor @ factor.T  # rank-deficient when rank is given
+    right = rng.normal(size=(40, 3))
+    expected_values, vectors = np.linalg.eigh(matrix)
+    expected = vectors.T @ right
+    original = matrix.copy()
+    values, projections = scores_module._eigen_projections(matrix, right)
+    np.testing.assert_array_equal(matrix, original)  # the input is left alone
+    np.testing.assert_allclose(values, expected_values, atol=1e-12 * expected_values.max())
+    # eigenvectors have arbitrary signs (and bases within repeated eigenvalues): compare the
+    # squared projections of distinct eigenvalues, and the norm of the rest
+    distinct = values > 1e-8 * values.max()
+    np.testing.assert_allclose(projections[distinct] ** 2, expected[distinct] ** 2, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose((projections**2).sum(0), (right**2).sum(0), rtol=1e-12)
+
+    def failing(*args, **kwargs):
+        raise np.linalg.LinAlgError("stemr did not converge")
+
+    monkeypatch.setattr(scores_module.scipy.linalg, "eigh_tridiagonal", failing)
+    fallback_values, fallback = scores_module._eigen_projections(matrix, right)
+    np.testing.assert_array_equal(matrix, original)
+    np.testing.assert_allclose(fallback_values, values, atol=1e-12 * values.max())
+    np.testing.assert_allclose(fallback[distinct] ** 2, projections[distinct] ** 2, rtol=1e-8, atol=1e-10)
 
 
 def directly_maximised_evidence(features, labels, centre=True):
@@ -254,6 +295,24 @@ def test_h_score_errors():
         h_score(np.ones((4, 2)), labels)
 
 
+@pytest.mark.parametrize("shape", [(120, 9), (15, 40)])
+def test_feature_scores_share_the_work_and_equal_the_single_scores(shape):
+    rng = np.random.RandomState(9)
+    n, d = shape
+    labels = rng.randint(0, 3, size=n)
+    features = rng.normal(size=(n, d)) + np.eye(3, d)[labels]
+    both = feature_scores(features, labels)
+    assert list(both) == ["logme", "h_score"]
+    assert both["logme"] == pytest.approx(logme(features, labels), rel=1e-12)
+    assert both["h_score"] == pytest.approx(h_score(features, labels), rel=1e-12)
+    assert feature_scores(features, labels, ["h_score"]) == {"h_score": both["h_score"]}
+    assert feature_scores(features, labels, "logme") == {"logme": both["logme"]}
+    with pytest.raises(InvalidArgumentError, match="Unknown feature score 'leep'"):
+        feature_scores(features, labels, ["leep"])
+    with pytest.raises(InvalidArgumentError, match="constant"):
+        feature_scores(np.ones((6, 2)), [0, 0, 0, 1, 1, 1])
+
+
 # --------------------------------------------------------------------------- LEEP and NCE
 
 
@@ -286,6 +345,29 @@ def test_leep_bounds(seed):
     source = probabilities.argmax(1)
     bound = nce(source, labels) + np.mean(np.log(probabilities[np.arange(80), source]))
     assert score >= bound - 1e-12
+
+
+def reference_leep(probabilities, labels):
+    """LEEP written plainly from Nguyen et al. (2020), Eqs. 1-3: loops over examples."""
+    classes = sorted(set(labels))
+    n, z = probabilities.shape
+    joint = np.zeros((len(classes), z))
+    for row, label in zip(probabilities, labels):
+        joint[classes.index(label)] += row / n
+    conditional = joint / joint.sum(0)
+    total = 0.0
+    for row, label in zip(probabilities, labels):
+        total += np.log(sum(conditional[classes.index(label), j] * row[j] for j in range(z)))
+    return total / n
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_leep_matches_the_papers_formula(dtype):
+    rng = np.random.RandomState(10)
+    labels = rng.choice(["a", "b", "c"], size=60)
+    probabilities = softmax(rng.normal(size=(60, 11)) * 2, axis=1).astype(dtype)
+    expected = reference_leep(probabilities.astype(np.float64), list(labels))
+    assert leep(probabilities, labels) == pytest.approx(expected, rel=1e-6 if dtype == np.float32 else 1e-12)
 
 
 def test_leep_known_answers_and_invariances():

@@ -22,7 +22,12 @@ from scipy.special import softmax
 
 from xfer._progress import check_verbose, progress_bar
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
-from xfer.transferability.scores import FEATURE_SCORES, OUTPUT_SCORES, SCORES
+from xfer.transferability.scores import (
+    FEATURE_SCORES,
+    OUTPUT_SCORES,
+    SCORES,
+    feature_scores,
+)
 
 logger = logging.getLogger("xfer.transferability")
 
@@ -70,7 +75,7 @@ def score_features(
 ) -> tuple[dict[str, float], float]:
     """Feature scores of one layer and the seconds they took together."""
     start = time.perf_counter()
-    values = {name: FEATURE_SCORES[name](features, labels) for name in scores}
+    values = feature_scores(features, labels, scores) if scores else {}
     return values, time.perf_counter() - start
 
 
