@@ -513,6 +513,35 @@ class TrainingBackend(ABC):
         """
         return self.xfer_target_module(repurposer, data)
 
+    def assigned_network(self, model: Any, handler: Any) -> tuple[str, int, tuple | None]:
+        """Read a trained network assigned to ``target_model`` (Xfer's scripts assign modules).
+
+        Parameters
+        ----------
+        model : object
+            The assigned model.
+        handler : ModelHandler
+            Its handler (built from ``model``).
+
+        Returns
+        -------
+        output_layer : str
+            The layer whose output gives the class probabilities.
+        n_classes : int
+        sample_shape : tuple or None
+            Shape of one input example, when the model knows it.
+
+        Raises
+        ------
+        InvalidTypeError
+            For backends whose trained networks cannot be assigned.
+        """
+        raise InvalidTypeError(
+            f"target_model can be assigned a trained MXNet mx.mod.Module only; {self.display_name} "
+            "cannot be assigned (its saved form needs the edits that fit records): fit the "
+            "repurposer instead."
+        )
+
     # ------------------------------------------------------------------ the trained network
     @abstractmethod
     def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:

@@ -24,7 +24,7 @@ from xfer._mxnet import MODULE_LOGGER, mx
 from xfer.context import Device, to_mxnet
 from xfer.data import data_descs
 from xfer.distributed.world import World, mxnet_world
-from xfer.exceptions import InvalidArgumentError, ModelError, SerializationError
+from xfer.exceptions import InvalidArgumentError, InvalidTypeError, ModelError, SerializationError
 from xfer.fine_tuning.backend import Trainer, TrainingBackend, register_training_backend
 from xfer.fine_tuning.history import finite_or_none
 from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, derived_seed, object_state
@@ -592,6 +592,47 @@ class MXNetTrainingBackend(TrainingBackend):
         return TargetNetwork(
             handler, output, fixed_parameters=sorted(module._fixed_param_names or [])
         )
+
+    def assigned_network(self, model: Any, handler: Any) -> tuple[str, int, tuple | None]:
+        """An ``mx.mod.Module`` with parameters, ending in a softmax: its classes are read from
+        its output shape (bound module) or from the ``FullyConnected``/``Convolution`` layer under
+        the softmax."""
+        if not isinstance(model, mx.mod.Module):
+            raise InvalidTypeError(
+                "target_model must be a trained `mxnet.mod.Module` object (e.g. "
+                f"mx.mod.Module.load(prefix, epoch)), or None; got {type(model).__module__}."
+                f"{type(model).__qualname__}."
+            )
+        if not model.params_initialized:
+            raise InvalidArgumentError(
+                "target_model params aren't initialized: assign a module with parameters "
+                "(trained, or loaded with mx.mod.Module.load)."
+            )
+        output = handler.layer_names[-1]
+        nodes = json.loads(handler.symbol.tojson())["nodes"]
+        by_name = {node["name"]: node for node in nodes}
+        if by_name[output]["op"] not in ("SoftmaxOutput", "softmax", "SoftmaxActivation"):
+            raise InvalidArgumentError(
+                f"The assigned module ends in {output!r} ({by_name[output]['op']}), not in a "
+                "softmax layer giving class probabilities (SoftmaxOutput)."
+            )
+        if model.binded:
+            (data_shape,) = [d.shape for d in model.data_shapes if d.name == handler.data_name]
+            sample_shape = tuple(int(d) for d in data_shape[1:])
+            _, (output_shape,), _ = layer_output_symbol(handler.symbol, output).infer_shape(
+                **{handler.data_name: (1, *sample_shape)}
+            )
+            return output, int(np.prod(output_shape[1:])), sample_shape
+        node = by_name[output]
+        while node["op"] not in ("FullyConnected", "Convolution", "null"):
+            node = nodes[node["inputs"][0][0]]
+        width = node.get("attrs", {}).get("num_hidden" if node["op"] == "FullyConnected" else "num_filter")
+        if width is None:
+            raise InvalidArgumentError(
+                f"Cannot tell how many classes the assigned module's {output!r} gives: bind it "
+                "first (module.bind(data_shapes=...)) so that its output shape is known."
+            )
+        return output, int(width), None
 
     def target_model(self, handler: Any, output_layer: str, devices: list[Device]) -> Any:
         module = mx.mod.Module(

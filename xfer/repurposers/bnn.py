@@ -156,8 +156,13 @@ class BnnRepurposer(MetaModelRepurposer):
 
         return scope()
 
+    _target_model_types = ("xfer.repurposers._bnn_core:BnnClassifierCore",)
+
     def _train_model_from_features(
-        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> Any:
         from xfer.repurposers._bnn_core import BnnClassifierCore
 
@@ -183,9 +188,10 @@ class BnnRepurposer(MetaModelRepurposer):
             min_steps=0,
             apply_l2_norm=False,
         )
-        return core.fit(
-            features, labels, len(self.classes_), self._bnn_device(), feature_indices_per_layer
+        features, labels, n_classes, feature_indices_per_layer = self._hook_arguments(
+            features, labels, feature_indices_per_layer
         )
+        return core.fit(features, labels, n_classes, self._bnn_device(), feature_indices_per_layer)
 
     # The core takes a FeatureStore too: it draws the minibatches from the files.
     _train_model_from_store = _train_model_from_features

@@ -90,8 +90,13 @@ class GpRepurposer(MetaModelRepurposer):
         self.kernel_per_layer = kernel_per_layer
         self.random_state = random_state
 
+    _target_model_types = ("xfer.repurposers._gp_core:GpClassifierCore",)
+
     def _train_model_from_features(
-        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> Any:
         from xfer.repurposers._gp_core import GpClassifierCore
 
@@ -103,9 +108,10 @@ class GpRepurposer(MetaModelRepurposer):
             random_state=_seed(self.random_state),
             verbose=self.verbose,
         )
-        return core.fit(
-            features, labels, len(self.classes_), feature_indices_per_layer, self._torch_device()
+        features, labels, n_classes, feature_indices_per_layer = self._hook_arguments(
+            features, labels, feature_indices_per_layer
         )
+        return core.fit(features, labels, n_classes, feature_indices_per_layer, self._torch_device())
 
     # The core takes a FeatureStore too: its sparse path draws the minibatches from the files.
     _train_model_from_store = _train_model_from_features

@@ -125,11 +125,19 @@ class LaplaceRepurposer(MetaModelRepurposer):
             standardize=self.standardize,
         )
 
+    _target_model_types = ("xfer.repurposers._laplace_core:LaplaceClassifierCore",)
+
     def _train_model_from_features(
-        self, features: np.ndarray, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> Any:
         core = self._core()
-        return core.fit(features, labels, len(self.classes_), feature_indices_per_layer)
+        features, labels, n_classes, feature_indices_per_layer = self._hook_arguments(
+            features, labels, feature_indices_per_layer
+        )
+        return core.fit(features, labels, n_classes, feature_indices_per_layer)
 
     def _predict_probability_from_features(self, features: np.ndarray) -> np.ndarray:
         return self.target_model_.predict_proba(features)

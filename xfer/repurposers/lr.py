@@ -16,7 +16,7 @@ from xfer._arguments import check_int, check_positive
 from xfer._mxnet import mx
 from xfer.exceptions import InvalidArgumentError
 from xfer.repurposers import _linear
-from xfer.repurposers.meta_model import MetaModelRepurposer
+from xfer.repurposers.meta_model import MetaModelRepurposer, TargetModelInfo
 from xfer.serialization import register_repurposer
 
 logger = logging.getLogger("xfer.repurposers.lr")
@@ -79,6 +79,47 @@ class LogisticModel:
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> LogisticModel:
         return cls(arrays["mean"], arrays["scale"], arrays["coef"], arrays["intercept"])
+
+    @property
+    def n_classes_(self) -> int:
+        """Number of classes (one row of ``coef`` for two)."""
+        return 2 if self.coef.shape[0] == 1 else int(self.coef.shape[0])
+
+    @property
+    def n_features_(self) -> int:
+        """Width of the features the model takes."""
+        return int(self.coef.shape[1])
+
+    @classmethod
+    def from_sklearn(cls, estimator: LogisticRegression) -> LogisticModel:
+        """The same predictions as a fitted scikit-learn ``LogisticRegression`` (on unscaled
+        features), as arrays.
+
+        Raises
+        ------
+        NotFittedError
+            The estimator is not fitted.
+        InvalidArgumentError
+            Its probabilities are not the logistic/softmax of its decision values (a
+            one-vs-rest model of an old scikit-learn).
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(estimator, ["coef_", "intercept_", "classes_"])
+        coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+        intercept = np.broadcast_to(
+            np.asarray(estimator.intercept_, dtype=np.float64), (coef.shape[0],)
+        ).copy()
+        n_features = coef.shape[1]
+        model = cls(np.zeros(n_features), np.ones(n_features), coef, intercept)
+        probe = np.random.RandomState(0).normal(size=(4, n_features))
+        if not np.allclose(model.predict_proba(probe), estimator.predict_proba(probe), atol=1e-8):
+            raise InvalidArgumentError(
+                "This LogisticRegression's probabilities are not the softmax (binary: logistic) "
+                "of its decision values (a one-vs-rest model?), which LrRepurposer's model "
+                "computes: refit it with this scikit-learn, or fit the LrRepurposer."
+            )
+        return model
 
 
 @register_repurposer(key="xfer.LrRepurposer")
@@ -172,6 +213,16 @@ class LrRepurposer(MetaModelRepurposer):
         self.random_state = random_state
         self.standardize = standardize
 
+    _target_model_types = (LogisticModel, LogisticRegression)
+
+    def _describe_target_model(self, model: Any) -> Any:
+        """A :class:`LogisticModel` (classes ``0..K-1``), or a fitted scikit-learn
+        ``LogisticRegression``, held as the equivalent ``LogisticModel`` with its ``classes_``."""
+        if isinstance(model, LogisticRegression):
+            converted = LogisticModel.from_sklearn(model)  # checks that it is fitted
+            return TargetModelInfo(converted, np.asarray(model.classes_), converted.n_features_)
+        return super()._describe_target_model(model)
+
     def _check_options(self) -> None:
         check_positive("c", self.c)
         check_positive("tol", self.tol)
@@ -193,6 +244,9 @@ class LrRepurposer(MetaModelRepurposer):
         feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> LogisticModel:
         self._check_options()
+        features, labels, _, feature_indices_per_layer = self._hook_arguments(
+            features, labels, feature_indices_per_layer
+        )
         features = np.asarray(features, dtype=np.float64)
         with threadpool_limits(limits=_thread_limit(self.n_jobs)):
             mean, scale = _linear.fit_standardizer(

@@ -10,9 +10,11 @@ Writing your own head
 Subclass :class:`MetaModelRepurposer`, decorate it with
 :func:`xfer.serialization.register_repurposer`, and override Xfer's hooks:
 
-``_train_model_from_features(features, labels, feature_indices_per_layer)``
-    Train and return the target model (stored as ``target_model_``). ``labels`` are **int codes
-    0..K-1** (``classes_[labels]`` are the user's labels); ``len(self.classes_)`` is K.
+``_train_model_from_features(features, labels, feature_indices_per_layer=None)``
+    Train and return the target model (stored as ``target_model_``). In ``fit``, ``labels`` are
+    **int codes 0..K-1** (``classes_[labels]`` are the user's labels) and ``len(self.classes_)``
+    is K. Xfer's scripts also call it directly and assign the result to ``target_model``; a
+    head that needs K calls ``self._hook_arguments(...)``, which handles both cases.
 ``_predict_probability_from_features(features)``
     Return float probabilities ``[N, K]`` in the order of ``classes_``.
 ``_predict_label_from_features(features)``
@@ -20,6 +22,9 @@ Subclass :class:`MetaModelRepurposer`, decorate it with
     ``predict == classes_[argmax(predict_proba)]``.
 ``_get_target_model_state()`` / ``_set_target_model_state(config, arrays)``
     The target model as (JSON-safe dict, dict of numeric arrays) and back, for saving.
+``_describe_target_model(model)``
+    What assigning ``repurposer.target_model = model`` needs to know of a model: its classes and
+    feature width (the default reads this package's heads and scikit-learn-style classifiers).
 
 The device of the current call is ``self._head_device()`` (a :class:`xfer.context.Device`) or
 ``self._torch_device()``.
@@ -28,9 +33,11 @@ The device of the current call is ``self._head_device()`` (a :class:`xfer.contex
 from __future__ import annotations
 
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from contextvars import ContextVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from sklearn.utils.validation import validate_data
@@ -72,6 +79,51 @@ class MetaModelData(NamedTuple):
     labels: np.ndarray | None
 
 
+class TargetModelInfo(NamedTuple):
+    """What the ``target_model`` setter learns of an assigned model
+    (:meth:`MetaModelRepurposer._describe_target_model`).
+
+    Attributes
+    ----------
+    model : object
+        The model to hold (the assigned one, or this package's equivalent of it).
+    classes : ndarray
+        Labels of the model's outputs, in order (``0..K-1`` when the model does not know them).
+    n_features : int
+        Width of the features the model takes.
+    feature_indices_per_layer : list of ndarray or None
+        Columns of each feature layer, when the model records them (None: one block).
+    """
+
+    model: Any
+    classes: np.ndarray
+    n_features: int
+    feature_indices_per_layer: list[np.ndarray] | None = None
+
+
+#: The repurposer whose ``fit`` is calling its training hook (the hook is also called directly).
+_FITTING: ContextVar[Any] = ContextVar("xfer_meta_model_fitting", default=None)
+
+
+def _is_instance(model: Any, kind: type | str) -> bool:
+    """``isinstance`` for a class or a ``"module:Class"`` name (False while the module is not
+    imported: no instance of the class can exist then)."""
+    if isinstance(kind, str):
+        module, _, name = kind.partition(":")
+        kind = getattr(sys.modules.get(module), name, None)
+        if kind is None:
+            return False
+    return isinstance(model, kind)
+
+
+def _type_name(kind: type | str) -> str:
+    if isinstance(kind, str):
+        return kind.partition(":")[2]
+    if kind.__module__.split(".")[0] == "sklearn":
+        return f"{kind.__module__.split('.')[0]} {kind.__qualname__}"
+    return kind.__qualname__
+
+
 def _is_data_iterator(data: Any) -> bool:
     return isinstance(data, mx.io.DataIter)
 
@@ -99,6 +151,10 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
     """
 
     _save_source_model_default = True
+    #: The model type(s) this head's ``_train_model_from_features`` returns, which the
+    #: ``target_model`` setter accepts: classes, or ``"module:Class"`` names of classes in
+    #: modules imported lazily (None: any model :meth:`_describe_target_model` can read).
+    _target_model_types: ClassVar[tuple[type | str, ...] | None] = None
 
     def __init__(
         self,
@@ -118,8 +174,112 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
     # ---------------------------------------------------------------- Xfer attributes
     @property
     def target_model(self) -> Any:
-        """The fitted target model, or None before fitting (Xfer's attribute; also ``target_model_``)."""
+        """The fitted target model, or None before fitting (Xfer's attribute; also ``target_model_``).
+
+        Assigning it, as Xfer's scripts do with ``rep.target_model =
+        rep._train_model_from_features(X, y)``, makes the repurposer fitted with that model:
+        ``classes_``, the feature width and the feature layers' columns are read from the model
+        (:meth:`_describe_target_model`). A model of this package's heads does not know the
+        label values it was trained on, so ``classes_`` is ``0..K-1`` (Xfer's convention: its
+        heads predicted class indices); a scikit-learn classifier brings its own ``classes_``.
+        Assigning ``None`` makes the repurposer unfitted. A model of another type raises
+        :class:`~xfer.exceptions.InvalidTypeError` (a ``TypeError``) naming the accepted types.
+        """
         return getattr(self, "target_model_", None)
+
+    @target_model.setter
+    def target_model(self, model: Any) -> None:
+        if model is None:
+            self._unfit()
+            return
+        types = self._accepted_target_model_types()
+        if types is not None and not any(_is_instance(model, t) for t in types):
+            raise InvalidTypeError(self._target_model_type_message(model, types))
+        info = self._describe_target_model(model)
+        n_features = int(info.n_features)
+        indices = self._check_feature_indices(info.feature_indices_per_layer, n_features)
+        classes = np.asarray(info.classes)
+        if classes.ndim != 1 or len(classes) < 2:
+            raise InvalidArgumentError(
+                f"The assigned target model has {classes.size} class(es); a classifier has at "
+                "least 2."
+            )
+        self._unfit()
+        self.classes_ = classes
+        needs_source_model = self.source_model is not None
+        if not needs_source_model:  # scikit-learn's bookkeeping, as fit on feature arrays does
+            self.n_features_in_ = n_features
+        self._install_fitted(info.model, indices, n_features, needs_source_model)
+
+    def _accepted_target_model_types(self) -> tuple[type | str, ...] | None:
+        """``_target_model_types``, unless a subclass trains its own model type: when
+        ``_train_model_from_features`` is overridden below the class that declared the types,
+        any model :meth:`_describe_target_model` can read is accepted."""
+        mro = type(self).__mro__
+        declared = next(c for c in mro if "_target_model_types" in c.__dict__)
+        trainer = next(c for c in mro if "_train_model_from_features" in c.__dict__)
+        if trainer is not declared and issubclass(trainer, declared):
+            return None
+        return self._target_model_types
+
+    def _target_model_type_message(self, model: Any, types: tuple[type | str, ...]) -> str:
+        names = " or ".join(_type_name(t) for t in types)
+        return (
+            f"{type(self).__name__}.target_model must be of type {names} (what "
+            f"_train_model_from_features returns), or None to unfit it; got "
+            f"{type(model).__module__}.{type(model).__qualname__}. Train one with "
+            "fit/repurpose, or with _train_model_from_features(features, labels)."
+        )
+
+    def _describe_target_model(self, model: Any) -> TargetModelInfo:
+        """Classes, feature width and layer columns of a model assigned to ``target_model``.
+
+        The default reads this package's heads (``n_classes_``, ``n_features_``,
+        ``layer_indices_``; classes ``0..K-1``) and fitted scikit-learn-style classifiers
+        (``classes_`` and ``n_features_in_``). The hooks predict class codes, so such a
+        classifier must have been trained on the codes ``0..K-1`` (what ``fit`` passes the hook).
+        A subclass whose model is neither overrides it.
+
+        Parameters
+        ----------
+        model : object
+            The assigned model (not None).
+
+        Returns
+        -------
+        TargetModelInfo
+        """
+        n_classes = getattr(model, "n_classes_", None)
+        n_features = getattr(model, "n_features_", None)
+        if isinstance(n_classes, (int, np.integer)) and isinstance(n_features, (int, np.integer)):
+            return TargetModelInfo(
+                model, np.arange(int(n_classes)), int(n_features), getattr(model, "layer_indices_", None)
+            )
+        classes = getattr(model, "classes_", None)
+        n_features = getattr(model, "n_features_in_", None)
+        if classes is not None and isinstance(n_features, (int, np.integer)):
+            classes = np.asarray(classes)
+            codes = np.arange(len(classes))
+            if classes.dtype.kind not in "iuf" or not np.array_equal(classes, codes):
+                raise InvalidArgumentError(
+                    f"The assigned {type(model).__qualname__} was trained on the labels "
+                    f"{list(classes)[:10]}, but {type(self).__name__}'s hooks predict class codes "
+                    f"0..{len(classes) - 1}: train it on codes (fit passes the hook codes; "
+                    "sklearn.preprocessing.LabelEncoder makes them), or fit the repurposer."
+                )
+            return TargetModelInfo(model, codes, int(n_features))
+        raise InvalidTypeError(
+            f"{type(self).__name__} cannot tell the classes and feature width of the assigned "
+            f"{type(model).__module__}.{type(model).__qualname__}: assign a fitted classifier with "
+            "classes_ and n_features_in_ (scikit-learn's), or override _describe_target_model in "
+            "your subclass to return a TargetModelInfo."
+        )
+
+    def _unfit(self) -> None:
+        """Forget the fitted state (attributes ending in ``_`` and the source-model flag)."""
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            del self.__dict__[name]
+        self.__dict__.pop("_needs_source_model", None)
 
     @property
     def source_model_handler(self) -> Any:
@@ -410,11 +570,14 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
                 " (read from disk)" if on_disk else "",
             )
             train = self._train_model_from_store if on_disk else self._train_model_from_features
+            token = _FITTING.set(self)
             try:
                 target_model = train(features, encoded, indices)
             except BaseException:
                 del self.classes_  # a failed fit leaves the repurposer unfitted
                 raise
+            finally:
+                _FITTING.reset(token)
         self._install_fitted(target_model, indices, int(n_columns), needs_source_model)
         return self
 
@@ -629,6 +792,28 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
             f"{type(self).__name__} must implement _train_model_from_features."
         )
 
+    def _hook_arguments(
+        self, features: Any, labels: Any, feature_indices_per_layer: Any = None
+    ) -> tuple[Any, np.ndarray, int, list[np.ndarray] | None]:
+        """The training hook's arguments as heads use them: ``(features, codes, K, indices)``.
+
+        Within ``fit`` they are passed on unchanged (``labels`` are codes of ``classes_``, K is
+        ``len(classes_)``). Called directly, as Xfer's scripts do
+        (``_train_model_from_features(X, y)``), ``labels`` may be any values: they are numbered
+        in sorted order, as Xfer's heads did (scikit-learn's ``LabelBinarizer``), so the model
+        predicts those numbers ``0..K-1``; ``feature_indices_per_layer`` may be Xfer's dict of
+        layer name to columns, or None (one block).
+        """
+        if _FITTING.get() is self:
+            return features, labels, len(self.classes_), feature_indices_per_layer
+        features = self._as_feature_array(features)
+        labels = _validation.check_labels(
+            labels, "labels", n_samples=len(features), x_name="features"
+        )
+        classes, codes = np.unique(labels, return_inverse=True)
+        indices = self._check_feature_indices(feature_indices_per_layer, features.shape[1])
+        return features, codes.astype(np.int64), len(classes), indices
+
     def _train_model_from_store(
         self, store: FeatureStore, labels: np.ndarray, feature_indices_per_layer: list[np.ndarray]
     ) -> Any:
@@ -737,4 +922,4 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
 
 _ModelHandlerType = ModelHandler  # the real class, for isinstance checks while the name is patched
 
-__all__ = ["MetaModelData", "MetaModelRepurposer"]
+__all__ = ["MetaModelData", "MetaModelRepurposer", "TargetModelInfo"]

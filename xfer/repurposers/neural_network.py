@@ -75,6 +75,7 @@ from xfer.distributed.world import World, shard_indices
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
+    NotFittedError,
     SerializationError,
     layer_not_found,
 )
@@ -894,12 +895,12 @@ class NeuralNetworkRepurposer(Repurposer):
         -------
         ndarray of shape (n_samples, n_classes)
         """
-        self._check_fitted()
+        self._validate_before_predict()
         devices = self._resolve_devices(context)
         self._require_available(devices)
         if not is_data_iterator(X):
             X, _, _ = self._read_data(X, None, "predict")
-            if X.shape[1:] != getattr(self, "sample_shape_", X.shape[1:]):
+            if getattr(self, "sample_shape_", None) not in (None, X.shape[1:]):
                 raise InvalidArgumentError(
                     f"X has examples of shape {X.shape[1:]}, but {type(self).__name__} was "
                     f"trained on examples of shape {self.sample_shape_}."
@@ -925,13 +926,64 @@ class NeuralNetworkRepurposer(Repurposer):
     def target_model(self) -> Any:
         """The trained target network: an unbound ``mx.mod.Module`` with its parameters set, or,
         for a PyTorch source, the ``torch.nn.Module`` (it returns logits; softmax gives
-        ``predict_proba``). None before fitting, as in Xfer."""
+        ``predict_proba``). None before fitting, as in Xfer.
+
+        An ``mx.mod.Module`` with initialised parameters whose network ends in a softmax layer
+        can be assigned (Xfer's scripts assign ``mx.mod.Module.load(...)``): the repurposer then
+        predicts with it, and saves it. Its classes are ``0..K-1`` (Xfer's fine-tuners predicted
+        class indices), K read from the module's output shape (bound module) or from the
+        ``FullyConnected``/``Convolution`` layer under the softmax. Assigning ``None`` makes the
+        repurposer unfitted; anything else raises
+        :class:`~xfer.exceptions.InvalidTypeError` (a ``TypeError``). A network fine-tuned from a
+        PyTorch source cannot be assigned (its saved form needs the edits ``fit`` records).
+        """
         if not self.__sklearn_is_fitted__():
             return None
         handler = self.target_handler_
         return training_backend(handler).target_model(
             handler, self.output_layer_, self._default_devices()
         )
+
+    @target_model.setter
+    def target_model(self, model: Any) -> None:
+        if model is None:
+            self._unfit()
+            return
+        from xfer.model_handler import ModelHandler
+
+        try:
+            handler = ModelHandler(
+                model, context_function=self.context_function, num_devices=self.num_devices
+            )
+        except (TypeError, ValueError) as error:
+            raise InvalidTypeError(
+                f"{type(self).__name__}.target_model must be a trained `mxnet.mod.Module` object "
+                "(e.g. mx.mod.Module.load(prefix, epoch)), or None to unfit it; got "
+                f"{type(model).__module__}.{type(model).__qualname__}."
+            ) from error
+        output, n_classes, sample_shape = training_backend(handler).assigned_network(model, handler)
+        self._unfit()
+        self.classes_ = np.arange(n_classes)  # Xfer's fine-tuners predicted class indices
+        self.target_handler_ = handler
+        self.output_layer_ = output
+        self.new_layers_ = []
+        self.sample_shape_ = sample_shape
+        self.n_training_examples_ = 0
+        self.history_ = History()
+
+    def _unfit(self) -> None:
+        """Forget the fitted state (the attributes ending in ``_``)."""
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            del self.__dict__[name]
+
+    def _validate_before_predict(self) -> None:
+        """Xfer's check before predicting: the repurposer must hold a target network."""
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                "Cannot predict because target_model is not an `mxnet.mod.Module` object: this "
+                f"{type(self).__name__} is not fitted yet. Call fit(X, y) or "
+                "repurpose(train_iterator) first, or assign a trained module to target_model."
+            )
 
     def plot_history(self, ax: Any = None) -> Any:
         """Plot the training curves of the last fit (see :meth:`History.plot`).
@@ -981,7 +1033,7 @@ class NeuralNetworkRepurposer(Repurposer):
         handler = self.target_handler_
         state = {
             "output_layer": self.output_layer_,
-            "sample_shape": list(self.sample_shape_),
+            "sample_shape": None if self.sample_shape_ is None else list(self.sample_shape_),
             "n_training_examples": self.n_training_examples_,
             "history": self.history_.to_dict(),
             "target_files": dict(self._target_files),
@@ -1057,7 +1109,8 @@ class NeuralNetworkRepurposer(Repurposer):
                 "The fine-tuned network file",
                 f"It belongs with {prefix}.json; save the repurposer again.",
             )
-        self.sample_shape_ = tuple(int(s) for s in config["sample_shape"])
+        shape = config["sample_shape"]  # None: an assigned, unbound module never saw data
+        self.sample_shape_ = None if shape is None else tuple(int(s) for s in shape)
         self.target_handler_, new_layers = backend.load_network(self, prefix, config)
         if new_layers is not None:
             self.new_layers_ = new_layers

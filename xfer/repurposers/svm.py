@@ -83,6 +83,19 @@ class SvmModel:
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return dict(self.config), dict(self.arrays)
 
+    @property
+    def n_classes_(self) -> int:
+        """Number of classes (a linear model has one row of ``coef`` for two)."""
+        if self.config["kernel"] == "linear":
+            rows = int(self.arrays["coef"].shape[0])
+            return 2 if rows == 1 else rows
+        return int(len(self.arrays["n_support"]))
+
+    @property
+    def n_features_(self) -> int:
+        """Width of the features the model takes."""
+        return int(self.arrays["mean"].shape[0])
+
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> SvmModel:
         if config.get("kernel") not in _KERNELS:
@@ -190,6 +203,8 @@ class SvmRepurposer(MetaModelRepurposer):
         self.standardize = standardize
         self.n_jobs = n_jobs
 
+    _target_model_types = (SvmModel,)
+
     def _gamma_value(self, scaled: np.ndarray) -> float:
         if self.gamma == "auto":
             return 1.0 / scaled.shape[1]
@@ -250,6 +265,9 @@ class SvmRepurposer(MetaModelRepurposer):
         check_int("max_iter", self.max_iter)
         check_int("degree", self.degree)
         _linear.check_standardize_mode(self.standardize)
+        features, labels, _, feature_indices_per_layer = self._hook_arguments(
+            features, labels, feature_indices_per_layer
+        )
         features = np.asarray(features, dtype=np.float64)
         with (
             threadpool_limits(limits=_thread_limit(self.n_jobs)),
