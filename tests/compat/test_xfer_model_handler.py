@@ -202,3 +202,25 @@ def test_get_module_reinitialises_random_parameters_whatever_their_stored_values
     assert trainable.get_params()[0]["fc2_bias"].shape == (3,)
     with pytest.raises(ValueError, match="operator fc2"):
         handler.get_module(_image_iter(images), fixed_layer_parameters=["fc2_bias"])
+
+
+def test_xfers_private_graph_helpers_that_map_to_this_handler(module):
+    # Xfer's tests call these private helpers; they are this handler's own reading of the graph
+    handler = ModelHandler(module)
+    assert list(handler._get_layer_type_dict().items()) == [
+        ("conv1", "Convolution"), ("relu1", "Activation"), ("pool1", "Pooling"),
+        ("flatten", "Flatten"), ("fc1", "FullyConnected"), ("fc2", "FullyConnected"),
+        ("softmax", "SoftmaxOutput"),
+    ]  # fmt: skip
+    symbol_dict = handler._get_symbol_dict(handler.symbol)
+    assert [node["name"] for node in symbol_dict["nodes"]][:3] == ["data", "conv1_weight", "conv1_bias"]
+    assert set(symbol_dict) >= {"nodes", "arg_nodes", "heads", "attrs"}
+    handler._validate_layer_name("fc3")
+    for taken in ("conv1", "data", "softmax"):
+        with pytest.raises(ValueError, match=f"A layer named '{taken}' already exists"):
+            handler._validate_layer_name(taken)
+    for reserved in ("prob_label", "conv3_output", "conv3_moving_mean", "conv3_beta_q"):
+        with pytest.raises(ValueError, match="reserved for parameter and output names"):
+            handler._validate_layer_name(reserved)
+    with pytest.raises(ValueError, match="'fc3' already exists"):
+        handler._validate_layer_name("fc3", taken=["fc3"])

@@ -218,8 +218,15 @@ def test_meta_model_hook_takes_xfers_two_argument_call(source, data):
 
 def test_a_missing_source_model_is_a_type_error_as_in_xfer(data):
     X, y = data
-    with pytest.raises(TypeError, match="needs a source model to fit"):
+    with pytest.raises(TypeError, match="Cannot repurpose because source_model is not an "
+                                        r"`mxnet.mod.Module` object \(or another network a "
+                                        r"ModelHandler takes\): it is None"):
         xfer.NeuralNetworkFineTuneRepurposer(None, "relu1", 4, num_epochs=1).fit(X, y)
+    # Xfer's hook checks it too (Xfer's tests call it directly)
+    for source in (None, ""):
+        with pytest.raises(TypeError, match="Cannot repurpose because source_model is not an"):
+            xfer.NeuralNetworkRepurposer(source_model=source)._validate_before_repurpose()
+    xfer.NeuralNetworkRepurposer(source_model=make_tiny_source_model(6))._validate_before_repurpose()
     with pytest.raises(TypeError, match="needs a source model to extract features"):
         xfer.LrRepurposer(None, ["fc1"]).repurpose(mx.io.NDArrayIter(X, y, batch_size=8))
 

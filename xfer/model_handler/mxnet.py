@@ -308,6 +308,15 @@ class MXNetModelHandler(ModelHandler):
         graph = _Graph(self.symbol)
         return OrderedDict((n["name"], n["op"]) for i, n in enumerate(graph.nodes) if graph.is_layer(i))
 
+    def _get_layer_type_dict(self) -> OrderedDict:
+        """:attr:`layer_type_dict` (Xfer's private helper of the same name)."""
+        return self.layer_type_dict
+
+    @staticmethod
+    def _get_symbol_dict(symbol: Any) -> dict:
+        """The graph of ``symbol`` as MXNet's JSON dictionary (Xfer's private helper)."""
+        return json.loads(symbol.tojson())
+
     def _check_layer_names(self, layer_names: Any, argument: str = "layer_names") -> list[str]:
         if isinstance(layer_names, str) or not isinstance(layer_names, (list, tuple)):
             raise InvalidTypeError(
@@ -529,30 +538,34 @@ class MXNetModelHandler(ModelHandler):
             )
         if not layer_list:
             raise InvalidArgumentError("layer_list is empty: give at least one layer to add.")
-        existing = set(self.layer_names) | set(self.symbol.list_arguments()) | set(
-            self.symbol.list_auxiliary_states()
-        )
         seen: set[str] = set()
         for position, layer in enumerate(layer_list):
             self._free_input(layer, position)
             graph = _Graph(layer)
             for i, node in enumerate(graph.nodes):
-                if not graph.is_layer(i):
-                    continue
-                name = node["name"]
-                bad = [part for part in FORBIDDEN_NAME_PARTS if part in name]
-                if bad:
-                    raise InvalidArgumentError(
-                        f"Layer name {name!r} contains {bad[0]!r}, which is reserved for parameter "
-                        "and output names; rename the layer."
-                    )
-                if name in existing or name in seen:
-                    raise InvalidArgumentError(
-                        f"A layer named {name!r} already exists in the model; give the new layer a "
-                        "unique name."
-                    )
-                seen.add(name)
+                if graph.is_layer(i):
+                    self._validate_layer_name(node["name"], seen)
+                    seen.add(node["name"])
         return list(layer_list)
+
+    def _validate_layer_name(self, name: str, taken: Iterable[str] = ()) -> None:
+        """Raise ``ValueError`` for a new layer's name that is taken (by a layer, a parameter or
+        the input of the model, or in ``taken``) or holds a reserved part such as ``_weight``
+        (Xfer's private helper of the same name)."""
+        bad = [part for part in FORBIDDEN_NAME_PARTS if part in name]
+        if bad:
+            raise InvalidArgumentError(
+                f"Layer name {name!r} contains {bad[0]!r}, which is reserved for parameter "
+                "and output names; rename the layer."
+            )
+        existing = set(self.layer_names) | set(self.symbol.list_arguments()) | set(
+            self.symbol.list_auxiliary_states()
+        )
+        if name in existing or name in set(taken):
+            raise InvalidArgumentError(
+                f"A layer named {name!r} already exists in the model; give the new layer a "
+                "unique name."
+            )
 
     def add_layer_top(self, layer_list: list) -> None:
         """Stack unconnected ``mx.sym`` layers (a list, or one layer) on the output, in list order.

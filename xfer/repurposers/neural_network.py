@@ -322,6 +322,22 @@ class NeuralNetworkRepurposer(Repurposer):
         return training_backend(self._get_model_handler())
 
     # ---------------------------------------------------------------- validation
+    def _validate_before_repurpose(self) -> None:
+        """Xfer's hook, called once at the start of ``fit``/``repurpose``: the source model must
+        be a network (a ``TypeError`` with Xfer's words otherwise). Subclasses add their checks."""
+        problem = "is None" if self.source_model is None else None
+        if problem is None:
+            try:
+                self._get_model_handler()
+            except InvalidTypeError:
+                problem = f"is a {type(self.source_model).__qualname__}"
+        if problem is not None:
+            raise InvalidTypeError(
+                "Cannot repurpose because source_model is not an `mxnet.mod.Module` object (or "
+                f"another network a ModelHandler takes): it {problem}. Construct "
+                f"{type(self).__name__} with source_model=<the pretrained network>."
+            )
+
     def _validate_params(self) -> None:
         check_int("batch_size", self.batch_size)
         check_int("num_epochs", self.num_epochs)
