@@ -189,6 +189,10 @@ def test_xfer_module_paths():
     assert model_handler.ModelHandler is ModelHandler
     assert issubclass(exceptions.ModelArchitectureError, exceptions.ModelError)
     assert consts.LayerType.CONVOLUTION == "Convolution"
+    assert [t.value for t in (consts.LayerType.PLUS, consts.LayerType.SVMOUTPUT, consts.LayerType.LRN,
+                              consts.LayerType.DATA, consts.LayerType.MEAN,
+                              consts.LayerType.EMBEDDING)] == [
+        "_Plus", "SVMOutput", "LRN", "Data", "mean", "Embedding"]  # every member of Xfer's enum
     with pytest.raises(InvalidTypeError):
         ModelHandler({"not": "a model"})
 
@@ -205,6 +209,8 @@ def test_get_module_reinitialises_random_parameters_whatever_their_stored_values
 
 
 def test_xfers_private_graph_helpers_that_map_to_this_handler(module):
+    from xfer.model_handler import consts
+
     # Xfer's tests call these private helpers; they are this handler's own reading of the graph
     handler = ModelHandler(module)
     assert list(handler._get_layer_type_dict().items()) == [
@@ -213,8 +219,10 @@ def test_xfers_private_graph_helpers_that_map_to_this_handler(module):
         ("softmax", "SoftmaxOutput"),
     ]  # fmt: skip
     symbol_dict = handler._get_symbol_dict(handler.symbol)
-    assert [node["name"] for node in symbol_dict["nodes"]][:3] == ["data", "conv1_weight", "conv1_bias"]
-    assert set(symbol_dict) >= {"nodes", "arg_nodes", "heads", "attrs"}
+    nodes = symbol_dict[consts.NODES]
+    assert [node[consts.NAME] for node in nodes][:3] == ["data", "conv1_weight", "conv1_bias"]
+    assert nodes[0][consts.OPERATION] == consts.NO_OP and nodes[3][consts.OPERATION] == "Convolution"
+    assert {consts.ARG_NODES, consts.HEADS, consts.ATTRIBUTES, consts.NODE_PTR} <= set(symbol_dict)
     handler._validate_layer_name("fc3")
     for taken in ("conv1", "data", "softmax"):
         with pytest.raises(ValueError, match=f"A layer named '{taken}' already exists"):

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from enum import Enum
 
+# Keys and values of MXNet's symbol JSON (``ModelHandler._get_symbol_dict``), under Xfer's names.
+OPERATION = "op"
+NO_OP = "null"
+LAYER_NAME = "name"
+NAME = "name"
+NODES = "nodes"
+ATTRIBUTES = "attrs"
+INPUTS = "inputs"
+ARG_NODES = "arg_nodes"
+NODE_PTR = "node_row_ptr"
+HEADS = "heads"
+DATA = "data"
+OUTPUT = "_output"
+
 
 class LayerType(str, Enum):
     """MXNet operator names of common layer types.
@@ -23,6 +37,12 @@ class LayerType(str, Enum):
     RELU = "relu"
     CONCAT = "Concat"
     ELEMWISE_ADD = "elemwise_add"
+    PLUS = "_Plus"
+    SVMOUTPUT = "SVMOutput"
+    LRN = "LRN"
+    DATA = "Data"
+    MEAN = "mean"
+    EMBEDDING = "Embedding"
 
     def __str__(self) -> str:
         return self.value

@@ -239,6 +239,12 @@ class Repurposer(ClassifierMixin, BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "classes_")
 
+    def _unfit(self) -> None:
+        """Forget the fitted state: the attributes ending in ``_`` (what ``target_model = None``
+        does)."""
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            del self.__dict__[name]
+
     def _check_fitted(self) -> None:
         if not self.__sklearn_is_fitted__():
             raise NotFittedError(

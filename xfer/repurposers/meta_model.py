@@ -181,7 +181,8 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
         ``classes_``, the feature width and the feature layers' columns are read from the model
         (:meth:`_describe_target_model`). A model of this package's heads does not know the
         label values it was trained on, so ``classes_`` is ``0..K-1`` (Xfer's convention: its
-        heads predicted class indices); a scikit-learn classifier brings its own ``classes_``.
+        heads predicted class indices); a scikit-learn ``LogisticRegression`` assigned to an
+        :class:`~xfer.LrRepurposer` brings its own ``classes_``.
         Assigning ``None`` makes the repurposer unfitted. A model of another type raises
         :class:`~xfer.exceptions.InvalidTypeError` (a ``TypeError``) naming the accepted types.
         """
@@ -276,9 +277,7 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
         )
 
     def _unfit(self) -> None:
-        """Forget the fitted state (attributes ending in ``_`` and the source-model flag)."""
-        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
-            del self.__dict__[name]
+        super()._unfit()
         self.__dict__.pop("_needs_source_model", None)
 
     @property

@@ -987,11 +987,6 @@ class NeuralNetworkRepurposer(Repurposer):
         self.n_training_examples_ = 0
         self.history_ = History()
 
-    def _unfit(self) -> None:
-        """Forget the fitted state (the attributes ending in ``_``)."""
-        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
-            del self.__dict__[name]
-
     def _validate_before_predict(self) -> None:
         """Xfer's check before predicting: the repurposer must hold a target network."""
         if not self.__sklearn_is_fitted__():
