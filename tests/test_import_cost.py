@@ -1,7 +1,9 @@
 """What a user's first fit imports, checked in fresh processes (import time is the user's wait).
 
-An MXNet user fitting a logistic-regression or SVM head must not pay for torch and GPyTorch, and
-no head's fit may import ``torch._dynamo`` (``torch.optim`` does, for 2-3 seconds). ``import xfer``
+An MXNet user fitting a logistic-regression or SVM head must not pay for torch and GPyTorch, no
+head's user pays for the fine-tuning backends or the other heads (``xfer.repurposers`` resolves
+its names on first use), and no head's fit may import ``torch._dynamo`` (``torch.optim`` does,
+for 2-3 seconds). ``import xfer``
 itself: tests/test_package.py.
 """
 
@@ -13,13 +15,56 @@ import sys
 
 import pytest
 
-_REPORT = "import json, sys\nprint(json.dumps({m: m in sys.modules for m in ('torch', 'gpytorch', 'torch._dynamo')}))\n"
+_REPORT = "import json, sys\nprint(json.dumps({m: m in sys.modules for m in %r}))\n"
 
 
-def _modules_after(code: str) -> dict[str, bool]:
-    result = subprocess.run([sys.executable, "-c", code + "\n" + _REPORT], capture_output=True, text=True)
+def _modules_after(code: str, modules: tuple[str, ...] = ("torch", "gpytorch", "torch._dynamo")) -> dict[str, bool]:
+    report = _REPORT % (modules,)
+    result = subprocess.run([sys.executable, "-c", code + "\n" + report], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+#: What a meta-model head's user does not need: the other backend, GPyTorch, the fine-tuning
+#: package (both backends' trainers), the transferability scores and the other heads' modules.
+_NOT_NEEDED = ("torch", "gpytorch", "xfer.fine_tuning", "xfer.transferability", "xfer.repurposers.auto",
+               "xfer.repurposers.fine_tune", "xfer.repurposers.neural_network")  # fmt: skip
+
+
+def test_importing_a_head_imports_neither_torch_nor_fine_tuning():
+    checks = "\n".join(  # one process, both spellings: after each head, nothing it does not need
+        f"{statement}\nassert not any(m in sys.modules for m in {_NOT_NEEDED!r}), "
+        f"({statement!r}, [m for m in {_NOT_NEEDED!r} if m in sys.modules])"
+        for statement in ("from xfer.repurposers import LrRepurposer", "xfer.SvmRepurposer",
+                          "from xfer.repurposers import GpRepurposer", "xfer.BnnRepurposer")
+    )  # fmt: skip
+    loaded = _modules_after("import sys\nimport xfer\n" + checks, _NOT_NEEDED)
+    assert not any(loaded.values()), [m for m, on in loaded.items() if on]
+
+
+def test_the_package_names_resolve_on_first_use_and_load_finds_each_builtin_head():
+    import xfer.repurposers
+    from xfer import serialization
+
+    for name in xfer.repurposers.__all__:
+        assert getattr(xfer.repurposers, name).__name__ == name
+    assert set(xfer.repurposers.__all__) <= set(dir(xfer.repurposers))
+    with pytest.raises(AttributeError, match="module 'xfer.repurposers' has no attribute 'Nothing'"):
+        xfer.repurposers.Nothing  # noqa: B018
+    for key in xfer.repurposers.BUILTIN_KEYS:
+        assert serialization._lookup(key, "manifest.json").serialization_key == key
+
+
+def test_loading_a_saved_lr_head_imports_only_its_module(tmp_path):
+    import numpy as np
+
+    from xfer.repurposers import LrRepurposer
+
+    x = np.r_[np.zeros((5, 2)), np.ones((5, 2))]
+    LrRepurposer(None, None).fit(x, [0] * 5 + [1] * 5).save(tmp_path / "m")
+    code = f"import xfer\nassert type(xfer.load({str(tmp_path / 'm')!r})).__name__ == 'LrRepurposer'"
+    loaded = _modules_after(code, (*_NOT_NEEDED, "xfer.repurposers.gp", "xfer.repurposers.bnn"))
+    assert not any(loaded.values()), [m for m, on in loaded.items() if on]
 
 
 _TASK = """
@@ -47,3 +92,16 @@ xfer.GpRepurposer(source, ["fc1"]).fit(images[:100], labels[:100]).predict_proba
 xfer.BnnRepurposer(source, ["fc1"], num_epochs=2).fit(images[:100], labels[:100]).predict(images[100:150])
 """
     assert _modules_after(code) == {"torch": True, "gpytorch": True, "torch._dynamo": False}
+
+
+def test_a_torch_model_handler_never_imports_mxnet():
+    code = """
+import numpy as np
+from torch import nn
+import xfer
+handler = xfer.model_handler.ModelHandler(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+assert type(handler).__name__ == "TorchModelHandler"
+handler.get_layer_output(np.zeros((3, 4), np.float32), ["1"])
+"""
+    assert _modules_after(code, ("mxnet", "xfer._mxnet", "xfer.model_handler.mxnet")) == {
+        "mxnet": False, "xfer._mxnet": False, "xfer.model_handler.mxnet": False}  # fmt: skip

@@ -91,8 +91,6 @@ if TYPE_CHECKING:  # what static tools see
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        if name == "load":
-            importlib.import_module("xfer.repurposers")  # registers the built-in heads
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value

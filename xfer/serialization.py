@@ -157,8 +157,10 @@ def registered_repurposers() -> dict[str, type]:
 def _lookup(key: Any, manifest_path: Path) -> type:
     if not isinstance(key, str):
         raise SerializationError(f"{manifest_path}: 'class_key' must be a string, got {key!r}.")
-    if key not in _REGISTRY:
-        import xfer.repurposers  # noqa: F401  (``import xfer`` is lazy: register the built-in heads)
+    if key not in _REGISTRY:  # ``xfer.repurposers`` is lazy: import the built-in head saved as key
+        from xfer.repurposers import register_builtin
+
+        register_builtin(key)
     if key not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise SerializationError(

@@ -1,13 +1,25 @@
 """Inspect, edit and read features from pretrained networks (MXNet symbolic graphs and PyTorch modules).
 
 ``ModelHandler(model)`` picks the backend from the model's type. Every backend implements
-:class:`ModelHandlerProtocol`; :func:`register_backend` adds one.
+:class:`ModelHandlerProtocol`; :func:`register_backend` adds one. The backends load on first
+need: a PyTorch model never imports MXNet, and an MXNet model never imports torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from xfer.model_handler import consts, exceptions
 from xfer.model_handler.base import ModelHandler, ModelHandlerProtocol, register_backend
-from xfer.model_handler.mxnet import MXNetModelHandler
-from xfer.model_handler.torch import TorchModelHandler  # imports torch lazily, on first use
+
+#: Backend names -> the module that defines them (imported on first use).
+_EXPORTS = {"MXNetModelHandler": "xfer.model_handler.mxnet", "TorchModelHandler": "xfer.model_handler.torch"}
+_SUBMODULES = ("mxnet", "torch", "model_handler")
+
+if TYPE_CHECKING:
+    from xfer.model_handler.mxnet import MXNetModelHandler
+    from xfer.model_handler.torch import TorchModelHandler
 
 __all__ = [
     "ModelHandler",
@@ -18,3 +30,17 @@ __all__ = [
     "consts",
     "exceptions",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'xfer.model_handler' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

@@ -9,9 +9,12 @@ for its ``backend`` key (:func:`xfer.fine_tuning.register_training_backend`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
+import sys
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -27,6 +30,25 @@ from xfer.exceptions import (
 logger = logging.getLogger("xfer.model_handler")
 
 _BACKENDS: list[type] = []
+#: The built-in backends' modules, imported on first need, cheapest first: the next one is
+#: imported only when every backend so far declined the model or checkpoint, so a torch model
+#: never loads MXNet (the torch backend's module imports torch only when it has to).
+_BUILTIN_BACKENDS = ("xfer.model_handler.torch", "xfer.model_handler.mxnet")
+
+
+def _each_backend() -> Iterator[type]:
+    """Every backend: the registered ones, then each built-in one not yet imported, imported when
+    the caller asks for it (a loop that stops at the first backend that fits imports no more)."""
+    tried: set[type] = set()
+    while True:
+        for backend in list(_BACKENDS):
+            if backend not in tried:
+                tried.add(backend)
+                yield backend
+        pending = [name for name in _BUILTIN_BACKENDS if name not in sys.modules]
+        if not pending:
+            return
+        importlib.import_module(pending[0])
 
 
 def render_digraph(digraph: Any, filename: Any) -> None:
@@ -410,7 +432,7 @@ class ModelHandler:
             if isinstance(model, ModelHandler):
                 cls = type(model)
             else:
-                for backend in _BACKENDS:
+                for backend in _each_backend():
                     if backend.accepts(model):
                         cls = backend
                         break
@@ -576,11 +598,12 @@ class ModelHandler:
         ModelFileNotFoundError
             No backend's checkpoint is at ``prefix``.
         """
-        for backend in _BACKENDS:
+        for backend in _each_backend():
             handler = backend.open_checkpoint(prefix, epoch, model, **kwargs)
             if handler is not None:
                 return handler
-        expected = [repr(f) for backend in _BACKENDS for f in backend.checkpoint_files(prefix, epoch)]
+        in_order = sorted(_BACKENDS, key=lambda b: b.__module__ == "xfer.model_handler.torch")  # MXNet's first
+        expected = [repr(f) for backend in in_order for f in backend.checkpoint_files(prefix, epoch)]
         raise ModelFileNotFoundError(
             f"No model checkpoint at {str(prefix)!r}: {expected[0]} does not exist, nor "
             f"{', '.join(expected[1:])}. Check the path prefix given to save_checkpoint."
