@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,6 +140,38 @@ def test_torch_feature_extraction_runs_under_the_policy(monkeypatch):
     monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: 1)
     ModelHandler(model).get_layer_output(torch.rand(3, 4).numpy(), ["2"], batch_size=2)
     assert seen == [1, 1] and torch.get_num_threads() == 2
+
+
+def test_a_fixed_setting_repeats_results_bit_for_bit_whatever_the_load(monkeypatch):
+    from torch import nn
+
+    from xfer.model_handler import ModelHandler
+
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), Probe(), nn.Linear(256, 64), nn.Tanh(), nn.Linear(64, 8))
+    data = torch.rand(64, 256).numpy()
+    handler = ModelHandler(model)
+    torch.set_num_threads(2)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+
+    def extract(busy_elsewhere: int):
+        monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: busy_elsewhere)
+        seen.clear()
+        features = handler.get_layer_output(data, ["4"], batch_size=64)[0]["4"]
+        return seen[:], features
+
+    assert extract(0)[0] == [2] and extract(1)[0] == [1]  # automatic: the load decides the count
+    xfer.set_num_threads(2)  # fixed: the same count, the same bits, whatever the load
+    (counts_idle, idle), (counts_busy, busy) = extract(0), extract(1)
+    assert counts_idle == counts_busy == [2]
+    assert np.array_equal(idle, busy)
 
 
 @pytest.mark.slow

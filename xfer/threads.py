@@ -23,7 +23,17 @@ model, GP and BNN fit and predict):
    used: it lags by a minute and counts this process's own past work. A caller may lower the
    count further for tiny work (the GP's exact path uses 1 thread below ~1e9 flops).
 
-The count is restored when the computation ends. MXNet sizes its operator threads once, when its
+The count is restored when the computation ends.
+
+.. warning::
+   **Reproducibility.** Under the automatic policy (rule 3) two identical calls can run on
+   different thread counts when other processes start or stop in between, and torch's parallel
+   reductions then add in a different order: results (features, GP and BNN fits and predictions)
+   can differ in the last bits (about 1e-8 relative in float32). A ``random_state`` alone does not
+   make them bit-identical. For bit-reproducible results fix the count: ``XFER_NUM_THREADS=n`` in
+   the environment or ``xfer.set_num_threads(n)`` (tests/test_threads.py,
+   ``test_a_fixed_setting_repeats_results_bit_for_bit_whatever_the_load``).
+ MXNet sizes its operator threads once, when its
 engine starts (MXNet's own rule: ``OMP_NUM_THREADS``, ``MXNET_OMP_MAX_THREADS``, else half the
 cores); with ``XFER_NUM_THREADS`` set before xfer imports MXNet, MXNet gets the same count
 (``MXNET_OMP_MAX_THREADS``, unless you set that yourself).
@@ -68,6 +78,12 @@ def set_num_threads(num_threads: int | None) -> None:
         Not an int or None.
     InvalidArgumentError
         Less than 1.
+
+    Notes
+    -----
+    The automatic policy may choose a different count for two identical calls (the machine's
+    load changed), which changes the last bits of torch results; a fixed count here (or
+    ``XFER_NUM_THREADS``) makes results bit-reproducible from one call, and one run, to the next.
 
     Examples
     --------
