@@ -122,19 +122,24 @@ def test_a_busy_process_is_counted_and_this_one_is_not():
     assert threads._own_running_threads() >= 1  # the thread reading counts itself
 
 
+def _probe(seen: list[int]) -> torch.nn.Module:
+    """A layer recording the thread count torch runs it on."""
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x
+
+    return Probe()
+
+
 def test_torch_feature_extraction_runs_under_the_policy(monkeypatch):
     from torch import nn
 
     from xfer.model_handler import ModelHandler
 
     seen = []
-
-    class Probe(nn.Module):
-        def forward(self, x):
-            seen.append(torch.get_num_threads())
-            return x
-
-    model = nn.Sequential(nn.Flatten(), Probe(), nn.Linear(4, 2))
+    model = nn.Sequential(nn.Flatten(), _probe(seen), nn.Linear(4, 2))
     torch.set_num_threads(2)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: 1)
@@ -148,14 +153,8 @@ def test_a_fixed_setting_repeats_results_bit_for_bit_whatever_the_load(monkeypat
     from xfer.model_handler import ModelHandler
 
     seen = []
-
-    class Probe(nn.Module):
-        def forward(self, x):
-            seen.append(torch.get_num_threads())
-            return x
-
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), Probe(), nn.Linear(256, 64), nn.Tanh(), nn.Linear(64, 8))
+    model = nn.Sequential(nn.Flatten(), _probe(seen), nn.Linear(256, 64), nn.Tanh(), nn.Linear(64, 8))
     data = torch.rand(64, 256).numpy()
     handler = ModelHandler(model)
     torch.set_num_threads(2)

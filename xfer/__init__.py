@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import importlib
 import sys as _sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import xfer._numpy_compat  # noqa: F401  (refuses NumPy >= 2; the alias MXNet needs)
+from xfer._lazy import lazy_attributes
 from xfer._version import __version__
 
 if "mxnet" in _sys.modules:  # imported before xfer: its import left OpenMP on 1 thread (xfer._mxnet)
@@ -89,15 +90,4 @@ if TYPE_CHECKING:  # what static tools see
     from xfer.threads import get_num_threads, set_num_threads
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module 'xfer' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _SUBMODULES)

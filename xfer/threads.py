@@ -23,7 +23,10 @@ model, GP and BNN fit and predict):
    used: it lags by a minute and counts this process's own past work. A caller may lower the
    count further for tiny work (the GP's exact path uses 1 thread below ~1e9 flops).
 
-The count is restored when the computation ends.
+The count is restored when the computation ends. MXNet sizes its operator threads once, when its
+engine starts (MXNet's own rule: ``OMP_NUM_THREADS``, ``MXNET_OMP_MAX_THREADS``, else half the
+cores); with ``XFER_NUM_THREADS`` set before xfer imports MXNet, MXNet gets the same count
+(``MXNET_OMP_MAX_THREADS``, unless you set that yourself).
 
 .. warning::
    **Reproducibility.** Under the automatic policy (rule 3) two identical calls can run on
@@ -33,10 +36,6 @@ The count is restored when the computation ends.
    make them bit-identical. For bit-reproducible results fix the count: ``XFER_NUM_THREADS=n`` in
    the environment or ``xfer.set_num_threads(n)`` (tests/test_threads.py,
    ``test_a_fixed_setting_repeats_results_bit_for_bit_whatever_the_load``).
- MXNet sizes its operator threads once, when its
-engine starts (MXNet's own rule: ``OMP_NUM_THREADS``, ``MXNET_OMP_MAX_THREADS``, else half the
-cores); with ``XFER_NUM_THREADS`` set before xfer imports MXNet, MXNet gets the same count
-(``MXNET_OMP_MAX_THREADS``, unless you set that yourself).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ need: a PyTorch model never imports MXNet, and an MXNet model never imports torc
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from xfer._lazy import lazy_attributes
 from xfer.model_handler import consts, exceptions
 from xfer.model_handler.base import ModelHandler, ModelHandlerProtocol, register_backend
 
@@ -32,15 +32,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module 'xfer.model_handler' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _SUBMODULES)

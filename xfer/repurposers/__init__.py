@@ -8,7 +8,9 @@ logistic regression, not PyTorch, GPyTorch or the fine-tuning backends.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from xfer._lazy import lazy_attributes
 
 #: Public name -> the module that defines it (imported on first use).
 _EXPORTS = {
@@ -95,13 +97,4 @@ def register_builtin(key: str | None = None) -> None:
         importlib.import_module(module)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'xfer.repurposers' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
