@@ -86,7 +86,8 @@ def test_prior_precision_maximises_the_evidence(fitted):
     eigenvalues = core._curvature_eigenvalues(rotated, None, probabilities)
     targets = np.eye(3)[y]
     grid = core.prior_precision_ * np.exp(np.linspace(-1, 1, 41))
-    evidence = [core._log_evidence(rotated, targets, core.weights_, p, eigenvalues) for p in grid]
+    logits = rotated @ core.weights_
+    evidence = [core._log_evidence(logits, targets, core.weights_, p, eigenvalues) for p in grid]
     assert int(np.argmax(evidence)) == 20  # the middle of the grid: the fitted value
 
 

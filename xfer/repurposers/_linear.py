@@ -145,9 +145,15 @@ def l2_normalize_layers(
     """Each layer's block of each row scaled to unit L2 norm (float64 copy; zero blocks stay 0)."""
     features = np.array(features, dtype=np.float64)
     for columns in feature_indices_per_layer or [np.arange(features.shape[1])]:
+        columns = np.asarray(columns)
+        if len(columns) and np.array_equal(columns, np.arange(columns[0], columns[0] + len(columns))):
+            columns = slice(int(columns[0]), int(columns[0]) + len(columns))  # a view: no copies
         block = features[:, columns]
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        features[:, columns] = block / np.maximum(norms, 1e-12)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+        if isinstance(columns, slice):
+            block /= np.maximum(norms, 1e-12)
+        else:
+            features[:, columns] = block / np.maximum(norms, 1e-12)
     return features
 
 
