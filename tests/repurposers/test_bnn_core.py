@@ -147,7 +147,7 @@ def test_corrupt_state_raises_serialization_error(bnn):
         BnnClassifierCore.from_state(config, broken)
     with pytest.raises(SerializationError, match=r"Not a BnnClassifierCore state \(config 'class' key\)"):
         BnnClassifierCore.from_state({**config, "class": "GpClassifierCore"}, arrays)
-    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(2\); upgrade xfer"):
+    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(3\); upgrade xfer"):
         BnnClassifierCore.from_state({**config, "format_version": 99}, arrays)
 
 
@@ -218,3 +218,79 @@ def test_version_1_states_load_without_l2_normalisation(bnn, digits5):
     old = BnnClassifierCore.from_state({**config, "format_version": 1}, arrays)
     assert old.apply_l2_norm is False
     assert not np.allclose(old.predict_proba(x_test, CPU), bnn.predict_proba(x_test, CPU))
+
+
+def _few_shot(n_per_class=10, n_features=1280, n_classes=2, n_test=100, seed=0):
+    """Few rows of many non-negative features (like pooled CNN features): each class raises its
+    own 8 columns a little above a noisy background; the rest is noise."""
+    rng = np.random.RandomState(seed)
+
+    def draw(count):
+        labels = np.repeat(np.arange(n_classes), count)
+        features = rng.gamma(2.0, 0.5, (len(labels), n_features))
+        for k in range(n_classes):
+            features[labels == k, 8 * k : 8 * k + 8] += 1.5
+        return features, labels
+
+    return (*draw(n_per_class), *draw(n_test // n_classes))
+
+
+def test_bnn_repurposer_defaults_train_on_twenty_rows_of_1280_features():
+    """Xfer's defaults (a hidden layer, sigma=100) collapsed here; the defaults now train."""
+    from xfer import BnnRepurposer
+
+    x_train, y_train, x_test, y_test = _few_shot()
+    head = BnnRepurposer(None, None, random_state=0).fit(x_train, y_train)
+    core = head.target_model_
+    assert core.num_layers == 0 and core.map_initialised_
+    assert core.basis_.shape == (1280, 19)  # 20 centred rows span 19 directions
+    probabilities = head.predict_proba(x_test)
+    assert np.mean(probabilities.argmax(1) == y_test) >= 0.9
+    assert probabilities.max(1).mean() > 0.75  # confident, not the flat predictions of a collapse
+
+
+def test_span_basis_is_orthonormal_and_holds_the_training_rows():
+    x_train, y_train, _, _ = _few_shot(n_features=300)
+    core = BnnClassifierCore(num_layers=0, num_epochs=2, min_steps=0, random_state=0).fit(x_train, y_train, 2, CPU)
+    basis = core.basis_
+    np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
+    scaled = (core._l2(x_train) - core.feature_mean_) / core.feature_scale_
+    np.testing.assert_allclose(scaled @ basis @ basis.T, scaled, atol=1e-8)
+    assert core._layer_sizes() == [basis.shape[1], 2]
+    # Many rows span every direction: no basis, the features go in as they are.
+    many = BnnClassifierCore(num_layers=0, num_epochs=1, min_steps=0, random_state=0).fit(
+        np.random.RandomState(0).rand(50, 6), np.arange(50) % 2, 2, CPU
+    )
+    assert many.basis_ is None and many._layer_sizes() == [6, 2]
+
+
+def test_map_initialisation_is_the_penalised_maximum_likelihood():
+    """The means start where the gradient of CE + |w|^2 / (2 sigma^2) vanishes (checked directly)."""
+    rng = np.random.RandomState(0)
+    inputs, labels = rng.normal(0, 1, (30, 5)), np.arange(30) % 3
+    precision = np.full((6, 3), 1 / 0.7**2)
+    weights = BnnClassifierCore._map_weights(inputs, labels, 3, precision)
+    design = np.hstack([inputs, np.ones((30, 1))])
+    logits = design @ weights
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    gradient = design.T @ (probabilities - np.eye(3)[labels]) + precision * weights
+    assert np.abs(gradient).max() < 1e-4
+    # A fit with no steps to take keeps the MAP as its means (num_layers=0 starts there).
+    core = BnnClassifierCore(num_layers=0, num_epochs=1, min_steps=0, learning_rate=1e-12, sigma=0.7, random_state=0)
+    core.fit(inputs, labels, 3, CPU)
+    expected = BnnClassifierCore._map_weights(core._transform(inputs), labels, 3, precision)
+    np.testing.assert_allclose(core.params_[0]["weight_mu"].numpy(), expected[:-1], atol=1e-4)
+    np.testing.assert_allclose(core.params_[0]["bias_mu"].numpy(), expected[-1], atol=1e-4)
+    assert core.annealing_weights_ == [1.0]  # no annealing from the mode
+
+
+def test_span_basis_survives_save_and_load():
+    x_train, y_train, x_test, _ = _few_shot(n_features=200)
+    core = BnnClassifierCore(num_layers=0, num_epochs=5, min_steps=0, random_state=0).fit(x_train, y_train, 2, CPU)
+    config, arrays = core.get_state()
+    assert config["format_version"] == 3 and arrays["basis"].shape == core.basis_.shape
+    loaded = BnnClassifierCore.from_state(json.loads(json.dumps(config)), arrays)
+    np.testing.assert_array_equal(loaded.predict_proba(x_test, CPU), core.predict_proba(x_test, CPU))
+    with pytest.raises(SerializationError, match="BNN basis has shape"):
+        BnnClassifierCore.from_state(config, {**arrays, "basis": arrays["basis"][:5]})

@@ -59,14 +59,15 @@ def test_gp_and_bnn_cores_use_the_shared_standardiser():
     expected = _linear.fit_standardizer(features, layers, "layer")
     np.testing.assert_array_equal(gp.feature_mean_, expected[0])
     np.testing.assert_array_equal(gp.feature_scale_, expected[1])
-    bnn = BnnClassifierCore(num_epochs=2, random_state=0, apply_l2_norm=False)
+    bnn = BnnClassifierCore(num_epochs=2, random_state=0, apply_l2_norm=False, standardize="column")
     bnn.fit(features, labels, 2, cpu)
     expected = _linear.fit_standardizer(features, None, "column")
     np.testing.assert_array_equal(bnn.feature_mean_, expected[0])
     np.testing.assert_array_equal(bnn.feature_scale_, expected[1])
-    # The core's default first L2-normalises the rows (one block: no layers given), then the same.
+    # The core's default first L2-normalises the rows (one block: no layers given), then scales
+    # each layer as LrRepurposer does ("layer").
     bnn = BnnClassifierCore(num_epochs=2, random_state=0).fit(features, labels, 2, cpu)
     normalised = _linear.l2_normalize_layers(features, [np.arange(features.shape[1])])
-    expected = _linear.fit_standardizer(normalised, None, "column")
+    expected = _linear.fit_standardizer(normalised, None, "layer")
     np.testing.assert_array_equal(bnn.feature_mean_, expected[0])
     np.testing.assert_array_equal(bnn.feature_scale_, expected[1])

@@ -6,6 +6,12 @@ Blundell et al., 2015) written directly in PyTorch:
 * ``num_layers`` hidden ReLU layers of ``n_hidden`` units, then a linear output layer with one unit
   per class (Xfer's meaning: ``num_layers=1`` is one hidden layer; ``num_layers=0`` is Bayesian
   multinomial logistic regression).
+* Inputs: each layer's features scaled to unit L2 norm per row, standardised like the other heads,
+  and, when the training rows span fewer directions than there are features (few-shot: ``N <=
+  D``), taken as coordinates in that span (:meth:`BnnClassifierCore._fit_basis`).
+* ``num_layers=0``: the posterior means start at the MAP (:meth:`BnnClassifierCore._map_init`),
+  and the KL term has full weight from the first step (nothing to anneal: training starts at the
+  mode), unless ``start_annealing``/``end_annealing`` are given.
 * Every weight and bias ``w`` has the prior ``N(0, sigma^2)`` (Xfer's ``sigma`` is the prior
   standard deviation) and the posterior ``N(mu, softplus(rho)^2)``.
 * Training maximises the ELBO with the *local reparameterisation trick* (Kingma et al., 2015):
@@ -55,12 +61,13 @@ from xfer.repurposers._checks import (
     check_positive_float,
     core_from_state,
 )
-from xfer.repurposers._linear import fit_standardizer, l2_normalize_layers
+from xfer.repurposers._linear import check_standardize_mode, fit_standardizer, l2_normalize_layers
 from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
 
 _LOGGER = logging.getLogger("xfer.repurposers.bnn")
 
-STATE_FORMAT_VERSION = 2  # 2: apply_l2_norm and layer columns (version 1: no L2 normalisation)
+# 3: the span basis and MAP initialisation; 2: apply_l2_norm and layer columns; 1: no L2 norm.
+STATE_FORMAT_VERSION = 3
 
 
 def annealing_weight(epoch: int, start: int, end: int) -> float:
@@ -127,6 +134,13 @@ class BnnClassifierCore:
     apply_l2_norm : bool, default=True
         Scale each layer's features to unit L2 norm per row before standardising (bounded inputs
         keep the ReLU network from extrapolating to confident logits far from the data).
+    project_to_span : bool, default=True
+        When the training rows span fewer directions than there are features (``N <= D``), feed
+        the network the standardised features' coordinates in that span (the prior restricted to
+        the directions the data can inform; see :meth:`_fit_basis`).
+    standardize : {"layer", "column", "none"}, default="layer"
+        Feature scaling before the network, shared with the other heads
+        (``_linear.fit_standardizer``; ``"layer"`` is ``LrRepurposer``'s default).
     num_threads : int or None, default=None
         torch intra-op threads during fit and predict; ``None`` picks 1 thread when a step's
         work is tiny (where threading overhead dominates), else leaves torch's setting.
@@ -160,6 +174,8 @@ class BnnClassifierCore:
         num_threads: int | None = None,
         min_steps: int = 2000,
         apply_l2_norm: bool = True,
+        project_to_span: bool = True,
+        standardize: str = "layer",
     ) -> None:
         self.sigma = sigma
         self.num_layers = num_layers
@@ -178,6 +194,8 @@ class BnnClassifierCore:
         self.num_threads = num_threads
         self.min_steps = min_steps
         self.apply_l2_norm = apply_l2_norm
+        self.project_to_span = project_to_span
+        self.standardize = standardize
         self._validate_options()
         self._reset_fitted()
 
@@ -201,6 +219,7 @@ class BnnClassifierCore:
         if self.sigma is not None:
             check_positive_float("sigma", self.sigma)
         check_int("min_steps", self.min_steps, 0)
+        check_standardize_mode(self.standardize)
         check_int("num_layers", self.num_layers, 0)
         check_int("n_hidden", self.n_hidden, 1)
         check_int("num_samples_mc", self.num_samples_mc, 1)
@@ -237,6 +256,8 @@ class BnnClassifierCore:
             "sigma": None if self.sigma is None else float(self.sigma),
             "min_steps": int(self.min_steps),
             "apply_l2_norm": bool(self.apply_l2_norm),
+            "project_to_span": bool(self.project_to_span),
+            "standardize": str(self.standardize),
             "num_layers": int(self.num_layers),
             "n_hidden": int(self.n_hidden),
             "num_samples_mc": int(self.num_samples_mc),
@@ -264,17 +285,48 @@ class BnnClassifierCore:
         self.loss_history_: list[float] = []
         self.annealing_weights_: list[float] = []
         self.effective_batch_size_: int | None = None
+        self.basis_: np.ndarray | None = None  # (D, r) orthonormal span of the training rows, or None
+        self.map_initialised_: bool = False
         self._prediction_noise: dict[tuple[str, int | None], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # -------------------------------------------------------------- internals
+    def _n_inputs(self) -> int:
+        """Width of the network's input: the span basis's rank, or the number of features."""
+        return self.n_features_ if self.basis_ is None else int(self.basis_.shape[1])
+
     def _layer_sizes(self) -> list[int]:
-        return [self.n_features_] + [int(self.n_hidden)] * int(self.num_layers) + [self.n_classes_]
+        return [self._n_inputs()] + [int(self.n_hidden)] * int(self.num_layers) + [self.n_classes_]
 
     def _l2(self, features: np.ndarray) -> np.ndarray:
         return l2_normalize_layers(features, self.layer_indices_) if self.apply_l2_norm else features
 
     def _transform(self, features: np.ndarray) -> np.ndarray:
-        return (self._l2(features).astype(np.float64) - self.feature_mean_) / self.feature_scale_
+        """The network's inputs: standardised features, in the span basis when there is one."""
+        scaled = (self._l2(features).astype(np.float64) - self.feature_mean_) / self.feature_scale_
+        return scaled if self.basis_ is None else scaled @ self.basis_
+
+    def _fit_basis(self, scaled: np.ndarray) -> None:
+        """``basis_``: orthonormal columns spanning the standardised training rows, when they span
+        fewer than all ``D`` directions (``N <= D``); ``None`` otherwise.
+
+        The likelihood does not involve a weight direction orthogonal to every training row, so
+        there the posterior is the prior. Dropping those directions is the same model with the
+        prior restricted to the rows' span (the representer theorem: the MAP lies in it anyway):
+        the first layer has ``r x H`` weights instead of ``D x H`` (20 rows of 1,280 features:
+        at most 20 input directions, not 1,280, so the KL term no longer swamps 20 examples),
+        and a test row is judged by its component in that span. Without it, the prior's variance
+        in the directions the data never constrained (``sigma^2 |x_perp|^2`` per logit, hundreds
+        on a few hundred standardised features) flattened the predictions on the task's own
+        inputs (Reuters R8, 5 per class: mean top probability 0.59 at accuracy 0.85, where
+        logistic regression has 0.76; measured with the benchmark's tasks, 5 draws).
+        """
+        self.basis_ = None
+        if not self.project_to_span or scaled.shape[0] > scaled.shape[1]:
+            return
+        _, singular, vt = np.linalg.svd(scaled, full_matrices=False)
+        keep = singular**2 > 1e-10 * max(float(singular.max()) ** 2, 1e-300)
+        if int(keep.sum()) < scaled.shape[1]:
+            self.basis_ = np.ascontiguousarray(vt[keep].T)
 
     def _threads(self, work_per_step: float) -> int | None:
         if self.num_threads is not None:
@@ -294,7 +346,7 @@ class BnnClassifierCore:
     def _check_fits_in_memory(self) -> None:
         """Refuse a network whose parameters (with their gradients, Adam's moments and the
         Monte Carlo weight samples of training and prediction) cannot fit in this machine's RAM."""
-        n_in, n_out, n_params = self.n_features_, self.n_classes_, self._num_params()
+        n_in, n_out, n_params = self._n_inputs(), self.n_classes_, self._num_params()
         per_param = 32 + 4 * int(self.num_samples_mc) + 16 * int(self.num_samples_mc_prediction)
         needed = n_params * per_param
         try:
@@ -314,7 +366,7 @@ class BnnClassifierCore:
     def _num_params(self) -> int:
         """Weights and biases of all layers, counted without listing the layers (num_layers may
         be huge: :meth:`_check_fits_in_memory` asks before anything is built)."""
-        n_in, hidden, layers, n_out = self.n_features_, int(self.n_hidden), int(self.num_layers), self.n_classes_
+        n_in, hidden, layers, n_out = self._n_inputs(), int(self.n_hidden), int(self.num_layers), self.n_classes_
         if layers == 0:
             return (n_in + 1) * n_out
         return (n_in + 1) * hidden + (layers - 1) * (hidden + 1) * hidden + (hidden + 1) * n_out
@@ -342,6 +394,49 @@ class BnnClassifierCore:
             init_std = 0.1 / math.sqrt(fan_in)
             rho[weight_offset : bias_offset + fan_out] = math.log(math.expm1(init_std))
         return mu, rho
+
+    @staticmethod
+    def _map_weights(inputs: np.ndarray, labels: np.ndarray, n_classes: int, precision: np.ndarray) -> np.ndarray:
+        """MAP ``(D + 1, K)`` (bias last) of multinomial logistic regression with the Gaussian prior of
+        per-weight ``precision`` (same shape), by L-BFGS preconditioned per input column by
+        ``sqrt(sum_n x_nj^2 / K + precision)`` (the curvature at the uniform start)."""
+        from scipy.special import log_softmax
+
+        from xfer.repurposers._laplace_core import lbfgs
+
+        n_rows = inputs.shape[0]
+        design = np.hstack([inputs, np.ones((n_rows, 1))])
+        targets = np.eye(n_classes)[labels]
+        scale = np.sqrt(np.sum(design**2, axis=0)[:, None] / n_classes + precision)
+        scaled = design / scale[:, 0]
+
+        def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
+            weights = flat.reshape(-1, n_classes) / scale
+            log_p = log_softmax(scaled @ (weights * scale), axis=1)
+            loss = -np.sum(targets * log_p) + 0.5 * np.sum(precision * weights**2)
+            grad = scaled.T @ (np.exp(log_p) - targets) + precision * weights / scale
+            return loss / n_rows, grad.ravel() / n_rows
+
+        solution, _ = lbfgs(loss_and_grad, np.zeros(design.shape[1] * n_classes), 2000, 1e-6)
+        return solution.reshape(-1, n_classes) / scale
+
+    def _prior_precision_matrix(self, prior_std: np.ndarray) -> np.ndarray:
+        """``(D + 1, K)`` prior precisions of the single layer's weights and (last row) biases."""
+        ((n_inputs, n_classes, weight_offset, bias_offset),) = self._layout()
+        return np.concatenate([
+            prior_std[weight_offset:bias_offset].reshape(n_inputs, n_classes),
+            prior_std[bias_offset:][None, :],
+        ]) ** -2.0  # fmt: skip
+
+    def _map_init(self, inputs: np.ndarray, labels: np.ndarray, prior_std: np.ndarray) -> torch.Tensor:
+        """Posterior means at the MAP (``num_layers=0``: Bayesian multinomial logistic regression).
+
+        Training then starts at the mode of the posterior instead of at a random network that the
+        first hundreds of steps spend finding the data (what left 20 rows of 1,280 features
+        untrained while the KL term pulled every weight to the prior).
+        """
+        weights = self._map_weights(inputs, labels, int(self.n_classes_), self._prior_precision_matrix(prior_std))
+        return torch.as_tensor(np.concatenate([weights[:-1].ravel(), weights[-1]]), dtype=torch.float32)
 
     def _prior_std(self) -> torch.Tensor:
         """Prior standard deviation of every parameter, in the flat layout.
@@ -449,10 +544,12 @@ class BnnClassifierCore:
         ]
         self._check_fits_in_memory()
         if store is None:
-            self.feature_mean_, self.feature_scale_ = fit_standardizer(self._l2(features), None, "column")
+            normalised = self._l2(features).astype(np.float64)
+            self.feature_mean_, self.feature_scale_ = fit_standardizer(normalised, self.layer_indices_, self.standardize)
+            self._fit_basis((normalised - self.feature_mean_) / self.feature_scale_)
         else:
             self.feature_mean_, self.feature_scale_ = _out_of_core.fit_standardizer(
-                store, None, "column", transform=self._l2
+                store, self.layer_indices_, self.standardize, transform=self._l2
             )
 
         batch = int(self.batch_size)
@@ -468,7 +565,7 @@ class BnnClassifierCore:
         seed = (
             int(np.random.randint(0, 2**31 - 1)) if self.random_state is None else int(self.random_state)
         )
-        work = batch * float(self.num_samples_mc) * (self.n_features_ + self.n_hidden * self.num_layers) * max(
+        work = batch * float(self.num_samples_mc) * (self._n_inputs() + self.n_hidden * self.num_layers) * max(
             self.n_hidden, self.n_classes_
         )
         with torch_num_threads(self._threads(work)):
@@ -491,13 +588,17 @@ class BnnClassifierCore:
 
     def _train(self, features: np.ndarray, labels: np.ndarray, device: torch.device, batch: int, seed: int) -> None:
         if isinstance(features, FeatureStore):  # minibatches gathered from the files
-            x_all = _out_of_core.StoreRows(features, self._transform, self.n_features_, torch.float32, device)
+            x_all = _out_of_core.StoreRows(features, self._transform, self._n_inputs(), torch.float32, device)
         else:
             x_all = torch.as_tensor(self._transform(features), dtype=torch.float32, device=device)
         y_all = torch.as_tensor(labels.astype(np.int64), device=device)
         n = x_all.shape[0]
         init_generator = torch.Generator(device="cpu").manual_seed(seed)
         mu0, rho0 = self._init_flat(init_generator)
+        prior_std = self._prior_std()
+        self.map_initialised_ = int(self.num_layers) == 0 and isinstance(x_all, torch.Tensor)
+        if self.map_initialised_:
+            mu0 = self._map_init(x_all.double().cpu().numpy(), labels, prior_std.double().numpy())
         n_params = mu0.numel()
         # One leaf vector [mu, rho] and a hand-written Adam (the update of torch.optim.Adam, without
         # its per-step dispatch and profiling overhead, which dominated the tiny steps of this model).
@@ -506,8 +607,9 @@ class BnnClassifierCore:
         adam_v = torch.zeros_like(theta, requires_grad=False)
         beta1, beta2, eps, lr = 0.9, 0.999, 1e-8, float(self.learning_rate)
         noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
-        prior_std = self._prior_std().to(device)
+        prior_std = prior_std.to(device)
         start, end = self.annealing_window()
+        anneal = not self.map_initialised_ or self.start_annealing is not None or self.end_annealing is not None
         passes = max(1, math.ceil(int(self.min_steps) / (int(self.num_epochs) * math.ceil(n / batch))))
         if passes > 1:
             _LOGGER.info(
@@ -518,7 +620,7 @@ class BnnClassifierCore:
         bar = progress_bar(total=int(self.num_epochs), desc="BNN", leave=False, verbose=self.verbose)
         adam_step = 0
         for epoch in range(int(self.num_epochs)):
-            beta = annealing_weight(epoch, start, end)
+            beta = annealing_weight(epoch, start, end) if anneal else 1.0
             self.annealing_weights_.append(beta)
             permutation = torch.cat(
                 [torch.randperm(n, generator=init_generator) for _ in range(passes)]
@@ -669,6 +771,8 @@ class BnnClassifierCore:
             "layer_sizes": np.asarray([len(c) for c in self.layer_indices_], dtype=np.int64),
             "layer_columns": np.concatenate(self.layer_indices_).astype(np.int64),
         }
+        if self.basis_ is not None:
+            arrays["basis"] = np.asarray(self.basis_, dtype=np.float64)
         for index, layer in enumerate(self.params_):
             for name, tensor in layer.items():
                 arrays[f"layer{index}.{name}"] = tensor.detach().cpu().numpy().copy()
@@ -719,6 +823,11 @@ class BnnClassifierCore:
                 core.layer_indices_ = list(np.split(columns, np.cumsum(sizes)[:-1]))
             core.feature_mean_ = np.asarray(arrays["feature_mean"], dtype=np.float64)
             core.feature_scale_ = np.asarray(arrays["feature_scale"], dtype=np.float64)
+            if "basis" in arrays:  # format 3: the span of the training rows
+                basis = np.asarray(arrays["basis"], dtype=np.float64)
+                if basis.ndim != 2 or basis.shape[0] != core.n_features_ or not 0 < basis.shape[1] <= core.n_features_:
+                    raise SerializationError(f"BNN basis has shape {basis.shape}, expected ({core.n_features_}, r).")
+                core.basis_ = basis
             if core.feature_mean_.shape != (core.n_features_,) or core.feature_scale_.shape != (core.n_features_,):
                 raise SerializationError("feature_mean/feature_scale do not match n_features.")
             sizes = core._layer_sizes()

@@ -37,12 +37,15 @@ class BnnRepurposer(MetaModelRepurposer):
         Number of devices for feature extraction.
     bnn_context_function : callable or device, default=mx.cpu
         Default device of the BNN.
-    sigma : float or None, default=100.0
-        Standard deviation of the Gaussian prior on every weight and bias (Xfer's default).
-        ``None``: ``1 / sqrt(fan_in)`` for each layer's weights and 1 for the biases (the prior's
-        logits then have unit scale whatever the number of features).
-    num_layers : int, default=1
-        Number of hidden layers.
+    sigma : float or None, default=1.0
+        Standard deviation of the Gaussian prior on every weight and bias, on standardised
+        features (Xfer's default was 100; 1 is the L2 penalty of ``LrRepurposer(c=1)``, see
+        :doc:`/migrating_from_xfer`). ``None``: ``1 / sqrt(fan_in)`` for each layer's weights and
+        1 for the biases.
+    num_layers : int, default=0
+        Number of hidden layers (Xfer's default was 1). ``0``: Bayesian multinomial logistic
+        regression whose posterior means start at the MAP; it trains on a few examples per class
+        where a hidden layer of ``n_hidden`` units did not (see :doc:`/migrating_from_xfer`).
     n_hidden : int, default=10
         Units per hidden layer.
     num_samples_mc : int, default=3
@@ -74,8 +77,8 @@ class BnnRepurposer(MetaModelRepurposer):
         context_function: Any = mx.cpu,
         num_devices: int = 1,
         bnn_context_function: Any = mx.cpu,
-        sigma: float | None = 100.0,
-        num_layers: int = 1,
+        sigma: float | None = 1.0,
+        num_layers: int = 0,
         n_hidden: int = 10,
         num_samples_mc: int = 3,
         learning_rate: float = 1e-3,
@@ -184,9 +187,8 @@ class BnnRepurposer(MetaModelRepurposer):
             num_samples_mc_prediction=self.num_samples_mc_prediction,
             verbose=self.verbose,
             random_state=_seed(self.random_state),
-            # Xfer's training as before: num_epochs decides the steps, features unnormalised.
+            # Xfer's meaning: num_epochs decides the steps (with num_layers=0 they start at the MAP).
             min_steps=0,
-            apply_l2_norm=False,
         )
         features, labels, n_classes, feature_indices_per_layer = self._hook_arguments(
             features, labels, feature_indices_per_layer
