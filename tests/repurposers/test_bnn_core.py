@@ -267,10 +267,10 @@ def test_span_basis_is_orthonormal_and_holds_the_training_rows():
 def test_map_initialisation_is_the_penalised_maximum_likelihood():
     """The means start where the gradient of CE + |w|^2 / (2 sigma^2) vanishes (checked directly)."""
     rng = np.random.RandomState(0)
-    inputs, labels = rng.normal(0, 1, (30, 5)), np.arange(30) % 3
-    precision = np.full((6, 3), 1 / 0.7**2)
+    inputs, labels = rng.normal(0, 1, (12, 20)), np.arange(12) % 3  # few-shot: 12 rows, 20 columns
+    precision = np.full((21, 3), 1 / 0.7**2)
     weights = BnnClassifierCore._map_weights(inputs, labels, 3, precision)
-    design = np.hstack([inputs, np.ones((30, 1))])
+    design = np.hstack([inputs, np.ones((12, 1))])
     logits = design @ weights
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
@@ -279,7 +279,8 @@ def test_map_initialisation_is_the_penalised_maximum_likelihood():
     # A fit with no steps to take keeps the MAP as its means (num_layers=0 starts there).
     core = BnnClassifierCore(num_layers=0, num_epochs=1, min_steps=0, learning_rate=1e-12, sigma=0.7, random_state=0)
     core.fit(inputs, labels, 3, CPU)
-    expected = BnnClassifierCore._map_weights(core._transform(inputs), labels, 3, precision)
+    assert core.map_initialised_ and core.basis_.shape == (20, 11)
+    expected = BnnClassifierCore._map_weights(core._transform(inputs), labels, 3, np.full((12, 3), 1 / 0.7**2))
     np.testing.assert_allclose(core.params_[0]["weight_mu"].numpy(), expected[:-1], atol=1e-4)
     np.testing.assert_allclose(core.params_[0]["bias_mu"].numpy(), expected[-1], atol=1e-4)
     assert core.annealing_weights_ == [1.0]  # no annealing from the mode

@@ -9,9 +9,9 @@ Blundell et al., 2015) written directly in PyTorch:
 * Inputs: each layer's features scaled to unit L2 norm per row, standardised like the other heads,
   and, when the training rows span fewer directions than there are features (few-shot: ``N <=
   D``), taken as coordinates in that span (:meth:`BnnClassifierCore._fit_basis`).
-* ``num_layers=0``: the posterior means start at the MAP (:meth:`BnnClassifierCore._map_init`),
-  and the KL term has full weight from the first step (nothing to anneal: training starts at the
-  mode), unless ``start_annealing``/``end_annealing`` are given.
+* ``num_layers=0``: the posterior means start at the MAP (:meth:`BnnClassifierCore._map_init`), and the KL term has
+  full weight from the first step (nothing to anneal: training starts at the mode), unless
+  ``start_annealing``/``end_annealing`` are given.
 * Every weight and bias ``w`` has the prior ``N(0, sigma^2)`` (Xfer's ``sigma`` is the prior
   standard deviation) and the posterior ``N(mu, softplus(rho)^2)``.
 * Training maximises the ELBO with the *local reparameterisation trick* (Kingma et al., 2015):
@@ -325,7 +325,7 @@ class BnnClassifierCore:
             return
         _, singular, vt = np.linalg.svd(scaled, full_matrices=False)
         keep = singular**2 > 1e-10 * max(float(singular.max()) ** 2, 1e-300)
-        if int(keep.sum()) < scaled.shape[1]:
+        if 0 < int(keep.sum()) < scaled.shape[1]:  # constant rows span nothing: keep the features
             self.basis_ = np.ascontiguousarray(vt[keep].T)
 
     def _threads(self, work_per_step: float) -> int | None:
@@ -396,28 +396,46 @@ class BnnClassifierCore:
         return mu, rho
 
     @staticmethod
-    def _map_weights(inputs: np.ndarray, labels: np.ndarray, n_classes: int, precision: np.ndarray) -> np.ndarray:
+    def _map_weights(
+        inputs: Any, labels: np.ndarray, n_classes: int, precision: np.ndarray, chunk: int = 4096
+    ) -> np.ndarray:
         """MAP ``(D + 1, K)`` (bias last) of multinomial logistic regression with the Gaussian prior of
         per-weight ``precision`` (same shape), by L-BFGS preconditioned per input column by
-        ``sqrt(sum_n x_nj^2 / K + precision)`` (the curvature at the uniform start)."""
+        ``sqrt(sum_n x_nj^2 / K + precision)`` (the curvature at the uniform start).
+
+        ``inputs``: an array, or rows on disk (``_out_of_core.StoreRows``); either is read in
+        blocks of ``chunk`` rows, rounded to float32 as training sees them, so the two give the
+        same MAP.
+        """
         from scipy.special import log_softmax
 
         from xfer.repurposers._laplace_core import lbfgs
 
-        n_rows = inputs.shape[0]
-        design = np.hstack([inputs, np.ones((n_rows, 1))])
+        n_rows = len(inputs)
         targets = np.eye(n_classes)[labels]
-        scale = np.sqrt(np.sum(design**2, axis=0)[:, None] / n_classes + precision)
-        scaled = design / scale[:, 0]
+        starts = range(0, n_rows, chunk)
+
+        def block(start: int) -> np.ndarray:
+            rows = np.asarray(inputs[np.arange(start, min(start + chunk, n_rows))], dtype=np.float32)
+            return np.hstack([rows.astype(np.float64), np.ones((len(rows), 1))])
+
+        blocks = [block(start) for start in starts] if isinstance(inputs, np.ndarray) else None  # in memory: once
+        squares = sum(np.sum((blocks[i] if blocks else block(start)) ** 2, axis=0) for i, start in enumerate(starts))
+        scale = np.sqrt(squares[:, None] / n_classes + precision)
 
         def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
             weights = flat.reshape(-1, n_classes) / scale
-            log_p = log_softmax(scaled @ (weights * scale), axis=1)
-            loss = -np.sum(targets * log_p) + 0.5 * np.sum(precision * weights**2)
-            grad = scaled.T @ (np.exp(log_p) - targets) + precision * weights / scale
-            return loss / n_rows, grad.ravel() / n_rows
+            loss = 0.5 * np.sum(precision * weights**2)
+            grad = precision * weights
+            for i, start in enumerate(starts):
+                design = blocks[i] if blocks else block(start)
+                log_p = log_softmax(design @ weights, axis=1)
+                target = targets[start : start + len(design)]
+                loss -= np.sum(target * log_p)
+                grad += design.T @ (np.exp(log_p) - target)
+            return loss / n_rows, (grad / scale).ravel() / n_rows
 
-        solution, _ = lbfgs(loss_and_grad, np.zeros(design.shape[1] * n_classes), 2000, 1e-6)
+        solution, _ = lbfgs(loss_and_grad, np.zeros(scale.size), 2000, 1e-6)
         return solution.reshape(-1, n_classes) / scale
 
     def _prior_precision_matrix(self, prior_std: np.ndarray) -> np.ndarray:
@@ -428,7 +446,7 @@ class BnnClassifierCore:
             prior_std[bias_offset:][None, :],
         ]) ** -2.0  # fmt: skip
 
-    def _map_init(self, inputs: np.ndarray, labels: np.ndarray, prior_std: np.ndarray) -> torch.Tensor:
+    def _map_init(self, inputs: Any, labels: np.ndarray, prior_std: np.ndarray) -> torch.Tensor:
         """Posterior means at the MAP (``num_layers=0``: Bayesian multinomial logistic regression).
 
         Training then starts at the mode of the posterior instead of at a random network that the
@@ -596,9 +614,10 @@ class BnnClassifierCore:
         init_generator = torch.Generator(device="cpu").manual_seed(seed)
         mu0, rho0 = self._init_flat(init_generator)
         prior_std = self._prior_std()
-        self.map_initialised_ = int(self.num_layers) == 0 and isinstance(x_all, torch.Tensor)
+        self.map_initialised_ = int(self.num_layers) == 0
         if self.map_initialised_:
-            mu0 = self._map_init(x_all.double().cpu().numpy(), labels, prior_std.double().numpy())
+            rows = x_all if isinstance(x_all, _out_of_core.StoreRows) else x_all.double().cpu().numpy()
+            mu0 = self._map_init(rows, labels, prior_std.double().numpy())
         n_params = mu0.numel()
         # One leaf vector [mu, rho] and a hand-written Adam (the update of torch.optim.Adam, without
         # its per-step dispatch and profiling overhead, which dominated the tiny steps of this model).
