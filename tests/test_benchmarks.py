@@ -444,7 +444,8 @@ def test_transferability_report_marks_targets():
         ]
         auto = {"lr": {"accuracy": 0.8, "layers": ["c"], "head": "lr"},
                 "lr+svm": {"accuracy": 0.7, "layers": ["_avg_pooling"], "head": "svm"}}  # fmt: skip
-        return {"rows": rows, "fixed": {"lr": 0.75, "svm": 0.72}, "auto": auto, "leep": -1.0, "nce": -0.5}
+        return {"rows": rows, "fixed": {"lr": 0.75, "svm": 0.72}, "auto": auto, "leep": -1.0, "nce": -0.5,
+                "n_held_out": 30}
 
     summary = transferability.summarise({"name": "fashion", "layers": layers, "draws": [draw(0), draw(1)]})
     assert summary["tau_logme"] == pytest.approx(1.0) and summary["tau_h_score"] == pytest.approx(-1.0)
@@ -459,7 +460,7 @@ def test_transferability_report_marks_targets():
     assert figures["transferability.faces.auto_lr_minus_best_fixed"].met
     assert not figures["transferability.faces.auto_lr_svm_minus_best_fixed"].met
     assert not figures["transferability.forward.rank_8_layers_over_forward"].met
-    assert "| Fashion-MNIST | 1.00 (≥ 0.60: ✓ met) |" in section.markdown
+    assert "| Fashion-MNIST | 30 | 1.00 (≥ 0.60: ✓ met) |" in section.markdown
     assert "transferability" in run.SECTIONS
 
 
