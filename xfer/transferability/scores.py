@@ -1,7 +1,9 @@
 """Transferability scores: how well a source model's features or outputs suit a labelled target task.
 
 Every score is a plain function of arrays, computed without training a head, so that ranking
-many layers or models costs a small fraction of fitting a classifier on each:
+many layers or models needs one score per layer instead of fitting and cross-validating a
+classifier on each (what one score costs next to one logistic-regression fit:
+``python -m benchmarks.run --only transferability``):
 
 ========================  ============================  =====================================
 score                     reads                         paper
@@ -150,16 +152,26 @@ def _class_sums(values: np.ndarray, codes: np.ndarray, n_classes: int) -> np.nda
 class _Moments:
     """What LogME and the H-score read from one layer's features, computed once for both.
 
-    ``gram`` is ``F^T F`` of the (centred) features, ``class_sums`` the
-    ``(K, D)`` float64 sums of the (centred) rows of each class, ``row_norms`` the rows' squared
-    norms (the H-score's Ledoit-Wolf shrinkage reads them).
+    ``gram`` is the (centred) features' ``F^T F`` (``D x D``), or with fewer examples than
+    features (``dual``) their ``F F^T`` (``N x N``): both scores then work in the smaller
+    space. ``class_sums`` are the ``(K, D)`` sums of the (centred) rows of each class,
+    ``row_norms`` the rows' squared norms (the H-score's Ledoit-Wolf shrinkage reads them).
     """
 
     n: int
+    d: int
+    codes: np.ndarray
     counts: np.ndarray
+    dual: bool
     gram: np.ndarray
     class_sums: np.ndarray
     row_norms: np.ndarray
+
+    def one_hot(self) -> np.ndarray:
+        """The ``(N, K)`` one-hot targets."""
+        targets = np.zeros((self.n, len(self.counts)))
+        targets[np.arange(self.n), self.codes] = 1.0
+        return targets
 
 
 def _moments(features: np.ndarray, codes: np.ndarray, n_classes: int, centre: bool) -> _Moments:
@@ -169,7 +181,7 @@ def _moments(features: np.ndarray, codes: np.ndarray, n_classes: int, centre: bo
     of its largest eigenvalue) moved LogME on real pooled CNN features by up to its whole value,
     because the evidence's optimum often lies among the small eigenvalues.
     """
-    n = features.shape[0]
+    n, d = features.shape
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
     features = features.astype(np.float64, copy=False)
     sums = _class_sums(features, codes, n_classes)
@@ -178,7 +190,9 @@ def _moments(features: np.ndarray, codes: np.ndarray, n_classes: int, centre: bo
         sums -= counts[:, None] * mean
         features = features - mean
     row_norms = np.einsum("ij,ij->i", features, features)
-    return _Moments(n, counts, _gram(features), sums, row_norms)
+    dual = n < d
+    gram = _gram(features.T) if dual else _gram(features)
+    return _Moments(n, d, codes, counts, dual, gram, sums, row_norms)
 
 
 # --------------------------------------------------------------------------- LogME
@@ -274,41 +288,26 @@ def logme(features: Any, labels: Any, *, centre: bool = True) -> float:
     """
     features = _as_matrix(features, "features")
     codes, n_classes = _encode_labels(labels, features.shape[0])
-    return _logme(features, codes, n_classes, centre)
+    return _logme(_moments(features, codes, n_classes, centre))
 
 
-def _logme(
-    features: np.ndarray,
-    codes: np.ndarray,
-    n_classes: int,
-    centre: bool,
-    moments: _Moments | None = None,
-) -> float:
-    """LogME of checked features and label codes (``moments``: those of these features, centred
-    as ``centre`` says, when the caller has them already)."""
-    n, d = features.shape
+def _logme(moments: _Moments) -> float:
+    """LogME from the moments of checked features."""
+    n, d, counts = moments.n, moments.d, moments.counts
+    n_classes = len(counts)
     # Spectrum of F^T F: s (kept eigenvalues) and z, the targets' coordinates along the left
     # singular vectors of F; r0 is the part of ||y||^2 outside the span of F.
-    if n >= d:  # the D x D Gram matrix F^T F; z = U^T F^T y / sqrt(s)
-        if moments is None:
-            moments = _moments(features, codes, n_classes, centre)
-        counts = moments.counts
+    if moments.dual:  # the N x N Gram matrix F F^T; z = V^T y
+        eigenvalues, projections = _eigen_projections(moments.gram, moments.one_hot())
+    else:  # the D x D Gram matrix F^T F; z = U^T F^T y / sqrt(s)
         eigenvalues, projections = _eigen_projections(moments.gram, moments.class_sums.T)
-    else:  # fewer examples than features: the N x N Gram matrix F F^T; z = V^T y
-        features = features.astype(np.float64, copy=False)
-        if centre:
-            features = features - features.mean(0)
-        counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
-        targets = np.zeros((n, n_classes))
-        targets[np.arange(n), codes] = 1.0
-        eigenvalues, projections = _eigen_projections(_gram(features.T), targets)
     keep = eigenvalues > eigenvalues.max() * max(n, d) * np.finfo(np.float64).eps
     if eigenvalues.max() <= 0 or not np.any(keep):
         raise InvalidArgumentError(
             "features are constant: LogME needs features that vary between examples."
         )
     s = eigenvalues[keep]
-    z = projections[keep] / np.sqrt(s)[:, None] if n >= d else projections[keep]
+    z = projections[keep] if moments.dual else projections[keep] / np.sqrt(s)[:, None]
     z2 = z**2
     r0 = np.maximum(counts - z2.sum(0), 0.0)
 
@@ -351,15 +350,15 @@ def _logme(
 # --------------------------------------------------------------------------- H-score
 
 
-def _ledoit_wolf_shrinkage(row_norms: np.ndarray, covariance: np.ndarray) -> float:
-    """Ledoit and Wolf's (2004) optimal shrinkage of ``covariance`` towards ``mu I``
-    (``row_norms``: the centred rows' squared norms)."""
-    n, d = len(row_norms), covariance.shape[0]
-    mu = np.trace(covariance) / d
-    beta_sum = (row_norms**2).sum() / n  # mean of ||x x^T||_F^2
-    delta_sum = (covariance**2).sum()  # ||S||_F^2
+def _ledoit_wolf_shrinkage(moments: _Moments) -> float:
+    """Ledoit and Wolf's (2004) optimal shrinkage of the covariance ``S`` towards ``mu I``."""
+    n, d = moments.n, moments.d
+    trace = np.trace(moments.gram) / n  # tr(S), from F^T F or F F^T alike
+    mu = trace / d
+    beta_sum = (moments.row_norms**2).sum() / n  # mean of ||x x^T||_F^2
+    delta_sum = (moments.gram**2).sum() / n**2  # ||S||_F^2 = ||F^T F||_F^2 / n^2 = ||F F^T||_F^2 / n^2
     beta = max((beta_sum - delta_sum) / (n * d), 0.0)
-    delta = (delta_sum - 2 * mu * np.trace(covariance) + d * mu**2) / d  # ||S - mu I||_F^2 / d
+    delta = (delta_sum - 2 * mu * trace + d * mu**2) / d  # ||S - mu I||_F^2 / d
     if delta <= 0:
         return 0.0
     return float(min(beta, delta) / delta)
@@ -428,36 +427,58 @@ def _check_shrinkage(shrinkage: Any) -> float | None:
 
 
 def _h_score(moments: _Moments, amount: float | None) -> float:
-    """The H-score from the centred moments; ``amount`` of shrinkage, None: Ledoit and Wolf's."""
-    n = moments.n
-    covariance = moments.gram / n
-    d = covariance.shape[0]
-    mu = np.trace(covariance) / d
+    """The H-score from the centred moments; ``amount`` of shrinkage, None: Ledoit and Wolf's.
+
+    ``H = (1 - a) tr(M S_a^-1 M^T)`` with ``M = W^T F`` the between-class rows (``W`` the one-hot
+    targets over ``sqrt(n_k n)``), ``S_a = (1 - a) F^T F / n + a mu I``. With fewer examples than
+    features, ``S_a^-1 F^T = F^T (a mu I + (1 - a) F F^T / n)^-1`` turns this into an ``N x N``
+    solve: ``H = (1 - a) tr(W^T K (a mu I + (1 - a) K / n)^-1 W)``, ``K = F F^T``.
+    """
+    n, d = moments.n, moments.d
+    mu = np.trace(moments.gram) / n / d
     if mu <= 0:
         raise InvalidArgumentError(
             "features are constant: the H-score needs features that vary between examples."
         )
     if amount is None:
-        amount = _ledoit_wolf_shrinkage(moments.row_norms, covariance)
+        amount = _ledoit_wolf_shrinkage(moments)
+    if moments.dual:
+        weights = moments.one_hot() / np.sqrt(moments.counts * n)  # W, (N, K)
+        kernel = moments.gram
+        if amount > 0:
+            shrunk = kernel * ((1 - amount) / n)
+            shrunk[np.diag_indices(n)] += amount * mu
+            solved = _cholesky_solve(shrunk, weights)
+            return float((1 - amount) * np.sum((kernel @ weights) * solved))
+        # plain H-score: n W^T P W, P the projector onto the span of F's columns in R^N
+        eigenvalues, rotated = _eigen_projections(kernel, weights)
+        keep = eigenvalues > eigenvalues.max() * max(n, d) * np.finfo(np.float64).eps
+        return float(n * np.sum(rotated[keep] ** 2))
+    covariance = moments.gram / n
     # cov(E[f|y]) = M^T M with M's rows sqrt(p_k) (mean_k - mean)
     between = moments.class_sums / np.sqrt(moments.counts[:, None] * n)
     if amount > 0:  # the shrunk covariance is positive definite: a Cholesky solve
-        shrunk = covariance
-        shrunk *= 1 - amount
+        shrunk = covariance * (1 - amount)
         shrunk[np.diag_indices(d)] += amount * mu
-        factor = scipy.linalg.cho_factor(shrunk, lower=True, overwrite_a=True, check_finite=False)
-        solved = scipy.linalg.cho_solve(factor, between.T, check_finite=False)
+        solved = _cholesky_solve(shrunk, between.T)
         return float((1 - amount) * np.sum(between.T * solved))
     eigenvalues, rotated = _eigen_projections(covariance, between.T)  # plain: pseudo-inverse
     keep = eigenvalues > eigenvalues.max() * max(n, d) * np.finfo(np.float64).eps
     return float(np.sum(rotated[keep] ** 2 / eigenvalues[keep, None]))
 
 
+def _cholesky_solve(matrix: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``matrix^-1 right`` for a symmetric positive definite ``matrix`` (overwritten)."""
+    factor = scipy.linalg.cho_factor(matrix, lower=True, overwrite_a=True, check_finite=False)
+    return scipy.linalg.cho_solve(factor, right, check_finite=False)
+
+
 def feature_scores(features: Any, labels: Any, scores: Any = ("logme", "h_score")) -> dict[str, float]:
     """LogME and/or the regularised H-score of one layer's features, sharing their work.
 
-    Both scores read the centred features' ``D x D`` Gram matrix and class sums (the cost of each
-    score); computed once here, they serve both. The values equal :func:`logme` and
+    Both scores read the centred features' Gram matrix (``D x D``, or ``N x N`` with fewer
+    examples than features) and class sums, the cost of each score; computed once here, they
+    serve both. The values equal :func:`logme` and
     :func:`h_score` with their defaults.
 
     Parameters
@@ -484,14 +505,10 @@ def feature_scores(features: Any, labels: Any, scores: Any = ("logme", "h_score"
         )
     features = _as_matrix(features, "features")
     codes, n_classes = _encode_labels(labels, features.shape[0])
-    shared = "h_score" in names or features.shape[0] >= features.shape[1]
-    moments = _moments(features, codes, n_classes, centre=True) if shared else None
+    moments = _moments(features, codes, n_classes, centre=True)
     values = {}
     for name in names:
-        if name == "logme":
-            values[name] = _logme(features, codes, n_classes, True, moments)
-        else:
-            values[name] = _h_score(moments, None)  # type: ignore[arg-type]
+        values[name] = _logme(moments) if name == "logme" else _h_score(moments, None)
     return values
 
 
