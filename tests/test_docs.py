@@ -110,6 +110,8 @@ KEY_LINES: dict[str, list[str]] = {
         rf"faces: Kendall's tau of LogME vs held-out accuracy -?{NUMBER}; LogME picks",
         rf"AutoRepurposer chose \['[\w.#]+'\] with the (lr|svm) head: test accuracy {NUMBER}",
         rf"LR on _avg_pooling \(the README's default\): test accuracy {NUMBER}",
+        rf"EfficientNet-Lite1: LogME -?{NUMBER}, held-out accuracy of an LR head {NUMBER}",
+        r"LogME picks EfficientNet-Lite[01]; the more accurate model is EfficientNet-Lite[01]",
     ],
 }
 # Notebooks whose point is a figure: at least this many images in their outputs.
@@ -121,7 +123,7 @@ MIN_FIGURES = {
     "04_uncertainty": 2,
     "05_fine_tuning": 3,
     "07_pytorch": 1,
-    "08_transferability": 1,
+    "08_transferability": 2,
 }
 
 
