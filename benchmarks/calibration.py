@@ -130,8 +130,7 @@ def few_shot_heads() -> dict:
 
     return {
         "LR": lambda seed: xfer.LrRepurposer(None, None, random_state=seed),
-        # GP with L2-normalised features (not the default): what the OOD target needs on faces.
-        "GP": lambda seed: xfer.GpRepurposer(None, None, apply_l2_norm=True, random_state=seed),
+        "GP": lambda seed: xfer.GpRepurposer(None, None, random_state=seed),
         "BNN": lambda seed: xfer.BnnRepurposer(None, None, random_state=seed),
         "Laplace": lambda seed: xfer.LaplaceRepurposer(None, None, random_state=seed),
     }

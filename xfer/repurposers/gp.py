@@ -44,11 +44,13 @@ class GpRepurposer(MetaModelRepurposer):
         Number of devices for feature extraction (the GP uses the first).
     max_function_evaluations : int, default=100
         Optimiser budget for the kernel hyper-parameters.
-    apply_l2_norm : bool, default=False
-        L2-normalise each layer's features per example first (Xfer's default). ``True`` bounds
-        the inputs, so that inputs far from the task (noise images) do not reach confident
-        regions: on EfficientNet-Lite0 faces vs non-faces it raised the max-probability OOD AUROC
-        from about 0.80-0.90 to 0.95 (``docs/benchmarks.md``, ``ood`` section).
+    apply_l2_norm : bool, default=True
+        L2-normalise each layer's features per example first (Xfer's default was ``False``, see
+        :doc:`/migrating_from_xfer`). It bounds the inputs, so that inputs far from the task
+        (noise images) do not reach confident regions: on EfficientNet-Lite0 faces vs non-faces
+        it raised the max-probability OOD AUROC from 0.91 / 0.82 (photos / noise) to 0.95 / 0.95,
+        and on Fashion-MNIST it improved accuracy, NLL, ECE and the OOD AUROC
+        (``docs/benchmarks.md``, ``calibration`` section).
     kernel_per_layer : bool, default=True
         One RBF term per feature layer (False: one RBF on all columns).
     random_state : int, optional
@@ -70,7 +72,7 @@ class GpRepurposer(MetaModelRepurposer):
         context_function: Any = mx.cpu,
         num_devices: int = 1,
         max_function_evaluations: int = 100,
-        apply_l2_norm: bool = False,
+        apply_l2_norm: bool = True,
         *,
         kernel_per_layer: bool = True,
         random_state: int | None = None,
