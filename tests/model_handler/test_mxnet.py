@@ -474,3 +474,29 @@ def test_facade_load_checkpoint_picks_the_backend(handler, tmp_path):
     assert isinstance(loaded, MXNetModelHandler) and loaded.layer_names == TOY_LAYERS
     with pytest.raises(ModelFileNotFoundError, match="missing-symbol.json' does not exist"):
         ModelHandler.load_checkpoint(str(tmp_path / "missing"))
+
+
+def test_missing_checkpoint_message_lists_mxnet_files_first_whatever_registered_first(
+    handler, tmp_path, monkeypatch
+):
+    """A backend registered before MXNet's was imported (lazy imports make that common) does
+    not change the message: MXNet's files, then torch's, then the user's."""
+    from xfer.model_handler import base
+
+    class UserBackend:
+        __module__ = "my_package.handlers"
+
+        @classmethod
+        def checkpoint_files(cls, prefix, epoch=0):
+            return [f"{prefix}.mine"]
+
+        @classmethod
+        def open_checkpoint(cls, *args, **kwargs):
+            return None
+
+    monkeypatch.setattr(base, "_BACKENDS", [UserBackend, *base._BACKENDS[::-1]])
+    with pytest.raises(ModelFileNotFoundError) as caught:
+        ModelHandler.load_checkpoint(str(tmp_path / "missing"))
+    message = str(caught.value)
+    assert "missing-symbol.json' does not exist" in message
+    assert message.index("-0000.params") < message.index(".safetensors") < message.index(".mine")

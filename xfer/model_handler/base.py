@@ -602,7 +602,13 @@ class ModelHandler:
             handler = backend.open_checkpoint(prefix, epoch, model, **kwargs)
             if handler is not None:
                 return handler
-        in_order = sorted(_BACKENDS, key=lambda b: b.__module__ == "xfer.model_handler.torch")  # MXNet's first
+        # MXNet's files first, then torch's, then those of backends registered by users: the
+        # message reads the same whatever was registered or imported first.
+        builtin_order = ("xfer.model_handler.mxnet", "xfer.model_handler.torch")
+        in_order = sorted(
+            _BACKENDS,
+            key=lambda b: builtin_order.index(b.__module__) if b.__module__ in builtin_order else 2,
+        )
         expected = [repr(f) for backend in in_order for f in backend.checkpoint_files(prefix, epoch)]
         raise ModelFileNotFoundError(
             f"No model checkpoint at {str(prefix)!r}: {expected[0]} does not exist, nor "
