@@ -732,7 +732,6 @@ def _convert_bnn(reader: _Reader, source: Any, allow_pickle: bool) -> ConvertedB
 # ------------------------------------------------------------------------------ fine-tuners
 def _convert_network(reader: _Reader, source_model: Any) -> Any:
     """A fine-tuner holding the network Xfer trained (``P-symbol.json``, ``P-0000.params``)."""
-    from xfer.fine_tuning.history import History
     from xfer.model_handler import MXNetModelHandler
     from xfer.repurposers.fine_tune import (
         NeuralNetworkFineTuneRepurposer,
@@ -776,13 +775,7 @@ def _convert_network(reader: _Reader, source_model: Any) -> Any:
             reader.parameter("random_layers", []),
             num_layers_to_drop=int(reader.parameter("num_layers_to_drop", 2)), **common,
         )  # fmt: skip
-    repurposer.classes_ = np.arange(n_classes)  # Xfer's fine-tuners predicted class indices
-    repurposer.target_handler_ = handler
-    repurposer.output_layer_ = output
-    repurposer.new_layers_ = []
-    repurposer.sample_shape_ = sample_shape
-    repurposer.n_training_examples_ = 0
-    repurposer.history_ = History()
+    repurposer._install_network(handler, output, n_classes, sample_shape)
     return repurposer
 
 

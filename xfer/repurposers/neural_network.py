@@ -978,6 +978,13 @@ class NeuralNetworkRepurposer(Repurposer):
                 f"{type(model).__module__}.{type(model).__qualname__}."
             ) from error
         output, n_classes, sample_shape = training_backend(handler).assigned_network(model, handler)
+        self._install_network(handler, output, n_classes, sample_shape)
+
+    def _install_network(
+        self, handler: Any, output: str, n_classes: int, sample_shape: Any
+    ) -> None:
+        """The fitted state of a network given whole, not trained by ``fit``: an assigned
+        ``target_model`` or a network converted from an Xfer 1.1.0 file."""
         self._unfit()
         self.classes_ = np.arange(n_classes)  # Xfer's fine-tuners predicted class indices
         self.target_handler_ = handler
