@@ -65,14 +65,20 @@ def layered_task(seed=0, n_per_class=40, n_classes=4):
 # --------------------------------------------------------------------------- LogME
 
 
+def three_class_task(shape, seed, signal=1.0, offset=0.0):
+    """Gaussian features of shape ``(n, d)`` moved by ``signal`` along their class's axis and by
+    ``offset`` along every axis, with their labels (3 classes)."""
+    rng = np.random.RandomState(seed)
+    n, d = shape
+    labels = rng.randint(0, 3, size=n)
+    return rng.normal(size=(n, d)) + signal * np.eye(3, d)[labels] + offset, labels
+
+
 @pytest.mark.parametrize("centre", [True, False])
 @pytest.mark.parametrize("shape", [(150, 8), (60, 20)])
 def test_logme_matches_the_papers_fixed_point_iterations(centre, shape):
     # every class carries signal, so MacKay's iterations converge inside the parameter space
-    rng = np.random.RandomState(1)
-    n, d = shape
-    labels = rng.randint(0, 3, size=n)
-    features = rng.normal(size=(n, d)) + 1.5 * np.eye(3, d)[labels] + 2.0
+    features, labels = three_class_task(shape, seed=1, signal=1.5, offset=2.0)
     assert logme(features, labels, centre=centre) == pytest.approx(
         reference_logme(features, labels, centre=centre), rel=1e-8
     )
@@ -153,10 +159,7 @@ def directly_maximised_evidence(features, labels, centre=True):
 def test_logme_finds_the_maximum_where_the_fixed_point_does_not_converge():
     # Two classes have almost no signal: the paper's iterations send alpha to infinity or
     # oscillate, and their result depends on when they are stopped.
-    rng = np.random.RandomState(1)
-    n, d = 40, 8
-    labels = rng.randint(0, 3, size=n)
-    features = rng.normal(size=(n, d)) + 0.8 * np.eye(3, d)[labels]
+    features, labels = three_class_task((40, 8), seed=1, signal=0.8)
     assert logme(features, labels) == pytest.approx(
         directly_maximised_evidence(features, labels), abs=1e-6
     )
@@ -258,10 +261,7 @@ def reference_h_score(features, labels, regularised):
 
 @pytest.mark.parametrize("shape", [(200, 10), (30, 50)])
 def test_h_score_matches_the_formula(shape):
-    rng = np.random.RandomState(4)
-    n, d = shape
-    labels = rng.randint(0, 3, size=n)
-    features = rng.normal(size=(n, d)) + np.eye(3, d)[labels]
+    features, labels = three_class_task(shape, seed=4)
     assert h_score(features, labels) == pytest.approx(
         reference_h_score(features, labels, True), rel=1e-8
     )
@@ -297,10 +297,7 @@ def test_h_score_errors():
 
 @pytest.mark.parametrize("shape", [(120, 9), (15, 40)])
 def test_feature_scores_share_the_work_and_equal_the_single_scores(shape):
-    rng = np.random.RandomState(9)
-    n, d = shape
-    labels = rng.randint(0, 3, size=n)
-    features = rng.normal(size=(n, d)) + np.eye(3, d)[labels]
+    features, labels = three_class_task(shape, seed=9)
     both = feature_scores(features, labels)
     assert list(both) == ["logme", "h_score"]
     assert both["logme"] == pytest.approx(logme(features, labels), rel=1e-12)
