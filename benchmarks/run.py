@@ -75,7 +75,8 @@ SECTIONS: dict[str, Callable[[bool], str | Section]] = {
     "ood": _section("calibration", "ood_report"),
     "laplace_fit": _section("calibration", "laplace_fit_report"),
     "calibration_scale": _section("calibration", "scale_report"),
-    "scale_out": _section("scale_out"),
+    "scale_out": _section("scale_out", "heads_report"),
+    "scale_out_extraction": _section("scale_out", "extraction_report"),
     "transferability": _section("transferability"),
 }
 

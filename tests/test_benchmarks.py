@@ -134,17 +134,20 @@ def test_scale_out_report_marks_targets():
          "shards": {"seconds": 400.0, "peak_mb": 900, "accuracy": 0.9, "rows": 100_000}, "load": "0.5 / 0.6"},
     ]
     extraction = {"count": 20_000, "identical": True, "max_difference": 0.0,
-                  "runs": {1: {"seconds": 100.0, "count": 20_000, "load": "1.0 / 1.0"},
-                           2: {"seconds": 55.0, "count": 20_000, "load": "1.0 / 1.0"}}}
+                  "runs": {1: {"seconds": 100.0, "cpu_seconds": 98.0, "count": 20_000, "load": "1.0 / 1.0"},
+                           2: {"seconds": 55.0, "cpu_seconds": 105.0, "count": 20_000, "load": "1.0 / 1.0"}}}
     section = scale_out.report_rows(heads, extraction)
     text = section.markdown
     assert "| LR | 2.0 | 40.0 | 2.00 (≤ 3.00: ✓ met) | 800 (< 2048: ✓ met) |" in text
     assert "| BNN | 10.0 | 400.0 | 4.00 (≤ 3.00: ✗ MISSED) |" in text
     assert "Speed-up of 2 processes over 1: 1.82 (≥ 1.60: ✓ met); features identical: True" in text
+    assert "| 2 x 1 | 55.0 | 363.6 | 105.0 | 1.0 / 1.0 |" in text
+    assert "spent 7.0 s more CPU time than the single process" in text
+    assert "(the started process's imports and model, 7% of the work): on 2 idle cores its speed-up is at most 1.87x" in text
     figures = {figure.key: figure for figure in section.figures}
     assert figures["scale_out.bnn.time_per_row_ratio"].met is False
     assert figures["scale_out.extraction.identical_features"].met is True
-    assert "scale_out" in run.SECTIONS
+    assert "scale_out" in run.SECTIONS and "scale_out_extraction" in run.SECTIONS
 
 
 def test_few_shot_and_ood_tables_on_synthetic_tasks(monkeypatch):

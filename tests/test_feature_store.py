@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from xfer.exceptions import (
     DataFileNotFoundError,
@@ -24,6 +27,54 @@ from xfer.model_handler import ModelHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["fc1", "relu2"]
+
+
+def _wait_for(condition, what: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        time.sleep(0.05)
+
+
+def _lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+class _Record(torch.nn.Module):
+    """Passes its input on; writes which process ran it, on how many torch threads, with which
+    thread variables. The calling process waits in its first batch until a started process has run
+    one, so both take shards whatever the start-up takes. (Importable: worker processes unpickle it.)"""
+
+    def __init__(self, path: str, parent: int):
+        super().__init__()
+        self.path, self.parent = path, parent
+
+    def forward(self, x):
+        with open(self.path, "a") as handle:
+            handle.write(f"{os.getpid()} {torch.get_num_threads()} {os.environ.get('OMP_NUM_THREADS')} "
+                         f"{os.environ.get('MXNET_CPU_WORKER_NTHREADS')}\n")
+        if os.getpid() == self.parent:
+            _wait_for(lambda: any(int(line[0]) != self.parent for line in _lines(Path(self.path))),
+                      "a started process to extract")
+        return x
+
+
+class _FailingInWorkers(torch.utils.data.Dataset):
+    """Images that a started process cannot read (the calling process waits until one tried)."""
+
+    def __init__(self, images: np.ndarray, parent: int, marker: str):
+        self.images, self.parent, self.marker = images, parent, marker
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        if os.getpid() != self.parent:
+            Path(self.marker).touch()
+            raise ValueError(f"cannot read image {index} in this process")
+        _wait_for(Path(self.marker).is_file, "a started process to fail")
+        return torch.as_tensor(self.images[index])
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +161,8 @@ def test_resumes_after_sigkill_without_redoing_finished_shards(digits_source_mod
 
 @pytest.mark.slow
 def test_ranks_and_local_processes_extract_disjoint_shards(digits_images, tmp_path):
-    """Rank 0 of 2 writes the even shards and times out waiting for rank 1; two local processes
-    then write the rest. The features equal one process's (torch, one thread each)."""
+    """Rank 0 of 2 writes the even shards and times out waiting for rank 1; a call with two local
+    processes then writes the rest. The features equal one process's (torch, one thread each)."""
     import torch
 
     from xfer.context import torch_num_threads
@@ -191,4 +242,44 @@ def test_a_damaged_shard_is_named(digits_source_model, digits_images, tmp_path):
     manifest["format_version"] = 99
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SerializationError, match="format version 99; .* upgrade xfer"):
+        FeatureStore(tmp_path / "s")
+
+
+@pytest.mark.slow
+def test_the_calling_process_and_started_ones_share_the_shards_on_the_given_threads(digits_images, tmp_path):
+    """num_processes=2: this process extracts from the start and one started process joins when
+    ready; shards go to whoever is free. Both run torch on threads_per_process threads, and the
+    started one has the thread variables in its environment (3: neither torch's default nor the
+    automatic policy gives 3 on this machine's cores)."""
+    images, labels = digits_images
+    images, labels = images[:240], labels[:240]
+    record = tmp_path / "record.txt"
+    model = torch.nn.Sequential(OrderedDict(
+        record=_Record(str(record), os.getpid()), flatten=torch.nn.Flatten(), fc=torch.nn.Linear(64, 8),
+    ))  # fmt: skip
+    torch_threads_before = torch.get_num_threads()
+    store = extract_features(model, images, ["fc"], tmp_path / "s", labels=labels, shard_size=40,
+                             batch_size=40, num_processes=2, threads_per_process=3)
+    lines = _lines(record)
+    assert len(lines) == 6  # one batch per shard, each extracted once
+    by_process = {int(line[0]) for line in lines}
+    assert os.getpid() in by_process and len(by_process) == 2
+    assert {line[1] for line in lines} == {"3"}
+    assert {tuple(line[2:]) for line in lines if int(line[0]) != os.getpid()} == {("3", "3")}
+    assert torch.get_num_threads() == torch_threads_before
+    expected, _ = ModelHandler(model[1:]).get_layer_output(images, ["fc"])
+    np.testing.assert_allclose(store.to_array()[0], expected["fc"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(store.labels, labels)
+
+
+@pytest.mark.slow
+def test_a_failing_worker_process_stops_the_call_with_its_error(digits_images, tmp_path):
+    images, _ = digits_images
+    model = torch.nn.Sequential(OrderedDict(flatten=torch.nn.Flatten(), fc=torch.nn.Linear(64, 8)))
+    data = _FailingInWorkers(images[:200].astype(np.float32), os.getpid(), str(tmp_path / "tried"))
+    with pytest.raises(RuntimeError, match=r"A feature-extraction process failed: ValueError: cannot read "
+                                           r"image \d+ in this process"):
+        extract_features(model, data, ["fc"], tmp_path / "s", shard_size=50, num_processes=2,
+                         threads_per_process=1)
+    with pytest.raises(SerializationError, match="incomplete"):  # the worker's shard is missing
         FeatureStore(tmp_path / "s")

@@ -8,10 +8,12 @@ fit in memory. It is
 - **resumable**: a shard counts only once its files are complete (each is written to a temporary
   file and renamed, its JSON marker last); run the same call again after a crash or a kill and it
   extracts only the shards that are missing;
-- **parallel**: ``num_processes`` local processes (each with ``threads_per_process`` threads)
-  extract disjoint shards, and so do the ranks of a distributed job (``torchrun`` or
-  :mod:`xfer.distributed.launch`): every process of the job calls the same function and takes
-  its own shards, then they wait for each other.
+- **parallel**: ``num_processes`` local processes (this one and ``num_processes - 1`` started
+  ones, each with ``threads_per_process`` threads) take the shards one at a time, whoever is free
+  first, so a process that starts later or runs slower takes fewer; the ranks of a distributed
+  job (``torchrun`` or :mod:`xfer.distributed.launch`) split the shards the same way between
+  them: every process of the job calls the same function and takes every ``world_size``-th
+  shard, then they wait for each other.
 
 :class:`FeatureStore` reads the result: its length, labels and layer layout, chunks of rows in
 order (:meth:`FeatureStore.chunks`, bounded by ``chunk_mb``) and rows by index
@@ -38,6 +40,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import io
@@ -46,7 +49,9 @@ import logging
 import mmap
 import multiprocessing
 import os
+import queue
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -63,6 +68,7 @@ from xfer.exceptions import (
     SerializationError,
 )
 from xfer.serialization import atomic_write, atomic_write_json
+from xfer.threads import usable_cores
 
 logger = logging.getLogger("xfer.feature_store")
 
@@ -313,85 +319,195 @@ def _write_shard(directory: Path, shard: int, rows: tuple[int, int], features: l
     atomic_write_json(directory / f"{name}.json", record)  # the shard exists from here on
 
 
+def _extract_shard(handler: Any, rows: _Rows, plan: _Plan, shard: int) -> None:
+    """Extract one shard and write its files."""
+    start, stop = plan.shard_rows(shard, rows.count)
+    data, labels = rows.rows(start, stop)
+    outputs, data_labels = handler.get_layer_output(
+        data, plan.layer_names, context=plan.context, batch_size=plan.batch_size,
+        verbose=plan.verbose,
+    )
+    if labels is None:
+        labels = data_labels
+    features = [np.asarray(outputs[name]).reshape(stop - start, -1) for name in plan.layer_names]
+    if features[0].shape[0] != stop - start:
+        raise InvalidArgumentError(
+            f"Rows {start}..{stop - 1} gave {features[0].shape[0]} feature rows: the data must "
+            "give one example per index."
+        )
+    _write_shard(Path(plan.directory), shard, (start, stop), features, labels)
+    logger.info("Wrote %s (rows %d..%d).", _shard_name(shard), start, stop - 1)
+
+
 def _extract_shards(handler: Any, rows: _Rows, plan: _Plan, shards: Sequence[int]) -> int:
     """Extract the given shards that are not complete yet; returns how many were extracted."""
     directory = Path(plan.directory)
     done = 0
     for shard in shards:
-        if _is_complete(directory, shard):
-            continue
-        start, stop = plan.shard_rows(shard, rows.count)
-        data, labels = rows.rows(start, stop)
-        outputs, data_labels = handler.get_layer_output(
-            data, plan.layer_names, context=plan.context, batch_size=plan.batch_size,
-            verbose=plan.verbose,
-        )
-        if labels is None:
-            labels = data_labels
-        features = [np.asarray(outputs[name]).reshape(stop - start, -1) for name in plan.layer_names]
-        if features[0].shape[0] != stop - start:
-            raise InvalidArgumentError(
-                f"Rows {start}..{stop - 1} gave {features[0].shape[0]} feature rows: the data must "
-                "give one example per index."
-            )
-        _write_shard(directory, shard, (start, stop), features, labels)
-        logger.info("Wrote %s (rows %d..%d).", _shard_name(shard), start, stop - 1)
-        done += 1
+        if not _is_complete(directory, shard):
+            _extract_shard(handler, rows, plan, shard)
+            done += 1
     return done
 
 
-def _worker_main(payload: tuple, rows: _Rows, plan: _Plan, shards: list[int], errors: Any) -> None:
-    """A local worker process: rebuild the model, extract its shards, report a failure."""
-    try:  # the thread counts came with the environment (THREAD_VARIABLES)
+class _SharedShards:
+    """The shards of one call, handed out one at a time to whichever local process asks first.
+
+    A counter in shared memory (no files, no pickle): a process that finishes early takes the
+    next shard, so processes that start later or run slower get fewer shards and all finish
+    together.
+    """
+
+    def __init__(self, shards: list[int], context: Any):
+        self.shards = list(shards)
+        self.next = context.Value("q", 0)
+
+    def take(self) -> int | None:
+        """The next shard nobody has taken, or None when all are taken."""
+        with self.next.get_lock():
+            position = self.next.value
+            if position >= len(self.shards):
+                return None
+            self.next.value = position + 1
+        return self.shards[position]
+
+    def extract(self, handler: Any, rows: _Rows, plan: _Plan, between: Any = None) -> int:
+        """Take and extract shards until none is left; ``between()`` runs after each."""
+        done = 0
+        while (shard := self.take()) is not None:
+            _extract_shard(handler, rows, plan, shard)
+            done += 1
+            if between is not None:
+                between()
+        return done
+
+
+def _worker_main(connection: Any, shards: _SharedShards, errors: Any) -> None:
+    """A local worker process: receive the model and the data, take shards until none is left.
+
+    It starts with nothing heavy to unpickle (its imports run while the parent already extracts);
+    the thread counts came with its environment (``THREAD_VARIABLES``), set before it imported
+    anything.
+    """
+    try:
+        payload, rows, plan = connection.recv()
+        connection.close()
         handler = _handler_from_payload(*payload)
-        _extract_shards(handler, rows, plan, shards)
+        shards.extract(handler, rows, plan)
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises
         errors.put(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
         raise SystemExit(1) from None
 
 
-def _run_local_processes(payload: tuple, rows: _Rows, plan: _Plan, parts: list[list[int]],
-                         threads: int) -> None:
-    context = multiprocessing.get_context("spawn")
-    errors = context.Queue()
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    processes = []
+def _send(connection: Any, message: tuple) -> None:
+    """Send a worker its job (in a thread: the send waits until the worker has started)."""
     try:
-        for name in THREAD_VARIABLES:  # a spawned process starts with the parent's environment
+        connection.send(message)
+    except (OSError, EOFError):  # the worker died first; its exit code tells the parent
+        pass
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def _worker_environment(threads: int) -> Iterator[None]:
+    """The thread variables of started workers (a spawned process inherits the environment)."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    try:
+        for name in THREAD_VARIABLES:
             os.environ[name] = str(threads)
-        for part in parts:
-            process = context.Process(
-                target=_worker_main, args=(payload, rows, plan, part, errors), daemon=True
-            )
-            process.start()
-            processes.append(process)
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _own_threads(handler: Any, threads: int | None) -> Iterator[None]:
+    """This process's threads while it extracts with the workers.
+
+    A torch model runs on ``threads`` (xfer's fixed setting, restored after). MXNet sizes its
+    operator threads once, when its engine starts, so an MXNet model keeps this process's count
+    (``XFER_NUM_THREADS`` or ``OMP_NUM_THREADS`` set before importing xfer choose it).
+    """
+    if threads is None or getattr(handler, "backend", "") != "torch":
+        yield
+        return
+    from xfer import threads as thread_policy
+
+    previous = thread_policy._setting
+    thread_policy.set_num_threads(threads)
     try:
+        yield
+    finally:
+        thread_policy._setting = previous
+
+
+def _worker_failure(processes: list, errors: Any) -> RuntimeError | None:
+    """The error of the first worker that failed, if any."""
+    failed = [p for p in processes if p.exitcode not in (None, 0)]
+    if not failed:
+        return None
+    try:
+        return RuntimeError(f"A feature-extraction process failed: {errors.get(timeout=5)}")
+    except queue.Empty:
+        return RuntimeError(
+            f"A feature-extraction process exited with code {failed[0].exitcode} before it "
+            "started extracting. Worker processes import your main module: a script that "
+            "calls extract_features(num_processes > 1) must do so under "
+            "`if __name__ == \"__main__\":`, and a torch model's class must be importable."
+        )
+
+
+def _run_local_processes(handler: Any, payload: tuple, rows: _Rows, plan: _Plan, shards: list[int],
+                         num_processes: int, threads: int) -> None:
+    """Extract ``shards`` in this process and ``num_processes - 1`` started ones together.
+
+    The workers are started first, with nothing to unpickle but a connection and the shared
+    shard counter, so their imports run in parallel while this process, whose model is ready,
+    extracts; each worker receives the model and the data from a sending thread, then takes
+    shards until none is left (:class:`_SharedShards`).
+    """
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    shared = _SharedShards(shards, context)
+    processes, senders = [], []
+    try:
+        with _worker_environment(threads):
+            for _ in range(min(num_processes - 1, len(shards) - 1)):
+                receiving, sending = context.Pipe(duplex=False)
+                process = context.Process(target=_worker_main, args=(receiving, shared, errors), daemon=True)
+                process.start()
+                receiving.close()
+                processes.append(process)
+                senders.append(threading.Thread(target=_send, args=(sending, (payload, rows, plan)), daemon=True))
+        for sender in senders:
+            sender.start()
+
+        def check_workers() -> None:
+            error = _worker_failure(processes, errors)
+            if error is not None:
+                raise error
+
+        with _own_threads(handler, threads):
+            shared.extract(handler, rows, plan, between=check_workers)
+        directory = Path(plan.directory)
         while any(p.is_alive() for p in processes):
-            failed = [p for p in processes if p.exitcode not in (None, 0)]
-            if failed:
-                break
+            check_workers()
+            if all(_is_complete(directory, s) for s in shards):
+                break  # the workers still alive hold no shard (still starting, or done)
             time.sleep(0.05)
-        failed = [p for p in processes if p.exitcode not in (None, 0)]
-        if failed:
-            if not errors.empty():
-                raise RuntimeError(f"A feature-extraction process failed: {errors.get(timeout=5)}")
-            raise RuntimeError(
-                f"A feature-extraction process exited with code {failed[0].exitcode} before it "
-                "started extracting. Worker processes import your main module: a script that "
-                "calls extract_features(num_processes > 1) must do so under "
-                "`if __name__ == \"__main__\":`, and a torch model's class must be importable."
-            )
+        check_workers()
     finally:
         for process in processes:  # on failure or interruption, no worker outlives the call
             if process.is_alive():
                 process.kill()
             process.join()
+        for sender in senders:
+            sender.join(timeout=5)
 
 
 def _check_positive(name: str, value: Any, allow_none: bool = True) -> None:
@@ -442,12 +558,20 @@ def extract_features(
     batch_size : int, optional
         Batch size of the forward passes.
     num_processes : int, default=1
-        Local processes that extract disjoint shards in parallel (started with ``spawn``: each
-        rebuilds the model, and a script that calls this must do so under
-        ``if __name__ == "__main__":``). With 1, this process extracts.
+        Local processes that extract in parallel: this process and ``num_processes - 1``
+        started with ``spawn`` (a script that calls this must do so under
+        ``if __name__ == "__main__":``). This process begins at once; each started one imports
+        its libraries and rebuilds the model meanwhile (a few seconds of CPU), then joins. Each
+        takes the next shard nobody has taken whenever it is free, so the work stays balanced.
+        The features do not depend on which process extracted a shard (tested on one thread per
+        process).
     threads_per_process : int, optional
-        Threads of each local process's numerical libraries (default: the cores divided by
-        ``num_processes``).
+        Threads of each process's numerical libraries (default: the usable cores divided by
+        ``num_processes``). A started process gets them through its environment
+        (``XFER_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MXNET_CPU_WORKER_NTHREADS``...) before it
+        imports anything. This process runs a torch model on them too (restored after); MXNet
+        fixes its thread count when its engine starts, so an MXNet model runs here on the count
+        this process started with (set ``XFER_NUM_THREADS`` before importing xfer to choose it).
     rank, world_size : int, optional
         This process's place in a distributed job whose processes all call this function on the
         same data (default: from ``torch.distributed`` or the MXNet kvstore job; else one). Each
@@ -513,18 +637,16 @@ def extract_features(
     _claim_directory(directory, manifest)
     plan = _Plan(str(directory), list(layer_names), int(shard_size), num_shards, context, batch_size,
                  bool(verbose))
-    slots = world_size * num_processes
-    mine = [[s for s in range(num_shards) if s % slots == rank * num_processes + p]
-            for p in range(num_processes)]
-    todo = [[s for s in part if not _is_complete(directory, s)] for part in mine]
-    if sum(len(part) for part in todo) < sum(len(part) for part in mine):
-        logger.info("Resuming: %d of this process's shards are already written.",
-                    sum(len(p) for p in mine) - sum(len(p) for p in todo))
-    if num_processes == 1 or sum(1 for part in todo if part) <= 1:
-        _extract_shards(handler, rows, plan, [s for part in todo for s in part])
+    mine = [s for s in range(num_shards) if s % world_size == rank]  # this rank's shards
+    todo = [s for s in mine if not _is_complete(directory, s)]
+    if len(todo) < len(mine):
+        logger.info("Resuming: %d of this process's shards are already written.", len(mine) - len(todo))
+    if num_processes == 1 or len(todo) <= 1:
+        with _own_threads(handler, threads_per_process):
+            _extract_shards(handler, rows, plan, todo)
     else:
-        threads = threads_per_process or max(1, (os.cpu_count() or 1) // num_processes)
-        _run_local_processes(payload, rows, plan, [part for part in todo if part], threads)
+        threads = threads_per_process or max(1, usable_cores() // num_processes)
+        _run_local_processes(handler, payload, rows, plan, todo, num_processes, threads)
     if world_size > 1:
         if world is not None and world.backend != "local":
             world.barrier()
