@@ -273,13 +273,14 @@ def test_the_calling_process_and_started_ones_share_the_shards_on_the_given_thre
 
 
 @pytest.mark.slow
-def test_a_failing_worker_process_stops_the_call_with_its_error(digits_images, tmp_path):
+def test_a_failing_worker_process_stops_the_call_with_its_error(digits_source_model, digits_images, tmp_path):
+    """The started process rebuilds the MXNet model, then cannot read its shard: the call raises
+    that error, and the store stays incomplete (resumable)."""
     images, _ = digits_images
-    model = torch.nn.Sequential(OrderedDict(flatten=torch.nn.Flatten(), fc=torch.nn.Linear(64, 8)))
-    data = _FailingInWorkers(images[:200].astype(np.float32), os.getpid(), str(tmp_path / "tried"))
+    data = _FailingInWorkers(images[:200], os.getpid(), str(tmp_path / "tried"))
     with pytest.raises(RuntimeError, match=r"A feature-extraction process failed: ValueError: cannot read "
                                            r"image \d+ in this process"):
-        extract_features(model, data, ["fc"], tmp_path / "s", shard_size=50, num_processes=2,
+        extract_features(digits_source_model, data, ["fc1"], tmp_path / "s", shard_size=50, num_processes=2,
                          threads_per_process=1)
     with pytest.raises(SerializationError, match="incomplete"):  # the worker's shard is missing
         FeatureStore(tmp_path / "s")
