@@ -311,3 +311,49 @@ def test_uncertainty_grows_away_from_the_data(exact_gp, digits5):
     np.testing.assert_allclose(near_p, exact_gp.predict_proba(x_test[:20], CPU), atol=1e-12)
     assert far_information.mean() > near_information.mean()
     assert far_p.max(axis=1).mean() < near_p.max(axis=1).mean()
+
+
+def test_exact_training_objective_is_gpytorch_marginal_likelihood(exact_gp):
+    """The written-out objective equals GPyTorch's ExactMarginalLogLikelihood, summed over classes."""
+    import gpytorch
+
+    from xfer.repurposers._gp_core import _gp_settings, dirichlet_targets
+
+    model = exact_gp.model_
+    x = torch.as_tensor(exact_gp.train_features_)
+    targets, noise = dirichlet_targets(torch.as_tensor(exact_gp.train_labels_), 5, 0.01, torch.float64)
+    ours = exact_gp._negative_log_marginal_likelihood(x, targets, noise)
+    model.train()
+    try:
+        with torch.no_grad(), _gp_settings():
+            mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+            theirs = -mll(model(x), model.train_targets).sum()
+    finally:
+        model.eval()
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-10)
+
+
+@pytest.mark.slow
+def test_gp_fits_and_predictions_do_not_import_sympy():
+    """torch 2.13's ``torch.broadcast_shapes`` imports SymPy (~0.7 s) on its first call; GPyTorch's
+    means, distributions and likelihoods call it. Neither path of the GP may (fresh process)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+import torch
+from xfer.repurposers._gp_core import GpClassifierCore
+rng = np.random.RandomState(0)
+x, y = rng.normal(size=(60, 6)), np.arange(60) % 3
+x[:, :3] += 3 * np.eye(3)[y]
+for threshold in (100, 20):  # exact, then sparse
+    core = GpClassifierCore(exact_threshold=threshold, max_iterations=5, max_sparse_steps=5)
+    core.fit(x, y, 3, None, torch.device("cpu"))
+    core.predict_uncertainty(x, torch.device("cpu"))
+print("sympy" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"

@@ -245,7 +245,7 @@ class _ExactDirichletGP(gpytorch.models.ExactGP):
 
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
         n = x.shape[-2]
-        mean = self.mean_module(x).expand(self.n_classes, n)
+        mean = self.mean_module.constant.reshape(()).expand(self.n_classes, n)
         # Evaluate the shared kernel once; expanding a lazy kernel would evaluate it K times.
         covar = self.covar_module(x).to_dense().expand(self.n_classes, n, n)
         # As a linear operator: a dense tensor would make torch factorise the noise-free prior
@@ -752,10 +752,12 @@ class GpClassifierCore:
             variance = (inverse_diagonal.reciprocal() - noise - self._additional_noise()).clamp_min(1e-10)
         return mean.T, variance.T
 
-    def _additional_noise(self) -> torch.Tensor | float:
+    def _additional_noise(self, detach: bool = True) -> torch.Tensor | float:
+        """The learned homoscedastic noise, shape ``(K or 1, 1)`` (0 without it)."""
         if not self.learn_additional_noise:
             return 0.0
-        return self.model_.likelihood.second_noise.detach().reshape(-1, 1).to(torch.float64)
+        noise = self.model_.likelihood.second_noise.reshape(-1, 1).to(torch.float64)
+        return noise.detach() if detach else noise
 
     def _calibrate(self, device: torch.device) -> None:
         """Temperature and variance scale of the latent functions by exact leave-one-out NLL;
@@ -827,14 +829,14 @@ class GpClassifierCore:
         model.mean_module.constant = targets.mean()
         self._init_hyperparameters(model.covar_module, x_np, rng, float(targets.var(dim=-1).mean()))
         model.train()
-        mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+        fixed_noise = dirichlet_targets(y, self.n_classes_, float(self.alpha_epsilon), x.dtype)[1]
         bar = self._progress(int(self.max_iterations), "GP (exact)")
         kernel = model.covar_module
         centre = [kernel.lengthscale.detach().log().clone(), kernel.outputscale.detach().log().clone()]
         width = None if self.prior_width is None else float(self.prior_width)
 
         def loss_fn() -> torch.Tensor:
-            loss = -mll(model(x), targets).sum()  # GPyTorch's mll is per data point
+            loss = self._negative_log_marginal_likelihood(x, targets, fixed_noise)
             if width is not None:
                 # Log-normal priors centred on the data-derived initial values: the lengthscales and
                 # signal variances cannot run away to the "all noise" or "no correlation" optima.
@@ -863,6 +865,30 @@ class GpClassifierCore:
             minimize_lbfgs(model.parameters(), recorded_loss, int(self.max_iterations))
         if bar is not None:
             bar.close()
+
+    def _negative_log_marginal_likelihood(
+        self, x: torch.Tensor, targets: torch.Tensor, fixed_noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Summed over the K classes, per training row: ``-log N(y_k | m, K_xx + diag(noise_k)) / N``.
+
+        GPyTorch's ``ExactMarginalLogLikelihood(likelihood, model)(model(x), y).sum()`` with the
+        sign flipped, computed from one Cholesky factor per class. Written out because GPyTorch's
+        version goes through ``torch.broadcast_shapes``, whose first call imports SymPy in torch
+        2.13 (about 0.7 s of a fresh process's first fit). Not positive definite: ``inf``, which
+        the optimisers treat as a step to take back.
+        """
+        model = self.model_
+        n = x.shape[0]
+        kxx = model.covar_module(x, x).to_dense()
+        noise = fixed_noise + self._additional_noise(detach=False)
+        chol, info = torch.linalg.cholesky_ex(kxx.expand(self.n_classes_, n, n) + torch.diag_embed(noise))
+        if bool(info.any()):
+            return torch.full((), math.inf, dtype=x.dtype, device=x.device, requires_grad=True)
+        residual = (targets - model.mean_module.constant.reshape(())).unsqueeze(-1)
+        whitened = torch.linalg.solve_triangular(chol, residual, upper=False)
+        half_log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        per_class = 0.5 * whitened.pow(2).sum((-2, -1)) + half_log_det + 0.5 * n * math.log(2 * math.pi)
+        return per_class.sum() / n
 
     def _record(self, loss: torch.Tensor, step: int, bar: Any) -> None:
         value = float(loss.detach())
@@ -953,10 +979,7 @@ class GpClassifierCore:
         )
         with torch.no_grad(), _gp_settings():
             kxx = model.covar_module(x, x).to_dense()
-            extra = 0.0
-            if self.learn_additional_noise:
-                extra = model.likelihood.second_noise.reshape(-1, 1)  # (K or 1, 1)
-            noise_total = noise + extra
+            noise_total = noise + self._additional_noise()
             covar = kxx.expand(self.n_classes_, -1, -1) + torch.diag_embed(noise_total)
             chol, info = torch.linalg.cholesky_ex(covar)
             jitter = 1e-8 * float(kxx.diagonal().mean())
