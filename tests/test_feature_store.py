@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -58,6 +59,22 @@ class _Record(torch.nn.Module):
             _wait_for(lambda: any(int(line[0]) != self.parent for line in _lines(Path(self.path))),
                       "a started process to extract")
         return x
+
+
+class _WaitingForWorkers(torch.utils.data.Dataset):
+    """Another dataset's items; the calling process waits in its first item until the started
+    processes have ended."""
+
+    def __init__(self, data, parent: int):
+        self.data, self.parent = data, parent
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        if os.getpid() == self.parent:
+            _wait_for(lambda: not multiprocessing.active_children(), "the started processes to end")
+        return self.data[index]
 
 
 class _FailingInWorkers(torch.utils.data.Dataset):
@@ -284,3 +301,47 @@ def test_a_failing_worker_process_stops_the_call_with_its_error(digits_source_mo
                          threads_per_process=1)
     with pytest.raises(SerializationError, match="incomplete"):  # the worker's shard is missing
         FeatureStore(tmp_path / "s")
+
+
+def test_a_model_or_data_that_cannot_reach_other_processes_is_refused_before_any_starts(digits_source_model,
+                                                                                       digits_images, tmp_path):
+    images, _ = digits_images
+
+    class Local(torch.utils.data.Dataset):  # defined in a function: no process can rebuild it
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, index):
+            return torch.as_tensor(images[index])
+
+    with pytest.raises(InvalidTypeError, match=r"The model or the data cannot be sent to other processes \("
+                                               r".*Local.*\)\. Worker processes import your main module .* "
+                                               r"Or extract with num_processes=1\."):
+        extract_features(digits_source_model, Local(), ["fc1"], tmp_path / "s", shard_size=50, num_processes=2)
+    assert not list((tmp_path / "s").glob("shard-*"))
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_rebuild_the_data_says_why(digits_source_model, digits_images, tmp_path, monkeypatch):
+    """Data whose class this process finds but a started process cannot import (here: a module that
+    exists only in this process's memory, as a class of a script run without its `__main__` guard
+    would be)."""
+    import types
+
+    images, _ = digits_images
+    module = types.ModuleType("only_in_this_process")
+    exec(
+        "import torch\n"
+        "class Images(torch.utils.data.Dataset):\n"
+        "    def __init__(self, images): self.images = images\n"
+        "    def __len__(self): return len(self.images)\n"
+        "    def __getitem__(self, index): return torch.as_tensor(self.images[index])\n",
+        module.__dict__,
+    )
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    data = _WaitingForWorkers(module.Images(images[:200]), os.getpid())
+    with pytest.raises(RuntimeError, match=r"A feature-extraction process failed: RuntimeError: It could not "
+                                           r"rebuild the model and the data it was sent \(ModuleNotFoundError: "
+                                           r"No module named 'only_in_this_process'\)\. Worker processes"):
+        extract_features(digits_source_model, data, ["fc1"], tmp_path / "s", shard_size=50, num_processes=2,
+                         threads_per_process=1)

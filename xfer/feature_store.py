@@ -56,6 +56,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +383,14 @@ class _SharedShards:
         return done
 
 
+_IMPORTABLE = (
+    "Worker processes import your main module and rebuild the model and the data by name: a "
+    "script that calls extract_features(num_processes > 1) must do so under "
+    "`if __name__ == \"__main__\":`, and the classes of a torch model or Dataset (and the "
+    "functions they hold) must be defined at the top level of an importable module."
+)
+
+
 def _worker_main(connection: Any, shards: _SharedShards, errors: Any) -> None:
     """A local worker process: receive the model and the data, take shards until none is left.
 
@@ -390,7 +399,13 @@ def _worker_main(connection: Any, shards: _SharedShards, errors: Any) -> None:
     anything.
     """
     try:
-        payload, rows, plan = connection.recv()
+        try:
+            payload, rows, plan = ForkingPickler.loads(connection.recv_bytes())
+        except Exception as error:
+            raise RuntimeError(
+                f"It could not rebuild the model and the data it was sent ({type(error).__name__}: "
+                f"{error}). {_IMPORTABLE}"
+            ) from error
         connection.close()
         handler = _handler_from_payload(*payload)
         shards.extract(handler, rows, plan)
@@ -399,10 +414,10 @@ def _worker_main(connection: Any, shards: _SharedShards, errors: Any) -> None:
         raise SystemExit(1) from None
 
 
-def _send(connection: Any, message: tuple) -> None:
+def _send(connection: Any, job: bytes) -> None:
     """Send a worker its job (in a thread: the send waits until the worker has started)."""
     try:
-        connection.send(message)
+        connection.send_bytes(job)
     except (OSError, EOFError):  # the worker died first; its exit code tells the parent
         pass
     finally:
@@ -456,9 +471,7 @@ def _worker_failure(processes: list, errors: Any) -> RuntimeError | None:
     except queue.Empty:
         return RuntimeError(
             f"A feature-extraction process exited with code {failed[0].exitcode} before it "
-            "started extracting. Worker processes import your main module: a script that "
-            "calls extract_features(num_processes > 1) must do so under "
-            "`if __name__ == \"__main__\":`, and a torch model's class must be importable."
+            f"started extracting. {_IMPORTABLE}"
         )
 
 
@@ -471,6 +484,13 @@ def _run_local_processes(handler: Any, payload: tuple, rows: _Rows, plan: _Plan,
     extracts; each worker receives the model and the data from a sending thread, then takes
     shards until none is left (:class:`_SharedShards`).
     """
+    try:  # once, here: what cannot be sent fails before any process starts
+        job = ForkingPickler.dumps((payload, rows, plan))
+    except Exception as error:
+        raise InvalidTypeError(
+            f"The model or the data cannot be sent to other processes ({type(error).__name__}: "
+            f"{error}). {_IMPORTABLE} Or extract with num_processes=1."
+        ) from error
     context = multiprocessing.get_context("spawn")
     errors = context.Queue()
     shared = _SharedShards(shards, context)
@@ -483,7 +503,7 @@ def _run_local_processes(handler: Any, payload: tuple, rows: _Rows, plan: _Plan,
                 process.start()
                 receiving.close()
                 processes.append(process)
-                senders.append(threading.Thread(target=_send, args=(sending, (payload, rows, plan)), daemon=True))
+                senders.append(threading.Thread(target=_send, args=(sending, job), daemon=True))
         for sender in senders:
             sender.start()
 
