@@ -572,7 +572,9 @@ def extract_features(
     labels : array-like, optional
         Labels of array or text ``data`` (a Dataset brings its own).
     shard_size : int, default=4096
-        Rows per shard (the unit of work, of resumption and of files).
+        Rows per shard (the unit of work, of resumption and of files). With several processes,
+        give each many shards (say 20 or more): while the last shard is extracted the other
+        processes have nothing left to take.
     context : optional
         Device of the extraction (see :mod:`xfer.context`).
     batch_size : int, optional
