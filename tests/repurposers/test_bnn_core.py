@@ -147,7 +147,7 @@ def test_corrupt_state_raises_serialization_error(bnn):
         BnnClassifierCore.from_state(config, broken)
     with pytest.raises(SerializationError, match=r"Not a BnnClassifierCore state \(config 'class' key\)"):
         BnnClassifierCore.from_state({**config, "class": "GpClassifierCore"}, arrays)
-    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(3\); upgrade xfer"):
+    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(4\); upgrade xfer"):
         BnnClassifierCore.from_state({**config, "format_version": 99}, arrays)
 
 
@@ -290,8 +290,37 @@ def test_span_basis_survives_save_and_load():
     x_train, y_train, x_test, _ = _few_shot(n_features=200)
     core = BnnClassifierCore(num_layers=0, num_epochs=5, min_steps=0, random_state=0).fit(x_train, y_train, 2, CPU)
     config, arrays = core.get_state()
-    assert config["format_version"] == 3 and arrays["basis"].shape == core.basis_.shape
+    assert config["format_version"] == 4 and arrays["basis"].shape == core.basis_.shape
     loaded = BnnClassifierCore.from_state(json.loads(json.dumps(config)), arrays)
     np.testing.assert_array_equal(loaded.predict_proba(x_test, CPU), core.predict_proba(x_test, CPU))
     with pytest.raises(SerializationError, match="BNN basis has shape"):
         BnnClassifierCore.from_state(config, {**arrays, "basis": arrays["basis"][:5]})
+
+
+def test_l2_norm_skips_unscaled_tabular_columns(tmp_path):
+    """A layer whose norm one column in large units carries is not L2-normalised (fitted from
+    memory or from a feature store alike); the choice survives save and load; states written
+    before the choice existed (format 3) normalised every layer."""
+    from xfer.feature_store import write_features
+
+    rng = np.random.RandomState(0)
+    labels = np.repeat([0, 1], 20)
+    tabular = rng.normal(size=(40, 5)) + labels[:, None]
+    tabular[:, 0] = 800.0 + 10.0 * rng.normal(size=40)
+    embedding = np.abs(rng.normal(size=(40, 30)))
+    features = np.hstack([tabular, embedding])
+    layers = [np.arange(5), np.arange(5, 35)]
+    options = {"num_epochs": 2, "min_steps": 0, "random_state": 0}
+    core = BnnClassifierCore(**options).fit(features, labels, 2, CPU, layers)
+    np.testing.assert_array_equal(core.l2_layers_, [False, True])
+    store = write_features(tmp_path / "store", features, labels, layer_names=["tabular", "embedding"],
+                           layer_widths=[5, 30])  # fmt: skip
+    from_store = BnnClassifierCore(**options).fit(store, labels, 2, CPU, layers)
+    np.testing.assert_array_equal(from_store.l2_layers_, [False, True])
+    config, arrays = core.get_state()
+    loaded = BnnClassifierCore.from_state(json.loads(json.dumps(config)), arrays)
+    np.testing.assert_array_equal(loaded.predict_proba(features, CPU), core.predict_proba(features, CPU))
+    old = BnnClassifierCore.from_state({**config, "format_version": 3}, arrays)
+    np.testing.assert_array_equal(old.l2_layers_, [True, True])
+    with pytest.raises(SerializationError, match="'l2_layers' must hold one 0/1 flag per layer"):
+        BnnClassifierCore.from_state(config, {**arrays, "l2_layers": np.array([1, 2])})

@@ -74,8 +74,26 @@ def test_map_is_the_penalised_maximum_likelihood(fitted):
     core, X, y = fitted
     design = core._design(X)
     weights = core.basis_ @ core.weights_
-    gradient = design.T @ (softmax(design @ weights, axis=1) - np.eye(3)[y]) + core.map_precision * weights
+    penalty = np.full((len(weights), 1), core.map_precision)
+    penalty[-1] = 1e-6  # the bias: nearly flat prior, as LrRepurposer's unpenalised intercept
+    gradient = design.T @ (softmax(design @ weights, axis=1) - np.eye(3)[y]) + penalty * weights
     assert np.abs(gradient).max() / len(y) < 1e-5  # the optimality condition, per example
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_map_without_calibration_is_lr(n_classes):
+    """Same features and penalty as LrRepurposer (unpenalised bias; for two classes, LR's binary
+    model): the uncalibrated MAP's probabilities are logistic regression's."""
+    import xfer
+
+    rng = np.random.RandomState(3)
+    y = np.repeat(np.arange(n_classes), 6)
+    X = rng.normal(size=(len(y), 5)) * [1.0, 3.0, 0.5, 2.0, 1.0] + 0.8 * np.eye(n_classes, 5)[y] + 2.0
+    lr = xfer.LrRepurposer(None, None, tol=1e-10).fit(X, y)
+    core = LaplaceClassifierCore(apply_l2_norm=False, calibrate=False, prior_precision=1e9, tol=1e-10)
+    core.fit(X, y, n_classes)
+    test = rng.normal(size=(20, 5)) * 2.0 + 2.0
+    np.testing.assert_allclose(core.predict_proba(test), lr.predict_proba(test), atol=1e-5)
 
 
 def test_prior_precision_maximises_the_evidence(fitted):
@@ -179,12 +197,20 @@ def test_corrupt_state_and_bad_arguments():
     config, arrays = core.get_state()
     with pytest.raises(SerializationError, match="Not a LaplaceClassifierCore"):
         LaplaceClassifierCore.from_state({**config, "class": "Other"}, arrays)
-    with pytest.raises(SerializationError, match=r"Laplace state format 9 is newer than this library supports \(1\)"):
+    with pytest.raises(SerializationError, match=r"Laplace state format 9 is newer than this library supports \(2\)"):
         LaplaceClassifierCore.from_state({**config, "format_version": 9}, arrays)
     with pytest.raises(SerializationError, match="'weights' has shape"):
         LaplaceClassifierCore.from_state(config, {**arrays, "weights": arrays["weights"][:1]})
     with pytest.raises(SerializationError, match="Corrupt or incompatible Laplace state"):
         LaplaceClassifierCore.from_state(config, {k: v for k, v in arrays.items() if k != "basis"})
+    with pytest.raises(SerializationError, match="'l2_layers' must hold one 0/1 flag per layer"):
+        LaplaceClassifierCore.from_state(config, {**arrays, "l2_layers": np.array([1, 1])})
+    with pytest.raises(SerializationError, match="lacks the array 'l2_layers'"):
+        LaplaceClassifierCore.from_state(config, {k: v for k, v in arrays.items() if k != "l2_layers"})
+    old = LaplaceClassifierCore.from_state(
+        {**config, "format_version": 1}, {k: v for k, v in arrays.items() if k != "l2_layers"}
+    )  # written before l2_layers: every layer was normalised
+    np.testing.assert_array_equal(old.l2_layers_, [True])
     with pytest.raises(NotFittedError):
         LaplaceClassifierCore().predict_proba(X)
     with pytest.raises(InvalidArgumentError, match="labels must lie in 0..1"):
@@ -213,3 +239,48 @@ def test_features_without_information_warn_degenerate():
     with pytest.warns(DegenerateFitWarning, match="LaplaceClassifierCore: degenerate fit: its cross-validated"):
         core = LaplaceClassifierCore().fit(np.ones((30, 4)), np.repeat([0, 1, 2], 10), 3)
     np.testing.assert_allclose(core.predict_proba(np.ones((2, 4))), 1 / 3)
+
+
+def test_l2_norm_skips_layers_whose_norm_few_columns_carry():
+    """Unscaled tabular columns (one in large units) are not L2-normalised, an embedding-like layer
+    is; the choice is fitted on the training rows and survives save and load."""
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1], 30)
+    tabular = rng.normal(size=(60, 6)) + 1.5 * y[:, None]
+    tabular[:, 0] = 1000.0 + 5.0 * rng.normal(size=60)  # dominates the norm, carries no class
+    embedding = np.abs(rng.normal(size=(60, 40))) * rng.uniform(0.5, 2.0, size=(60, 1))  # norm ~ nuisance
+    X = np.hstack([tabular, embedding])
+    layers = [np.arange(6), np.arange(6, 46)]
+    core = LaplaceClassifierCore().fit(X, y, 2, layers)
+    np.testing.assert_array_equal(core.l2_layers_, [False, True])
+    config, arrays = core.get_state()
+    loaded = LaplaceClassifierCore.from_state(json.loads(json.dumps(config)), arrays)
+    np.testing.assert_array_equal(loaded.predict_proba(X), core.predict_proba(X))
+    # Alone, the tabular block keeps its information: as accurate as without L2 at all.
+    alone = LaplaceClassifierCore().fit(tabular, y, 2)
+    plain = LaplaceClassifierCore(apply_l2_norm=False).fit(tabular, y, 2)
+    assert not alone.l2_layers_.any()
+    np.testing.assert_array_equal(alone.predict_proba(tabular), plain.predict_proba(tabular))
+
+
+def test_effective_columns():
+    from xfer.repurposers._linear import effective_columns, l2_layers
+
+    assert effective_columns(np.ones(8)) == pytest.approx(8.0)
+    assert effective_columns(np.array([10000.0, 1.0, 1.0])) == pytest.approx(1.0004, abs=1e-3)
+    assert effective_columns(np.zeros(3)) == 0.0
+    np.testing.assert_array_equal(l2_layers(np.ones((2, 12)), [np.arange(2), np.arange(2, 12)]), [False, True])
+
+
+def test_calibration_keeps_the_map_without_evidence():
+    """One-standard-error rule: on well separated classes no calibration candidate beats the plain
+    MAP by more than its standard error, so the head keeps the MAP's probabilities (scale 0, T 1);
+    with overlapping classes and a confident MAP, the cross-validated NLL does move it."""
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(3), 10)
+    separated = rng.normal(size=(30, 20)) + 6.0 * np.eye(3, 20)[y]
+    core = LaplaceClassifierCore(apply_l2_norm=False).fit(separated, y, 3)
+    assert (core.covariance_scale_, core.temperature_) == (0.0, 1.0)
+    overlapping = rng.normal(size=(30, 20)) + 0.7 * np.eye(3, 20)[y]
+    core = LaplaceClassifierCore(apply_l2_norm=False, map_precision=0.01).fit(overlapping, y, 3)
+    assert core.covariance_scale_ > 0.0 or core.temperature_ > 1.0

@@ -61,13 +61,13 @@ from xfer.repurposers._checks import (
     check_positive_float,
     core_from_state,
 )
-from xfer.repurposers._linear import check_standardize_mode, fit_standardizer, l2_normalize_layers
+from xfer.repurposers._linear import check_standardize_mode, fit_standardizer, l2_layers, l2_normalize_layers
 from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
 
 _LOGGER = logging.getLogger("xfer.repurposers.bnn")
 
-# 3: the span basis and MAP initialisation; 2: apply_l2_norm and layer columns; 1: no L2 norm.
-STATE_FORMAT_VERSION = 3
+# 4: l2_layers (the layers apply_l2_norm normalises); 3: the span basis and MAP initialisation; 2: apply_l2_norm and layer columns; 1: no L2 norm.
+STATE_FORMAT_VERSION = 4
 
 
 def annealing_weight(epoch: int, start: int, end: int) -> float:
@@ -133,7 +133,9 @@ class BnnClassifierCore:
         would otherwise get 200 steps, far from trained).
     apply_l2_norm : bool, default=True
         Scale each layer's features to unit L2 norm per row before standardising (bounded inputs
-        keep the ReLU network from extrapolating to confident logits far from the data).
+        keep the ReLU network from extrapolating to confident logits far from the data). Layers whose norm few columns carry (fewer than 10 effective columns,
+        ``_linear.l2_layers``: e.g. unscaled tabular data, where one column in large units would
+        be erased) are left unnormalised; ``l2_layers_`` records the choice.
     project_to_span : bool, default=True
         With ``num_layers=0``, when the training rows span fewer directions than there are
         features (``N <= D``), take the standardised features' coordinates in that span (the
@@ -278,6 +280,7 @@ class BnnClassifierCore:
         self.n_classes_: int | None = None
         self.n_features_: int | None = None
         self.layer_indices_: list[np.ndarray] | None = None
+        self.l2_layers_: np.ndarray | None = None  # per layer: L2-normalised (``apply_l2_norm``)
         self.feature_mean_: np.ndarray | None = None
         self.feature_scale_: np.ndarray | None = None
         # Per layer: weight_mu (in, out), weight_rho (in, out), bias_mu (out,), bias_rho (out,).
@@ -298,7 +301,9 @@ class BnnClassifierCore:
         return [self._n_inputs()] + [int(self.n_hidden)] * int(self.num_layers) + [self.n_classes_]
 
     def _l2(self, features: np.ndarray) -> np.ndarray:
-        return l2_normalize_layers(features, self.layer_indices_) if self.apply_l2_norm else features
+        if not self.l2_layers_.any():
+            return features
+        return l2_normalize_layers(features, self.layer_indices_, self.l2_layers_)
 
     def _transform(self, features: np.ndarray) -> np.ndarray:
         """The network's inputs: standardised features, in the span basis when there is one."""
@@ -564,6 +569,13 @@ class BnnClassifierCore:
             np.asarray(columns, dtype=np.int64) for columns in feature_indices_per_layer
         ]
         self._check_fits_in_memory()
+        self.l2_layers_ = np.zeros(len(self.layer_indices_), bool)
+        if self.apply_l2_norm:  # the layers whose norm is spread over many columns (_linear.l2_layers)
+            if store is None:
+                self.l2_layers_ = l2_layers(features, self.layer_indices_)
+            else:
+                mean, std = _out_of_core.column_moments(store)
+                self.l2_layers_ = l2_layers(None, self.layer_indices_, std**2 + mean**2)
         if store is None:
             normalised = self._l2(features).astype(np.float64)
             self.feature_mean_, self.feature_scale_ = fit_standardizer(normalised, self.layer_indices_, self.standardize)
@@ -792,6 +804,7 @@ class BnnClassifierCore:
             "feature_scale": np.asarray(self.feature_scale_, dtype=np.float64),
             "layer_sizes": np.asarray([len(c) for c in self.layer_indices_], dtype=np.int64),
             "layer_columns": np.concatenate(self.layer_indices_).astype(np.int64),
+            "l2_layers": np.asarray(self.l2_layers_, dtype=np.int64),
         }
         if self.basis_ is not None:
             arrays["basis"] = np.asarray(self.basis_, dtype=np.float64)
@@ -834,15 +847,27 @@ class BnnClassifierCore:
         try:
             core = core_from_state(cls, config, "BNN", STATE_FORMAT_VERSION)
             core.effective_batch_size_ = config.get("effective_batch_size")
-            if int(config["format_version"]) < 2:  # written before L2 normalisation existed
+            version = int(config["format_version"])
+            if version < 2:  # written before L2 normalisation existed
                 core.apply_l2_norm = False
                 core.layer_indices_ = [np.arange(core.n_features_)]
+                core.l2_layers_ = np.zeros(1, bool)
             else:
                 sizes = np.asarray(arrays["layer_sizes"], dtype=np.int64)
                 columns = np.asarray(arrays["layer_columns"], dtype=np.int64)
                 if columns.shape != (int(sizes.sum()),) or columns.min() < 0 or columns.max() >= core.n_features_:
                     raise SerializationError("BNN layer_sizes/layer_columns do not match n_features.")
                 core.layer_indices_ = list(np.split(columns, np.cumsum(sizes)[:-1]))
+                if version < 4:  # every layer was normalised with apply_l2_norm
+                    core.l2_layers_ = np.full(len(sizes), bool(core.apply_l2_norm))
+                else:
+                    normalised = np.asarray(arrays["l2_layers"])
+                    if normalised.shape != sizes.shape or not np.isin(normalised, (0, 1)).all():
+                        raise SerializationError(
+                            f"BNN state array 'l2_layers' must hold one 0/1 flag per layer ({len(sizes)}), "
+                            f"got {normalised.tolist()}."
+                        )
+                    core.l2_layers_ = normalised.astype(bool)
             core.feature_mean_ = np.asarray(arrays["feature_mean"], dtype=np.float64)
             core.feature_scale_ = np.asarray(arrays["feature_scale"], dtype=np.float64)
             if "basis" in arrays:  # format 3: the span of the training rows

@@ -56,16 +56,28 @@ from xfer.repurposers._checks import (
     check_positive_float,
     core_from_state,
 )
-from xfer.repurposers._linear import check_standardize_mode, fit_standardizer, l2_normalize_layers
+from xfer.repurposers._linear import check_standardize_mode, fit_standardizer, l2_layers, l2_normalize_layers
 from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
 
 _LOGGER = logging.getLogger("xfer.repurposers.laplace")
 
-STATE_FORMAT_VERSION = 1
+# 2: ``l2_layers`` (the layers apply_l2_norm normalises); 1: every layer when apply_l2_norm.
+STATE_FORMAT_VERSION = 2
 HESSIAN_STRUCTURES = ("auto", "full", "kron", "diag")
 PREDICTIVES = ("probit", "mc")
 # Bounds of the prior precision found by the evidence (relative to a unit-variance prior).
 _PRIOR_BOUNDS = (1e-6, 1e6)
+#: Candidates of the calibration; the first of each is the plain MAP (see ``_fit_covariance_scale``).
+_TEMPERATURES = np.logspace(0.0, 0.6, 7)
+#: Prior precision of the bias in the MAP: nearly flat, as ``LrRepurposer``'s unpenalised intercept,
+#: yet finite, so the bias of a class absent from the labels stays bounded.
+_BIAS_PRECISION = 1e-6
+_SE_RULE = 1.0
+#: Design size (entries) above which the Gram matrix of ``N > D`` features is taken in float32, and
+#: the relative eigenvalue below which its directions are then left to the prior.
+_SINGLE_PRECISION_SIZE = 2**22
+_SINGLE_PRECISION_RANK = 1e-6
+_SCALES = np.concatenate([[0.0], np.logspace(-4, 1, 41)])
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -204,7 +216,9 @@ class LaplaceClassifierCore:
     apply_l2_norm : bool, default=True
         Scale each layer's features to unit L2 norm per row before standardising: the angle
         between feature vectors, not their length, then decides what is close, which separates
-        inputs from outside the task much better on pooled CNN features.
+        inputs from outside the task much better on pooled CNN features. Layers whose norm few columns carry (fewer than 10 effective columns,
+        ``_linear.l2_layers``: e.g. unscaled tabular data, where one column in large units would
+        be erased) are left unnormalised; ``l2_layers_`` records the choice.
     """
 
     def __init__(
@@ -279,6 +293,7 @@ class LaplaceClassifierCore:
         self.n_classes_: int | None = None
         self.n_features_: int | None = None
         self.layer_indices_: list[np.ndarray] | None = None
+        self.l2_layers_: np.ndarray | None = None  # per layer: L2-normalised (``apply_l2_norm``)
         self.feature_mean_: np.ndarray | None = None
         self.feature_scale_: np.ndarray | None = None
         self.basis_: np.ndarray | None = None  # (D + 1, r) orthonormal columns
@@ -340,8 +355,14 @@ class LaplaceClassifierCore:
         self.layer_indices_ = [np.arange(self.n_features_)] if feature_indices_per_layer is None else [
             np.asarray(columns, dtype=np.int64) for columns in feature_indices_per_layer
         ]
+        self.l2_layers_ = (
+            l2_layers(features, self.layer_indices_) if self.apply_l2_norm else np.zeros(len(self.layer_indices_), bool)
+        )
         normalised = self._l2(features)
-        self.feature_mean_, self.feature_scale_ = fit_standardizer(normalised, self.layer_indices_, self.standardize)
+        _, self.feature_scale_ = fit_standardizer(normalised, self.layer_indices_, self.standardize)
+        # Centred whatever ``standardize`` says: the bias then is orthogonal to the feature columns
+        # (see ``_fit_basis``), and with a nearly flat prior on it centring does not change the model.
+        self.feature_mean_ = normalised.mean(axis=0)
         design = self._design(normalised, normalised=True)
         data_eigenvalues = self._fit_basis(design)
         targets = np.zeros((len(labels), self.n_classes_))
@@ -357,7 +378,7 @@ class LaplaceClassifierCore:
         lazy = structure == "kron" and len(labels) > max(design.shape[1], int(self.calibration_rows))
         rotated = None if lazy else design @ self.basis_
 
-        map_precision = float(self.map_precision)
+        map_precision = self._map_precisions()
         start = np.zeros((rank, n_classes))
         if lazy:
             self.weights_ = self._fit_map(design, data_eigenvalues, targets, map_precision, start, self.basis_)
@@ -408,7 +429,9 @@ class LaplaceClassifierCore:
         return math.exp(brentq(condition, low, high, xtol=1e-8))
 
     def _l2(self, features: np.ndarray) -> np.ndarray:
-        return l2_normalize_layers(features, self.layer_indices_) if self.apply_l2_norm else features
+        if not self.l2_layers_.any():
+            return features
+        return l2_normalize_layers(features, self.layer_indices_, self.l2_layers_)
 
     def _design(self, features: np.ndarray, normalised: bool = False) -> np.ndarray:
         """Standardised features with a column of ones (``normalised``: ``_l2`` already applied)."""
@@ -420,31 +443,69 @@ class LaplaceClassifierCore:
         return design
 
     def _fit_basis(self, design: np.ndarray) -> np.ndarray:
-        """Orthonormal basis of the design's row space (``basis_``); returns its eigenvalues."""
-        n_rows, n_columns = design.shape
+        """Orthonormal basis of the design's row space (``basis_``); returns its eigenvalues.
+
+        The feature columns of the design are centred, so the bias column is orthogonal to them:
+        the basis is that of the feature columns plus the bias direction (eigenvalue ``N``), last.
+        With ``N > D`` the feature Gram matrix is accumulated in float32 above
+        :data:`_SINGLE_PRECISION_SIZE` design entries (half the time; its rounding, about 1e-7 of
+        the largest eigenvalue, is far below any prior precision, and directions under
+        :data:`_SINGLE_PRECISION_RANK` of the largest eigenvalue are left to the prior).
+        """
+        features = design[:, :-1]
+        n_rows, n_columns = features.shape
+        cut = 1e-10
         if n_rows < n_columns:
-            _, singular, vt = np.linalg.svd(design, full_matrices=False)
+            _, singular, vt = np.linalg.svd(features, full_matrices=False)
             eigenvalues, basis = singular**2, vt.T
         else:
-            eigenvalues, basis = np.linalg.eigh(design.T @ design)
+            if features.size > _SINGLE_PRECISION_SIZE:
+                single = features.astype(np.float32)
+                gram = (single.T @ single).astype(np.float64)
+                cut = _SINGLE_PRECISION_RANK
+            else:
+                gram = features.T @ features
+            eigenvalues, basis = np.linalg.eigh(gram)
             eigenvalues, basis = eigenvalues[::-1], basis[:, ::-1]
-        keep = eigenvalues > 1e-10 * max(float(eigenvalues.max()), 1e-300)
-        self.basis_ = np.ascontiguousarray(basis[:, keep])
-        return eigenvalues[keep]
+        keep = eigenvalues > cut * max(float(eigenvalues.max(initial=0.0)), 1e-300)
+        rank = int(np.count_nonzero(keep))
+        self.basis_ = np.zeros((n_columns + 1, rank + 1))
+        self.basis_[:-1, :rank] = basis[:, keep]
+        self.basis_[-1, rank] = 1.0
+        return np.append(eigenvalues[keep], float(n_rows))
+
+    def _map_precisions(self) -> np.ndarray:
+        """L2 penalty of each basis direction's weights in the MAP, shape ``(r, 1)``.
+
+        ``map_precision`` on the feature directions, doubled for two classes (the softmax's two
+        weight vectors then put on their difference the penalty of ``LrRepurposer``'s single binary
+        vector), and :data:`_BIAS_PRECISION` on the bias (last), which ``LrRepurposer`` (like
+        scikit-learn) leaves unpenalised: on few examples a penalised bias pulls the class
+        frequencies towards uniform and costs NLL.
+        """
+        precisions = np.full((self.basis_.shape[1], 1), float(self.map_precision))
+        if self.n_classes_ == 2:
+            precisions *= 2.0
+        precisions[-1] = _BIAS_PRECISION
+        return precisions
 
     def _fit_map(
         self,
         rotated: np.ndarray,
         data_eigenvalues: np.ndarray,
         targets: np.ndarray,
-        precision: float,
+        precision: np.ndarray,
         start: np.ndarray,
         basis: np.ndarray | None = None,
     ) -> np.ndarray:
-        """MAP weights in the basis. ``basis`` given: ``rotated`` is the design itself and the
-        rotation is applied to the weights (``Z (B w) = (Z B) w``), never to the rows."""
+        """MAP weights in the basis (``precision``: the penalty per direction, ``(r, 1)``).
+
+        ``basis`` given: ``rotated`` is the design itself and the rotation is applied to the
+        weights (``Z (B w) = (Z B) w``), never to the rows; the products with the design then run
+        in float32 (the features' own precision; the loss and gradient are summed in float64).
+        """
         n_rows, n_classes = targets.shape
-        scale = np.sqrt(data_eigenvalues / n_classes + precision)[:, None]  # preconditioner
+        scale = np.sqrt(data_eigenvalues[:, None] / n_classes + precision)  # preconditioner
         if basis is None:
             inputs = rotated / scale.T
 
@@ -455,18 +516,19 @@ class LaplaceClassifierCore:
                 return inputs.T @ residuals
         else:
             lift = basis / scale.T
+            single = rotated.astype(np.float32)
 
             def forward(weights: np.ndarray) -> np.ndarray:
-                return rotated @ (lift @ weights)
+                return (single @ (lift @ weights).astype(np.float32)).astype(np.float64)
 
             def backward(residuals: np.ndarray) -> np.ndarray:
-                return lift.T @ (rotated.T @ residuals)
+                return lift.T @ (single.T @ residuals.astype(np.float32)).astype(np.float64)
 
         def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
             preconditioned = flat.reshape(-1, n_classes)
             log_p = log_softmax(forward(preconditioned), axis=1)
             weights = preconditioned / scale
-            loss = -np.sum(targets * log_p) + 0.5 * precision * np.sum(weights**2)
+            loss = -np.sum(targets * log_p) + 0.5 * np.sum(precision * weights**2)
             grad = backward(np.exp(log_p) - targets) + precision * weights / scale
             return loss / n_rows, grad.ravel() / n_rows
 
@@ -641,20 +703,32 @@ class LaplaceClassifierCore:
                     continue
                 kept_eigenvalues = np.sum(rotated[~held] ** 2, axis=0)
                 weights = self._fit_map(
-                    rotated[~held], kept_eigenvalues, targets[~held], float(self.map_precision), self.weights_
+                    rotated[~held], kept_eigenvalues, targets[~held], self._map_precisions(), self.weights_
                 )
                 loo_mean[held] = rotated[held] @ weights
 
-        def cv_nll(temperature: float, scale: float) -> float:
-            proba = probit_softmax(loo_mean / temperature, (scale / temperature**2) * cavity)
-            return float(-np.mean(np.log(np.clip(proba[np.arange(n_rows), labels], 1e-300, None))))
+        variance = np.einsum("nkk->nk", cavity)
+        rows = np.arange(n_rows)
+
+        def cv_nll(temperature: float, scales: np.ndarray) -> np.ndarray:
+            """Cross-validated NLL of every scale at one temperature (probit predictive)."""
+            inflation = np.sqrt(1.0 + (math.pi / 8.0) * scales[:, None, None] * variance / temperature**2)
+            log_p = log_softmax(loo_mean / (temperature * inflation), axis=2)
+            return -log_p[:, rows, labels]
 
         # Flatten only: on a few separable examples every out-of-fold prediction is right, so the
         # cross-validated NLL always asks for sharper logits, which the test errors then punish.
-        temperatures = np.logspace(0.0, 0.6, 7) if self.calibrate_temperature else np.ones(1)
-        scales = np.concatenate([[0.0], np.logspace(-4, 1, 41)])
-        losses = np.array([[cv_nll(t, scale) for scale in scales] for t in temperatures])
+        temperatures = _TEMPERATURES if self.calibrate_temperature else np.ones(1)
+        scales = _SCALES
+        row_losses = np.array([cv_nll(t, scales) for t in temperatures])  # (T, S, N)
+        losses = row_losses.mean(axis=2)
         best_t, best_scale = np.unravel_index(int(np.argmin(losses)), losses.shape)
+        # One-standard-error rule: leave the plain MAP (temperature 1, scale 0: the first
+        # candidate, logistic regression's probabilities) only for a candidate whose gain in
+        # cross-validated NLL exceeds the standard error of the per-row differences.
+        gain = row_losses[0, 0] - row_losses[best_t, best_scale]
+        if n_rows < 2 or gain.mean() <= _SE_RULE * gain.std(ddof=1) / math.sqrt(n_rows):
+            best_t, best_scale = 0, 0
         self.calibration_nll_ = float(losses[best_t, best_scale])
         self.temperature_ = float(temperatures[best_t])
         self.covariance_scale_ = float(scales[best_scale])
@@ -725,6 +799,7 @@ class LaplaceClassifierCore:
             "weights": self.weights_,
             "layer_sizes": np.asarray([len(c) for c in self.layer_indices_]),
             "layer_columns": np.concatenate(self.layer_indices_),
+            "l2_layers": self.l2_layers_,
         }
         arrays.update({f"posterior.{k}": v for k, v in self.posterior_.items()})
         config = {
@@ -740,7 +815,7 @@ class LaplaceClassifierCore:
             "log_evidence": float(self.log_evidence_) if math.isfinite(self.log_evidence_) else None,
         }
         return config, {
-            k: np.asarray(v, dtype=np.int64 if k.startswith("layer_") else np.float64) for k, v in arrays.items()
+            k: np.asarray(v, dtype=np.int64 if k.startswith(("layer_", "l2_")) else np.float64) for k, v in arrays.items()
         }
 
     @classmethod
@@ -769,6 +844,18 @@ class LaplaceClassifierCore:
             if sizes.ndim != 1 or columns.shape != (int(sizes.sum()),) or columns.min() < 0 or columns.max() >= d:
                 raise SerializationError("Laplace state layer_sizes/layer_columns do not match n_features.")
             core.layer_indices_ = list(np.split(columns, np.cumsum(sizes)[:-1]))
+            if "l2_layers" in arrays:
+                normalised = np.asarray(arrays["l2_layers"])
+                if normalised.shape != sizes.shape or not np.isin(normalised, (0, 1)).all():
+                    raise SerializationError(
+                        f"Laplace state array 'l2_layers' must hold one 0/1 flag per layer ({len(sizes)}), "
+                        f"got {normalised.tolist()}."
+                    )
+                core.l2_layers_ = normalised.astype(bool)
+            elif int(config["format_version"]) < 2:  # every layer was normalised with apply_l2_norm
+                core.l2_layers_ = np.full(len(sizes), bool(core.apply_l2_norm))
+            else:
+                raise SerializationError("Laplace state lacks the array 'l2_layers'.")
             rank = core.basis_.shape[1] if core.basis_.ndim == 2 else -1
             expected = {
                 "feature_mean": (d,), "feature_scale": (d,), "basis": (d + 1, rank), "weights": (rank, k),
@@ -789,7 +876,7 @@ class LaplaceClassifierCore:
                         f"Laplace state array {name!r} has shape {value.shape} and dtype {value.dtype}, "
                         f"expected {shape} floats."
                     )
-            unexpected = set(arrays) - set(expected) - {"layer_sizes", "layer_columns"}
+            unexpected = set(arrays) - set(expected) - {"layer_sizes", "layer_columns", "l2_layers"}
             if unexpected:
                 raise SerializationError(f"Unexpected Laplace state arrays: {sorted(unexpected)}.")
             core.posterior_ = {

@@ -139,12 +139,67 @@ def check_standardize_mode(mode: object) -> str:
     return mode
 
 
-def l2_normalize_layers(
-    features: np.ndarray, feature_indices_per_layer: list[np.ndarray] | None
+#: A layer's rows are L2-normalised only when their squared norm is spread over at least this many
+#: columns (participation ratio, see :func:`l2_layers`).
+L2_MIN_EFFECTIVE_COLUMNS = 10.0
+
+
+def effective_columns(mean_squares: np.ndarray) -> float:
+    """Participation ratio ``(sum_j e_j)^2 / sum_j e_j^2`` of the columns' mean squares ``e_j``.
+
+    How many columns the rows' squared L2 norm is spread over: the number of columns when they
+    carry equal shares, 1 when one column carries it all (0 for an all-zero block).
+    """
+    energy = np.asarray(mean_squares, dtype=np.float64)
+    total = float(energy.sum())
+    return 0.0 if total == 0.0 else total**2 / float(np.sum(energy**2))
+
+
+def l2_layers(
+    features: np.ndarray | None,
+    feature_indices_per_layer: list[np.ndarray] | None,
+    mean_squares: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Each layer's block of each row scaled to unit L2 norm (float64 copy; zero blocks stay 0)."""
+    """Per layer, whether L2 normalisation of its rows keeps the information it is meant to keep.
+
+    Dividing a row by its norm removes one degree of freedom, the row's overall magnitude, which
+    on embeddings (pooled CNN activations, sentence vectors: the squared norm spread over hundreds
+    of units) is a nuisance such as contrast or length. When a few columns carry the norm, as in
+    unscaled tabular data where one column in large units dominates, the norm *is* those columns
+    and normalising erases them (and rescales everything else by them). A layer is normalised
+    when its norm is spread over at least :data:`L2_MIN_EFFECTIVE_COLUMNS` columns
+    (:func:`effective_columns`, on the training rows).
+
+    Parameters
+    ----------
+    features : numpy.ndarray or None
+        The training rows ``(N, D)``; ``None`` when ``mean_squares`` is given.
+    feature_indices_per_layer : list of numpy.ndarray or None
+        Columns of each layer (``None``: one layer).
+    mean_squares : numpy.ndarray, optional
+        The columns' mean squares (e.g. from one pass over a feature store), instead of ``features``.
+
+    Returns
+    -------
+    numpy.ndarray of bool, one per layer (one for ``None``)
+    """
+    if mean_squares is None:
+        mean_squares = np.einsum("ij,ij->j", features, features, dtype=np.float64) / max(len(features), 1)
+    layers = feature_indices_per_layer or [np.arange(len(mean_squares))]
+    return np.array([effective_columns(mean_squares[columns]) >= L2_MIN_EFFECTIVE_COLUMNS for columns in layers])
+
+
+def l2_normalize_layers(
+    features: np.ndarray, feature_indices_per_layer: list[np.ndarray] | None, layers: np.ndarray | None = None
+) -> np.ndarray:
+    """Each layer's block of each row scaled to unit L2 norm (float64 copy; zero blocks stay 0).
+
+    ``layers``: one bool per layer, normalise only those that are true (:func:`l2_layers`).
+    """
     features = np.array(features, dtype=np.float64)
-    for columns in feature_indices_per_layer or [np.arange(features.shape[1])]:
+    for index, columns in enumerate(feature_indices_per_layer or [np.arange(features.shape[1])]):
+        if layers is not None and not layers[index]:
+            continue
         columns = np.asarray(columns)
         if len(columns) and np.array_equal(columns, np.arange(columns[0], columns[0] + len(columns))):
             columns = slice(int(columns[0]), int(columns[0]) + len(columns))  # a view: no copies

@@ -48,7 +48,9 @@ class LaplaceRepurposer(MetaModelRepurposer):
     apply_l2_norm : bool, default=True
         Scale each layer's features to unit L2 norm per example before standardising. The angle
         between feature vectors then decides what is close: inputs from outside the task are
-        told apart far better on pooled CNN features (``python -m benchmarks.run --only ood``).
+        told apart far better on pooled CNN features (``python -m benchmarks.run --only ood``). Layers whose norm few columns carry (fewer than 10 effective columns,
+        ``_linear.l2_layers``: e.g. unscaled tabular data, where one column in large units would
+        be erased) are left unnormalised; ``l2_layers_`` records the choice.
     standardize : {"layer", "column", "none"}, default="layer"
         Feature scaling (as ``LrRepurposer``'s).
     random_state : int, optional
