@@ -61,7 +61,12 @@ from xfer.repurposers._checks import (
     check_positive_float,
     core_from_state,
 )
-from xfer.repurposers._linear import check_standardize_mode, fit_standardizer, l2_layers, l2_normalize_layers
+from xfer.repurposers._linear import (
+    check_standardize_mode,
+    fit_standardizer,
+    l2_layers,
+    l2_normalize_layers,
+)
 from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
 
 _LOGGER = logging.getLogger("xfer.repurposers.bnn")
