@@ -284,3 +284,33 @@ def test_calibration_keeps_the_map_without_evidence():
     overlapping = rng.normal(size=(30, 20)) + 0.7 * np.eye(3, 20)[y]
     core = LaplaceClassifierCore(apply_l2_norm=False, map_precision=0.01).fit(overlapping, y, 3)
     assert core.covariance_scale_ > 0.0 or core.temperature_ > 1.0
+
+
+def test_single_precision_products_reach_the_same_fit(monkeypatch):
+    """Above _SINGLE_PRECISION_SIZE design entries (N > D) the Gram matrix and the MAP's products
+    with the design run in float32: converged, the fit matches the float64 one."""
+    import xfer.repurposers._laplace_core as core_module
+
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(4), 150)
+    X = np.abs(rng.normal(size=(600, 30))) + 0.5 * np.eye(4, 30)[y]
+    options = {"hessian_structure": "kron", "calibration_rows": 100, "tol": 1e-9}
+    double = LaplaceClassifierCore(**options).fit(X, y, 4)
+    monkeypatch.setattr(core_module, "_SINGLE_PRECISION_SIZE", 0)
+    single = LaplaceClassifierCore(**options).fit(X, y, 4)
+    assert single.prior_precision_ == pytest.approx(double.prior_precision_, rel=1e-3)
+    assert single.log_evidence_ == pytest.approx(double.log_evidence_, rel=1e-3)
+    np.testing.assert_allclose(single.predict_proba(X), double.predict_proba(X), atol=1e-3)
+
+
+def test_cavities_are_no_wider_than_the_prior():
+    """The approximate leave-one-out never leaves a row's logits wider than the prior does."""
+    rng = np.random.RandomState(1)
+    y = np.repeat(np.arange(3), 40)
+    X = rng.normal(size=(120, 8)) + 3.0 * np.eye(3, 8)[y]
+    core = LaplaceClassifierCore(hessian_structure="kron", calibrate=False).fit(X, y, 3)
+    rotated = core._design(X) @ core.basis_
+    probabilities = softmax(rotated @ core.weights_, axis=1)
+    _, cavity = core._leave_one_out(rotated, probabilities, np.eye(3)[y])
+    prior = np.sum(rotated**2, axis=1) / core.prior_precision_
+    assert np.all(np.linalg.eigvalsh(cavity).max(axis=1) <= prior * (1 + 1e-9))

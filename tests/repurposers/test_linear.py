@@ -64,10 +64,13 @@ def test_gp_and_bnn_cores_use_the_shared_standardiser():
     expected = _linear.fit_standardizer(features, None, "column")
     np.testing.assert_array_equal(bnn.feature_mean_, expected[0])
     np.testing.assert_array_equal(bnn.feature_scale_, expected[1])
-    # The core's default first L2-normalises the rows (one block: no layers given), then scales
-    # each layer as LrRepurposer does ("layer").
-    bnn = BnnClassifierCore(num_epochs=2, random_state=0).fit(features, labels, 2, cpu)
-    normalised = _linear.l2_normalize_layers(features, [np.arange(features.shape[1])])
-    expected = _linear.fit_standardizer(normalised, None, "layer")
-    np.testing.assert_array_equal(bnn.feature_mean_, expected[0])
-    np.testing.assert_array_equal(bnn.feature_scale_, expected[1])
+    # The core's default first L2-normalises the rows of the layers whose norm is spread over
+    # enough columns (one block: no layers given), then scales each layer as LrRepurposer does.
+    wide = np.c_[features, np.abs(np.random.RandomState(1).normal(0, 3, size=(40, 100)))]
+    for data, normalised_layers in ((features, [False]), (wide, [True])):
+        bnn = BnnClassifierCore(num_epochs=2, random_state=0).fit(data, labels, 2, cpu)
+        np.testing.assert_array_equal(bnn.l2_layers_, normalised_layers)
+        normalised = _linear.l2_normalize_layers(data, [np.arange(data.shape[1])], bnn.l2_layers_)
+        expected = _linear.fit_standardizer(normalised, None, "layer")
+        np.testing.assert_array_equal(bnn.feature_mean_, expected[0])
+        np.testing.assert_array_equal(bnn.feature_scale_, expected[1])
