@@ -65,6 +65,7 @@ from xfer.repurposers._linear import (
     check_standardize_mode,
     fit_standardizer,
     l2_layers,
+    l2_layers_from_state,
     l2_normalize_layers,
 )
 from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
@@ -866,13 +867,7 @@ class BnnClassifierCore:
                 if version < 4:  # every layer was normalised with apply_l2_norm
                     core.l2_layers_ = np.full(len(sizes), bool(core.apply_l2_norm))
                 else:
-                    normalised = np.asarray(arrays["l2_layers"])
-                    if normalised.shape != sizes.shape or not np.isin(normalised, (0, 1)).all():
-                        raise SerializationError(
-                            f"BNN state array 'l2_layers' must hold one 0/1 flag per layer ({len(sizes)}), "
-                            f"got {normalised.tolist()}."
-                        )
-                    core.l2_layers_ = normalised.astype(bool)
+                    core.l2_layers_ = l2_layers_from_state(arrays["l2_layers"], len(sizes), "BNN")
             core.feature_mean_ = np.asarray(arrays["feature_mean"], dtype=np.float64)
             core.feature_scale_ = np.asarray(arrays["feature_scale"], dtype=np.float64)
             if "basis" in arrays:  # format 3: the span of the training rows

@@ -64,6 +64,7 @@ from xfer.repurposers._linear import (
     check_standardize_mode,
     fit_standardizer,
     l2_layers,
+    l2_layers_from_state,
     l2_normalize_layers,
 )
 from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
@@ -868,13 +869,7 @@ class LaplaceClassifierCore:
                 raise SerializationError("Laplace state layer_sizes/layer_columns do not match n_features.")
             core.layer_indices_ = list(np.split(columns, np.cumsum(sizes)[:-1]))
             if "l2_layers" in arrays:
-                normalised = np.asarray(arrays["l2_layers"])
-                if normalised.shape != sizes.shape or not np.isin(normalised, (0, 1)).all():
-                    raise SerializationError(
-                        f"Laplace state array 'l2_layers' must hold one 0/1 flag per layer ({len(sizes)}), "
-                        f"got {normalised.tolist()}."
-                    )
-                core.l2_layers_ = normalised.astype(bool)
+                core.l2_layers_ = l2_layers_from_state(arrays["l2_layers"], len(sizes), "Laplace")
             elif int(config["format_version"]) < 2:  # every layer was normalised with apply_l2_norm
                 core.l2_layers_ = np.full(len(sizes), bool(core.apply_l2_norm))
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, softmax
 
-from xfer.exceptions import InvalidArgumentError
+from xfer.exceptions import InvalidArgumentError, SerializationError
 
 
 def standardize(features: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -187,6 +187,22 @@ def l2_layers(
         mean_squares = np.einsum("ij,ij->j", features, features, dtype=np.float64) / max(len(features), 1)
     layers = feature_indices_per_layer or [np.arange(len(mean_squares))]
     return np.array([effective_columns(mean_squares[columns]) >= L2_MIN_EFFECTIVE_COLUMNS for columns in layers])
+
+
+def l2_layers_from_state(array: object, n_layers: int, label: str) -> np.ndarray:
+    """The ``l2_layers`` flags of a saved model (:func:`l2_layers`), checked: one 0/1 per layer.
+
+    Raises
+    ------
+    SerializationError
+        Not one 0/1 flag per layer (``label`` names the model in the message).
+    """
+    flags = np.asarray(array)
+    if flags.shape != (n_layers,) or not np.isin(flags, (0, 1)).all():
+        raise SerializationError(
+            f"{label} state array 'l2_layers' must hold one 0/1 flag per layer ({n_layers}), got {flags.tolist()}."
+        )
+    return flags.astype(bool)
 
 
 def l2_normalize_layers(
