@@ -105,3 +105,43 @@ handler.get_layer_output(np.zeros((3, 4), np.float32), ["1"])
 """
     assert _modules_after(code, ("mxnet", "xfer._mxnet", "xfer.model_handler.mxnet")) == {
         "mxnet": False, "xfer._mxnet": False, "xfer.model_handler.mxnet": False}  # fmt: skip
+
+
+def test_a_torch_source_models_heads_never_import_mxnet(tmp_path):
+    # Fit, predict, repr, get_params, save and load each meta-model head kind on a torch network:
+    # the default device (Xfer's mx.cpu) must not load MXNet (about 3 s CPU) for any of them.
+    code = f"""
+import numpy as np
+from torch import nn
+import xfer
+net = nn.Sequential(nn.Flatten(), nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 3))
+X = np.random.RandomState(1).randn(45, 3).astype(np.float32) + np.repeat(np.eye(3) * 3, 15, 0)
+y = np.repeat(["a", "b", "c"], 15)
+for name in ("LrRepurposer", "SvmRepurposer", "GpRepurposer", "BnnRepurposer", "LaplaceRepurposer"):
+    head = getattr(xfer, name)(net, ["2"], **({{"num_epochs": 2}} if name == "BnnRepurposer" else {{}}))
+    head.fit(X, y).predict(X)
+    assert "context_function" not in repr(head), repr(head)
+    assert head.get_params()["context_function"] is xfer.context.cpu
+    head.save({str(tmp_path)!r} + "/" + name)
+    assert (xfer.load({str(tmp_path)!r} + "/" + name, source_model=net).predict(X) == head.predict(X)).all()
+"""
+    loaded = _modules_after(code, ("mxnet", "xfer._mxnet", "xfer.model_handler.mxnet"))
+    assert not any(loaded.values()), [m for m, on in loaded.items() if on]
+
+
+def test_the_default_device_reads_as_mxnets_cpu_once_mxnet_is_imported():
+    import mxnet as mx
+    from sklearn.base import clone
+
+    import xfer
+    from xfer.context import cpu
+
+    for head in (xfer.LrRepurposer(None, None), xfer.BnnRepurposer(None, None)):
+        assert head.context_function is cpu  # stored as given (scikit-learn)
+        params = head.get_params()  # as Xfer 1.1.0 reported them
+        assert params["context_function"] is mx.cpu
+        assert params.get("bnn_context_function", mx.cpu) is mx.cpu
+        assert "context_function" not in repr(head), repr(head)  # a default is not a change
+        assert clone(head).context_function is cpu
+    assert xfer.LrRepurposer(None, None, context_function=mx.cpu).get_params()["context_function"] is mx.cpu
+    assert "context_function=<function gpu" in repr(xfer.LrRepurposer(None, None, context_function=mx.gpu))

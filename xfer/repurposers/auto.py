@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from xfer import serialization
-from xfer._mxnet import mx
+from xfer.context import cpu
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError, SerializationError
 from xfer.feature_store import FeatureStore
 from xfer.model_handler.base import check_pooling
@@ -240,7 +240,7 @@ class AutoRepurposer(MetaModelRepurposer):
         self,
         source_model: Any,
         feature_layer_names: list[str] | None = None,
-        context_function: Any = mx.cpu,
+        context_function: Any = cpu,
         num_devices: int = 1,
         *,
         select: str = "logme",

@@ -16,6 +16,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +46,20 @@ logger = logging.getLogger("xfer.repurposers")
 
 #: Suffix of the source-model checkpoint saved beside a repurposer (Xfer's ``P_source``).
 SOURCE_SUFFIX = "_source"
+
+#: True while the repr or ``clone`` reads the parameters: the default device then stays the
+#: constructor's default (:func:`xfer.context.cpu`), so the repr does not list it as changed and
+#: a clone keeps it (``get_params()`` reports it as ``mx.cpu`` once MXNet is imported, as Xfer).
+_CONSTRUCTOR_PARAMS: ContextVar[bool] = ContextVar("xfer_constructor_params", default=False)
+
+
+@contextmanager
+def _constructor_params() -> Iterator[None]:
+    token = _CONSTRUCTOR_PARAMS.set(True)
+    try:
+        yield
+    finally:
+        _CONSTRUCTOR_PARAMS.reset(token)
 
 
 class Repurposer(ClassifierMixin, BaseEstimator):
@@ -487,13 +502,18 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         dict of str to object
         """
         params = super().get_params(deep=False)
-        if "context_function" in params:
-            params["context_function"] = xfer_context_function(params["context_function"])
+        if not _CONSTRUCTOR_PARAMS.get():  # the default device as Xfer reported it (mx.cpu)
+            params = {name: xfer_context_function(value) for name, value in params.items()}
         if deep:
             for name, value in list(params.items()):
                 if isinstance(value, BaseEstimator):
                     params.update({f"{name}__{k}": v for k, v in value.get_params(deep=True).items()})
         return params
+
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:  # noqa: N803  (scikit-learn's name)
+        """scikit-learn's repr (the parameters that differ from the constructor's defaults)."""
+        with _constructor_params():
+            return super().__repr__(N_CHAR_MAX)
 
     def _sk_visual_block_(self) -> Any:
         """How scikit-learn's HTML display (Jupyter) draws a repurposer: one box.
@@ -514,7 +534,8 @@ class Repurposer(ClassifierMixin, BaseEstimator):
         (it is not a scikit-learn estimator, and copying its weights would be wasteful)."""
         from sklearn.base import clone
 
-        params = self.get_params(deep=False)
+        with _constructor_params():
+            params = self.get_params(deep=False)
         source = params.pop("source_model")
         return type(self)(source_model=source, **{k: clone(v, safe=False) for k, v in params.items()})
 

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xfer._mxnet import mx
-from xfer.context import resolve_context, to_torch
+from xfer.context import cpu, resolve_context, to_torch
 from xfer.exceptions import InvalidArgumentError
 from xfer.repurposers.gp import _seed
 from xfer.repurposers.meta_model import MetaModelRepurposer
@@ -74,9 +73,9 @@ class BnnRepurposer(MetaModelRepurposer):
         self,
         source_model: Any,
         feature_layer_names: list[str] | None,
-        context_function: Any = mx.cpu,
+        context_function: Any = cpu,
         num_devices: int = 1,
-        bnn_context_function: Any = mx.cpu,
+        bnn_context_function: Any = cpu,
         sigma: float | None = 1.0,
         num_layers: int = 0,
         n_hidden: int = 10,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xfer._mxnet import mx
+from xfer.context import cpu
 from xfer.repurposers.meta_model import MetaModelRepurposer
 from xfer.serialization import register_repurposer
 
@@ -69,7 +69,7 @@ class GpRepurposer(MetaModelRepurposer):
         self,
         source_model: Any,
         feature_layer_names: list[str] | None,
-        context_function: Any = mx.cpu,
+        context_function: Any = cpu,
         num_devices: int = 1,
         max_function_evaluations: int = 100,
         apply_l2_norm: bool = True,

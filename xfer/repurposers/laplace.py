@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xfer._mxnet import mx
+from xfer.context import cpu
 from xfer.repurposers.meta_model import MetaModelRepurposer
 from xfer.serialization import register_repurposer
 
@@ -84,7 +84,7 @@ class LaplaceRepurposer(MetaModelRepurposer):
         self,
         source_model: Any,
         feature_layer_names: list[str] | None,
-        context_function: Any = mx.cpu,
+        context_function: Any = cpu,
         num_devices: int = 1,
         *,
         c: float = 1.0,

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from xfer._arguments import check_int, check_positive
-from xfer._mxnet import mx
+from xfer.context import cpu
 from xfer.exceptions import InvalidArgumentError
 from xfer.repurposers import _linear
 from xfer.repurposers.meta_model import MetaModelRepurposer, TargetModelInfo
@@ -137,7 +137,7 @@ class LrRepurposer(MetaModelRepurposer):
         Source network; ``None`` means ``fit``/``predict`` take feature arrays.
     feature_layer_names : list of str
         Layers whose outputs are the features.
-    context_function : callable or device, default=mx.cpu
+    context_function : callable or device, default=xfer.context.cpu
         Default device for feature extraction.
     num_devices : int, default=1
         Number of devices for feature extraction.
@@ -186,7 +186,7 @@ class LrRepurposer(MetaModelRepurposer):
         self,
         source_model: Any,
         feature_layer_names: list[str] | None,
-        context_function: Any = mx.cpu,
+        context_function: Any = cpu,
         num_devices: int = 1,
         tol: float = 1e-4,
         c: float = 1.0,

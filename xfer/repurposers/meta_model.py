@@ -44,9 +44,9 @@ from sklearn.utils.validation import validate_data
 
 from xfer import _validation
 from xfer._arguments import check_int
-from xfer._mxnet import mx
 from xfer._progress import check_verbose
-from xfer.context import Device, to_torch
+from xfer.context import Device, cpu, to_torch
+from xfer.data import is_data_iterator
 from xfer.exceptions import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -124,10 +124,6 @@ def _type_name(kind: type | str) -> str:
     return kind.__qualname__
 
 
-def _is_data_iterator(data: Any) -> bool:
-    return isinstance(data, mx.io.DataIter)
-
-
 class MetaModelRepurposer(UncertaintyMixin, Repurposer):
     """Base class of repurposers that train a classifier on features of the source model.
 
@@ -139,8 +135,10 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
         classifier.
     feature_layer_names : list of str
         Layers whose outputs are the features, concatenated in this order.
-    context_function : callable, str, mx.Context or torch.device, default=mx.cpu
+    context_function : callable, str, mx.Context or torch.device, default=xfer.context.cpu
         Default device (Xfer's ``context_function``); ``context=`` on each call overrides it.
+        The default is Xfer's ``mx.cpu`` without importing MXNet (``get_params()`` reports
+        ``mx.cpu`` once MXNet is imported).
     num_devices : int, default=1
         Number of devices for feature extraction.
     extraction_batch_size : int, optional
@@ -160,7 +158,7 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
         self,
         source_model: Any,
         feature_layer_names: list[str] | None,
-        context_function: Any = mx.cpu,
+        context_function: Any = cpu,
         num_devices: int = 1,
         *,
         extraction_batch_size: int | None = None,
@@ -444,7 +442,7 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
         if isinstance(X, FeatureStore):
             return self._fit_store(X, y, devices)
         if self.source_model is None:
-            if _is_data_iterator(X):
+            if is_data_iterator(X):
                 raise InvalidTypeError(  # Xfer: TypeError for a missing source model
                     "A data iterator needs a source model to extract features from; this "
                     "repurposer has source_model=None and takes feature arrays."
@@ -595,7 +593,7 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
 
     # ---------------------------------------------------------------- predict
     def _as_feature_array(self, features: Any, expected_features: int | None = None) -> np.ndarray:
-        if _is_data_iterator(features):
+        if is_data_iterator(features):
             raise InvalidTypeError(
                 "Expected a feature array [N, D], got a data iterator; use fit/predict for "
                 "source-model inputs."
@@ -630,7 +628,7 @@ class MetaModelRepurposer(UncertaintyMixin, Repurposer):
                     "source model (it was saved or loaded without one). Pass source_model= to "
                     "xfer.load, or give features to predict_proba_features/predict_features."
                 )
-            if _is_data_iterator(X):
+            if is_data_iterator(X):
                 raise InvalidTypeError(  # Xfer: TypeError for a missing source model
                     "A data iterator needs a source model to extract features from; this "
                     "repurposer has source_model=None and takes feature arrays."
