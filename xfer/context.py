@@ -38,24 +38,38 @@ class Device:
         return f"{self.kind}:{self.index}"
 
 
-def cpu(device_id: int = 0) -> Device:
+class _DefaultCpu:
     """The default ``context_function`` of repurposers: Xfer's ``mx.cpu``, without importing MXNet.
 
-    Once MXNet is imported, ``get_params()`` reports it as ``mx.cpu`` (see
-    :func:`xfer_context_function`), the way Xfer did; a torch user's process never loads MXNet
-    for it.
-
-    Parameters
-    ----------
-    device_id : int, default=0
-        Which CPU, as in ``mx.cpu(device_id)``.
-
-    Returns
-    -------
-    Device
-        The device ``cpu:device_id``.
+    ``xfer.context.cpu(device_id)`` is ``Device("cpu", device_id)``. Once MXNet is imported,
+    ``get_params()`` reports it as ``mx.cpu`` (see :func:`xfer_context_function`), the way Xfer
+    did, and it compares equal to ``mx.cpu`` (scikit-learn checks that ``get_params()`` gives back
+    each constructor default); a torch user's process never loads MXNet for it.
     """
-    return Device("cpu", int(device_id))
+
+    __name__ = __qualname__ = "cpu"
+
+    def __call__(self, device_id: int = 0) -> Device:
+        """The device ``cpu:device_id``, as ``mx.cpu(device_id)`` names it."""
+        return Device("cpu", int(device_id))
+
+    def __eq__(self, other: object) -> bool:
+        mxnet = sys.modules.get("mxnet")
+        return other is self or (mxnet is not None and other is getattr(mxnet, "cpu", None))
+
+    def __hash__(self) -> int:
+        return hash("xfer.context.cpu")
+
+    def __repr__(self) -> str:
+        return "xfer.context.cpu"
+
+    def __reduce__(self) -> str:  # copies (copy.deepcopy, clone) are this one object
+        return "cpu"
+
+
+#: The default ``context_function`` of repurposers: Xfer's ``mx.cpu`` without importing MXNet
+#: (``cpu(device_id)`` is ``Device("cpu", device_id)``).
+cpu = _DefaultCpu()
 
 
 def xfer_context_function(context_function: Any) -> Any:
