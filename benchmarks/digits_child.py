@@ -21,8 +21,9 @@ Usage (the runner builds these commands)::
     python digits_child.py SIDE JOB TASK_FOLDER SEED [OPTIONS_JSON]
 
 ``SIDE`` is ``ours``, ``xfer`` or ``module`` (a hand-written ``Module.fit``, fine-tuning jobs
-only); ``JOB`` is ``LR``, ``SVM``, ``GP``, ``BNN``, ``fine-tune`` or ``random-freeze``. The JSON
-result goes to the file named by ``$BENCHMARK_RESULT``.
+only); ``JOB`` is ``LR``, ``SVM``, ``GP``, ``BNN``, ``fine-tune`` or ``random-freeze``, or
+``imports`` (no task: ``import mxnet`` then ``import torch`` and nothing else, the floor of a
+first fit that needs both). The JSON result goes to the file named by ``$BENCHMARK_RESULT``.
 """
 
 import time
@@ -164,8 +165,24 @@ class _PlainModuleFit:
         return self.module.predict(batches).asnumpy()
 
 
+def _import_floor():
+    """``import mxnet``, then ``import torch``: spans from the first line, wall and CPU."""
+    import mxnet  # noqa: F401
+
+    mxnet_s, mxnet_cpu_s = time.perf_counter() - START, _cpu_seconds()
+    import torch  # noqa: F401
+
+    return {"mxnet_s": mxnet_s, "mxnet_cpu_s": mxnet_cpu_s,
+            "floor_s": time.perf_counter() - START, "floor_cpu_s": _cpu_seconds()}  # fmt: skip
+
+
 def main(argv):
-    side, job, task, seed = argv[0], argv[1], argv[2], int(argv[3])
+    side, job = argv[0], argv[1]
+    if job == "imports":
+        with open(os.environ["BENCHMARK_RESULT"], "w") as handle:
+            json.dump(_import_floor(), handle)
+        return
+    task, seed = argv[2], int(argv[3])
     options = json.loads(argv[4]) if len(argv) > 4 else {}
     mx, xfer = _import_side(side)
     imported = time.perf_counter()

@@ -332,6 +332,27 @@ def test_heads_section_from_canned_measurements():
     figures = {f.key: f for f in section.figures}
     assert figures["heads.GP.first_fit_ratio"].met is False and figures["heads.LR.accuracy"].met is True
     assert all(f.source == "measured" for f in section.figures)
+    assert "floor" not in text
+
+
+def test_heads_section_marks_targets_below_the_imports_floor():
+    from benchmarks import xfer_digits
+
+    results = {
+        ("LR", "ours"): [_row("ours", 0.94, 1.0, 0.2)], ("LR", "xfer"): [_row("xfer", 0.93, 1.2, 0.3)],
+        ("GP", "ours"): [_row("ours", 0.95, 3.0, 0.5, torch_imported=True)],
+        ("GP", "xfer"): [_row("xfer", 0.90, 10.0, 9.0)],
+    }  # fmt: skip
+    floor = [{"mxnet_s": 0.5, "mxnet_cpu_s": 0.6, "floor_s": 2.5, "floor_cpu_s": 3.0}] * 3
+    section = xfer_digits.heads_section(results, [0], 1, (0.968, 0.962), floor)
+    figures = {f.key: f.value for f in section.figures}
+    # LR needs MXNet only: 0.5 / 1.2; GP MXNet and torch: 2.5 / 10 (CPU 3.0 / 10)
+    assert figures["heads.LR.import_floor_ratio"] == pytest.approx(0.5 / 1.2)
+    assert figures["heads.GP.import_floor_cpu_ratio"] == pytest.approx(0.3)
+    text = section.markdown
+    assert "| 0.417 / 0.500 |" in text and "| 0.250 / 0.300 |" in text
+    assert "- GP: `import mxnet` + `import torch` alone is 0.250 of Xfer's first fit (0.300 in CPU time), above the target 0.200: infeasible" in text
+    assert "- LR" not in text, "LR's target is above its floor"
 
 
 def test_scale_section_from_canned_measurements():
@@ -432,6 +453,8 @@ def test_digits_child_smoke_run_on_this_package(tmp_path):
     module = xfer_digits.run_child("module", "random-freeze", task, 0, options, threads=1)
     assert module["warm_fit_s"] > 0 and 0 <= module["accuracy"] <= 1
     assert len(module["warm_fit_s_all"]) == 2 and len(module["accuracies"]) == 3, "first fit + 2 warm fits"
+    (floor,) = xfer_digits.measure_import_floor(1, threads=1)
+    assert 0 < floor["mxnet_s"] < floor["floor_s"] and 0 < floor["mxnet_cpu_s"] < floor["floor_cpu_s"]
 
 
 def test_transferability_report_marks_targets():
