@@ -170,6 +170,8 @@ def test_bad_arguments_raise_clear_errors(digits5, exact_gp):
         exact_gp.predict_proba(x_test, "gpu:0")
     with pytest.raises(InvalidTypeError, match="integer numpy array"):
         GpClassifierCore().fit(x_train, y_train.astype(float), 5, None, CPU)
+    with pytest.raises(InvalidArgumentError, match="min_temperature must be below 10, the largest"):
+        GpClassifierCore(min_temperature=10.0)
     with pytest.raises(NotFittedError):
         GpClassifierCore().predict_proba(x_test, CPU)
 
@@ -282,6 +284,28 @@ def test_calibration_is_chosen_on_training_data_and_saved(exact_gp, digits5):
     version_1.pop("variance_scale")
     old = GpClassifierCore.from_state(version_1, arrays)  # files written before calibration
     assert (old.temperature_, old.variance_scale_) == (1.0, 1.0)
+
+
+def test_calibration_search_finds_the_best_point_of_a_fine_grid(exact_gp):
+    """The Brent search per variance scale (64 Sobol points, then the prediction's 256) reaches
+    the objective's minimum over a fine temperature grid evaluated with the 256 points."""
+    from xfer.repurposers._gp_core import VARIANCE_SCALES, mc_softmax
+
+    mean, variance = exact_gp.leave_one_out_moments(CPU)
+    rows, labels = np.arange(len(exact_gp.train_labels_)), exact_gp.train_labels_
+
+    def objective(temperature, scale):  # summed LOO NLL + log-normal priors of width 1
+        p = mc_softmax(mean / temperature, scale * variance / temperature**2, exact_gp._points())
+        nll = float(-np.log(p.numpy()[rows, labels]).sum())
+        return nll + 0.5 * np.log(temperature) ** 2 + 0.5 * np.log(scale) ** 2
+
+    from xfer.context import torch_num_threads
+
+    with torch_num_threads(1):  # small softmaxes: one thread is fastest
+        grid = min(objective(t, c) for t in np.logspace(-1, 1, 41) for c in VARIANCE_SCALES)
+    chosen = objective(exact_gp.temperature_, exact_gp.variance_scale_)
+    assert chosen <= grid + 1e-3 * abs(grid), (chosen, grid)
+    assert chosen < objective(1.0, 1.0)  # digits: the calibration does change the posterior
 
 
 def test_calibrate_false_is_the_plain_posterior(digits5):
