@@ -433,6 +433,20 @@ def test_xfer_runs_isolated_with_the_same_thread_variables(tmp_path, monkeypatch
     assert xfer_env.ours_environment({"PYTHONPATH": "/x"})["PYTHONPATH"].split(":") == [str(xfer_env.ROOT), "/x"]
 
 
+def test_our_side_runs_on_compiled_bytecode_like_an_installed_package(tmp_path, monkeypatch):
+    # pip compiles an installed package (Xfer's environment has its caches); under
+    # PYTHONDONTWRITEBYTECODE this checkout would be compiled from source in every fresh process
+    (tmp_path / "xfer" / "repurposers").mkdir(parents=True)
+    (tmp_path / "xfer" / "repurposers" / "head.py").write_text("VALUE = 1\n")
+    monkeypatch.setattr(xfer_env, "ROOT", tmp_path)
+    xfer_env.compile_ours.cache_clear()
+    try:
+        assert xfer_env.ours_command(tmp_path / "child.py")[1:] == [str(tmp_path / "child.py")]
+    finally:
+        xfer_env.compile_ours.cache_clear()
+    assert [p.name.split(".")[0] for p in (tmp_path / "xfer" / "repurposers" / "__pycache__").glob("*.pyc")] == ["head"]
+
+
 def test_a_failing_child_reports_its_error(tmp_path):
     script = tmp_path / "child.py"
     script.write_text("import sys\nsys.exit('child went wrong')\n")
