@@ -18,12 +18,15 @@ logger = logging.getLogger("xfer.repurposers.laplace")
 class LaplaceRepurposer(MetaModelRepurposer):
     """Logistic regression on features with a Laplace posterior over the weights (closed form).
 
-    The head is the logistic regression of :class:`~xfer.LrRepurposer` (same features, same
-    ``c``), and its weights get a Gaussian posterior: the curvature of the likelihood at the fitted
-    weights plus an isotropic prior whose precision is chosen by the Laplace approximation of the
-    marginal likelihood. Probabilities average the softmax over the Gaussian of the logits, so they
-    are less confident where the training data say little, for instance on inputs unlike any
-    training example. Everything is linear algebra in NumPy: no sampling during fit, no GPU.
+    The fitted weights are those of :class:`~xfer.LrRepurposer` on the same (L2-normalised)
+    features with the same ``c`` (the intercept unpenalised; for two classes LR's binary model), and
+    they get a Gaussian posterior: the curvature of the likelihood at the fitted weights plus an
+    isotropic prior whose precision is chosen by the Laplace approximation of the marginal
+    likelihood. Probabilities average the softmax over the Gaussian of the logits, so they are less
+    confident where the training data say little, for instance on inputs unlike any training
+    example. A scale of that Gaussian and a temperature are chosen by cross-validated NLL of the
+    training rows, and kept only when they beat the plain fitted probabilities by more than one
+    standard error. Everything is linear algebra in NumPy: no sampling during fit, no GPU.
 
     Parameters
     ----------
@@ -48,9 +51,10 @@ class LaplaceRepurposer(MetaModelRepurposer):
     apply_l2_norm : bool, default=True
         Scale each layer's features to unit L2 norm per example before standardising. The angle
         between feature vectors then decides what is close: inputs from outside the task are
-        told apart far better on pooled CNN features (``python -m benchmarks.run --only ood``). Layers whose norm few columns carry (fewer than 10 effective columns,
+        told apart far better on pooled CNN features (``python -m benchmarks.run --only ood``).
+        Layers whose norm few columns carry (fewer than 10 effective columns,
         ``_linear.l2_layers``: e.g. unscaled tabular data, where one column in large units would
-        be erased) are left unnormalised; ``l2_layers_`` records the choice.
+        be erased) are left unnormalised; the fitted core's ``l2_layers_`` records the choice.
     standardize : {"layer", "column", "none"}, default="layer"
         Feature scaling (as ``LrRepurposer``'s).
     random_state : int, optional
