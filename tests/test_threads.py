@@ -183,3 +183,17 @@ def test_xfer_num_threads_reaches_mxnet_in_a_fresh_process():
     environment["MXNET_OMP_MAX_THREADS"] = "2"  # the user's own MXNet setting stands
     result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "2"
+
+
+def test_one_blas_thread_limits_blas_inside_and_restores_it_after():
+    from threadpoolctl import threadpool_info
+
+    from xfer.threads import one_blas_thread
+
+    def blas_counts():
+        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+    before = blas_counts()
+    with one_blas_thread():
+        assert blas_counts() and all(count == 1 for count in blas_counts())
+    assert blas_counts() == before

@@ -44,10 +44,36 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
 
 ENVIRONMENT_VARIABLE = "XFER_NUM_THREADS"
+
+
+_blas_controller: Any = None  # threadpoolctl.ThreadpoolController, made on first use
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """A context running BLAS/LAPACK on one thread, for eigendecompositions, reductions and solves.
+
+    Multi-threaded OpenBLAS ran ``dsytrd`` (``D = 1280``) 7-12 times slower than on one thread
+    once PyTorch was imported in the process (2.5-4.4 s against 0.35 s), and a ``1280 x 1280``
+    ``numpy.linalg.eigh`` took 5-6 s on two threads against 1.1-1.3 s on one with other work on
+    the machine. These steps are mostly matrix-vector work that gains little from threads; matrix
+    products, which do, keep the caller's threads.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        ``threadpoolctl``'s limit, restored on exit.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
 
 _setting: int | None = None  # set_num_threads; None: the environment variable, else automatic
 _torch_first_seen: int | None = None  # torch's count the first time xfer looked

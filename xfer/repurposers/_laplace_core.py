@@ -68,6 +68,7 @@ from xfer.repurposers._linear import (
     l2_normalize_layers,
 )
 from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
+from xfer.threads import one_blas_thread
 
 _LOGGER = logging.getLogger("xfer.repurposers.laplace")
 
@@ -466,7 +467,8 @@ class LaplaceClassifierCore:
         n_rows, n_columns = features.shape
         cut = 1e-10
         if n_rows < n_columns:
-            _, singular, vt = np.linalg.svd(features, full_matrices=False)
+            with one_blas_thread():
+                _, singular, vt = np.linalg.svd(features, full_matrices=False)
             eigenvalues, basis = singular**2, vt.T
         else:
             if features.size > _SINGLE_PRECISION_SIZE:
@@ -475,7 +477,8 @@ class LaplaceClassifierCore:
                 cut = _SINGLE_PRECISION_RANK
             else:
                 gram = features.T @ features
-            eigenvalues, basis = np.linalg.eigh(gram)
+            with one_blas_thread():  # the products above keep the caller's threads
+                eigenvalues, basis = np.linalg.eigh(gram)
             eigenvalues, basis = eigenvalues[::-1], basis[:, ::-1]
         keep = eigenvalues > cut * max(float(eigenvalues.max(initial=0.0)), 1e-300)
         rank = int(np.count_nonzero(keep))

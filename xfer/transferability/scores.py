@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import scipy.sparse
-from threadpoolctl import ThreadpoolController
 
 from xfer import _validation
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
+from xfer.threads import one_blas_thread as _one_blas_thread
 
 __all__ = [
     "logme",
@@ -96,23 +96,6 @@ def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues and eigenvectors of a symmetric matrix (LAPACK's divide and conquer,
     ``syevd``; the matrix is overwritten)."""
     return scipy.linalg.eigh(matrix, driver="evd", overwrite_a=True, check_finite=False)
-
-
-_controller: ThreadpoolController | None = None
-
-
-def _one_blas_thread() -> Any:
-    """A context running BLAS/LAPACK on one thread, for the reductions and solves.
-
-    Multi-threaded OpenBLAS ran ``dsytrd`` (``D = 1280``) 7-12 times slower than on one thread
-    once PyTorch was imported in the process (``rank_layers`` of a torch model): 2.5-4.4 s
-    against 0.35 s. These steps are mostly matrix-vector work that gains little from threads;
-    the Gram matrix product, which does, keeps the caller's threads.
-    """
-    global _controller
-    if _controller is None:
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
 
 
 def _eigen_projections(matrix: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
