@@ -139,8 +139,8 @@ class BnnClassifierCore:
         would otherwise get 200 steps, far from trained).
     apply_l2_norm : bool, default=True
         Scale each layer's features to unit L2 norm per row before standardising (bounded inputs
-        keep the ReLU network from extrapolating to confident logits far from the data). Layers whose norm few columns carry (fewer than 10
-        effective columns,
+        keep the ReLU network from extrapolating to confident logits far from the data).
+        Layers whose norm few columns carry (fewer than 10 effective columns,
         ``_linear.l2_layers``: e.g. unscaled tabular data, where one column in large units would
         be erased) are left unnormalised; ``l2_layers_`` records the choice.
     project_to_span : bool, default=True

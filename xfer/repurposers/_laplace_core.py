@@ -226,8 +226,8 @@ class LaplaceClassifierCore:
     apply_l2_norm : bool, default=True
         Scale each layer's features to unit L2 norm per row before standardising: the angle
         between feature vectors, not their length, then decides what is close, which separates
-        inputs from outside the task much better on pooled CNN features. Layers whose norm few columns carry (fewer than 10
-        effective columns,
+        inputs from outside the task much better on pooled CNN features.
+        Layers whose norm few columns carry (fewer than 10 effective columns,
         ``_linear.l2_layers``: e.g. unscaled tabular data, where one column in large units would
         be erased) are left unnormalised; ``l2_layers_`` records the choice.
     """
