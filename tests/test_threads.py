@@ -197,3 +197,15 @@ def test_one_blas_thread_limits_blas_inside_and_restores_it_after():
     with one_blas_thread():
         assert blas_counts() and all(count == 1 for count in blas_counts())
     assert blas_counts() == before
+
+
+def test_num_threads_setting_sets_inside_and_restores_the_previous_setting():
+    from xfer.threads import num_threads_setting
+
+    xfer.set_num_threads(3)
+    try:
+        with num_threads_setting(1):
+            assert xfer.get_num_threads() == 1
+        assert xfer.get_num_threads() == 3
+    finally:
+        xfer.set_num_threads(None)

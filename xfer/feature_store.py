@@ -451,14 +451,10 @@ def _own_threads(handler: Any, threads: int | None) -> Iterator[None]:
     if threads is None or getattr(handler, "backend", "") != "torch":
         yield
         return
-    from xfer import threads as thread_policy
+    from xfer.threads import num_threads_setting
 
-    previous = thread_policy._setting
-    thread_policy.set_num_threads(threads)
-    try:
+    with num_threads_setting(threads):
         yield
-    finally:
-        thread_policy._setting = previous
 
 
 def _worker_failure(processes: list, errors: Any) -> RuntimeError | None:

@@ -122,6 +122,28 @@ def set_num_threads(num_threads: int | None) -> None:
     _setting = None if num_threads is None else _check_count(num_threads, "num_threads")
 
 
+@contextlib.contextmanager
+def num_threads_setting(num_threads: int | None) -> Iterator[None]:
+    """:func:`set_num_threads` inside the block; the previous setting is restored after it.
+
+    Parameters
+    ----------
+    num_threads : int or None
+        As for :func:`set_num_threads`.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+    """
+    global _setting
+    previous = _setting
+    set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        _setting = previous
+
+
 def get_num_threads() -> int | None:
     """The fixed thread count (:func:`set_num_threads`, else ``XFER_NUM_THREADS``).
 
