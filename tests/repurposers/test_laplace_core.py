@@ -314,3 +314,39 @@ def test_cavities_are_no_wider_than_the_prior():
     _, cavity = core._leave_one_out(rotated, probabilities, np.eye(3)[y])
     prior = np.sum(rotated**2, axis=1) / core.prior_precision_
     assert np.all(np.linalg.eigvalsh(cavity).max(axis=1) <= prior * (1 + 1e-9))
+
+
+def test_map_runs_while_the_gram_matrix_is_decomposed(monkeypatch):
+    """N > D: the MAP is fitted (in the feature coordinates, Cholesky-preconditioned) while the
+    eigendecomposition of the Gram matrix runs on another thread, and reaches the same fit as
+    the eigenbasis MAP of N <= D would: its optimality condition holds."""
+    import threading
+
+    import xfer.repurposers._laplace_core as core_module
+
+    map_started = threading.Event()
+    seen = {}
+    original_eigh, original_map = np.linalg.eigh, LaplaceClassifierCore._fit_map
+
+    def eigh(matrix):
+        if matrix.shape == (6, 6):  # the Gram matrix (the others are the classes' K x K)
+            seen["map_ran_meanwhile"] = map_started.wait(timeout=5.0)
+            seen["thread"] = threading.get_ident()
+        return original_eigh(matrix)
+
+    def fit_map(self, *args, **kwargs):
+        map_started.set()
+        return original_map(self, *args, **kwargs)
+
+    monkeypatch.setattr(core_module.np.linalg, "eigh", eigh)
+    monkeypatch.setattr(LaplaceClassifierCore, "_fit_map", fit_map)
+    X, y = _data(n_per_class=20, n_features=6)
+    core = LaplaceClassifierCore(apply_l2_norm=False, calibrate=False, tol=1e-9).fit(X, y, 3)
+    assert seen == {"map_ran_meanwhile": True, "thread": seen["thread"]}
+    assert seen["thread"] != threading.get_ident()
+    design = core._design(X)
+    weights = core.basis_ @ core.weights_
+    penalty = np.full((len(weights), 1), core.map_precision)
+    penalty[-1] = 1e-6
+    gradient = design.T @ (softmax(design @ weights, axis=1) - np.eye(3)[y]) + penalty * weights
+    assert np.abs(gradient).max() / len(y) < 1e-7

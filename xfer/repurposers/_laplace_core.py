@@ -15,9 +15,12 @@ posterior (MacKay, 1992; Daxberger et al., 2021, "Laplace Redux"), in closed for
    (``N`` of tens to hundreds) are therefore small problems whatever ``D`` is.
 3. **MAP** of ``sum_n CE(y_n, softmax(W^T z_n)) + m / 2 |W|^2`` (``m = map_precision``, the inverse
    of ``LrRepurposer``'s ``c``, doubled for two classes; the bias nearly unpenalised), which is
-   ``LrRepurposer``'s model on the same features, by L-BFGS in the rotated basis, preconditioned by
-   ``sqrt(s_i / K + m)`` per direction (the Kronecker curvature at the uniform start), so it
-   converges in tens of iterations even on ill-conditioned features.
+   ``LrRepurposer``'s model on the same features, by L-BFGS preconditioned by the Kronecker
+   curvature at the uniform start (``sqrt(s_i / K + m)`` per direction of the basis), so it
+   converges in tens of iterations even on ill-conditioned features. With ``N > D`` it runs in the
+   feature coordinates with the Cholesky factor of ``Z^T Z / K + m I`` (the same preconditioner up
+   to a rotation, to which L-BFGS is invariant) while the Gram matrix is decomposed on a second
+   thread.
 4. **Posterior precision** ``H + lambda I`` with ``H`` the generalised Gauss-Newton (here the exact
    Hessian) of the data term, ``H = sum_n z_n z_n^T (x) (diag(p_n) - p_n p_n^T)``, in one of three
    structures: ``"full"`` (exact, ``rK x rK``), ``"kron"`` (``diag(s) (x) mean_n Lambda_n``, K-FAC)
@@ -373,30 +376,35 @@ class LaplaceClassifierCore:
         _, self.feature_scale_ = fit_standardizer(normalised, self.layer_indices_, self.standardize)
         # Centred whatever ``standardize`` says: the bias then is orthogonal to the feature columns
         # (see ``_fit_basis``), and with a nearly flat prior on it centring does not change the model.
-        self.feature_mean_ = normalised.mean(axis=0)
-        design = self._design(normalised, normalised=True)
-        data_eigenvalues = self._fit_basis(design)
+        self.feature_mean_ = normalised.mean(axis=0, dtype=np.float64)
+        n_rows, n_columns = features.shape
+        # Many rows: the design is held in float32 (the features' own precision), which halves the
+        # time of the Gram matrix and of the MAP's products with the design.
+        single = n_rows > n_columns and n_rows * (n_columns + 1) > _SINGLE_PRECISION_SIZE
+        design = self._design(normalised, normalised=True, dtype=np.float32 if single else np.float64)
         targets = np.zeros((len(labels), self.n_classes_))
         targets[np.arange(len(labels)), labels] = 1.0
+        if n_rows > n_columns:
+            # The MAP runs in the feature coordinates while the Gram matrix is decomposed.
+            data_eigenvalues, map_weights, map_logits = self._fit_basis_and_map(design, targets)
+            self.weights_ = self.basis_.T @ map_weights
+        else:
+            data_eigenvalues = self._fit_basis(design)
         rank, n_classes = self.basis_.shape[1], self.n_classes_
         structure = self.hessian_structure
         if structure == "auto":
             structure = "full" if rank * n_classes <= self.full_limit else "kron"
         self.structure_ = structure
-        # Many rows and the Kronecker posterior: nothing needs every row in the basis (the MAP
-        # folds the rotation into its weights, the calibration rotates its subsample), which saves
-        # an N x D x r product as large as the Gram matrix itself.
-        lazy = structure == "kron" and len(labels) > max(design.shape[1], int(self.calibration_rows))
-        rotated = None if lazy else design @ self.basis_
-
-        map_precision = self._map_precisions()
-        start = np.zeros((rank, n_classes))
-        if lazy:
-            self.weights_ = self._fit_map(design, data_eigenvalues, targets, map_precision, start, self.basis_)
-            logits = design @ (self.basis_ @ self.weights_)
-        else:
-            self.weights_ = self._fit_map(rotated, data_eigenvalues, targets, map_precision, start)
-            logits = rotated @ self.weights_
+        # Many rows and the Kronecker posterior: nothing needs every row in the basis (the
+        # calibration rotates its subsample), which saves an N x D x r product as large as the Gram
+        # matrix itself.
+        lazy = structure == "kron" and n_rows > max(n_columns + 1, int(self.calibration_rows))
+        rotated = None if lazy else (design @ self.basis_.astype(design.dtype)).astype(np.float64)
+        if n_rows <= n_columns:
+            precision = self._map_precisions(rank)
+            lift = 1.0 / np.sqrt(data_eigenvalues[:, None] / n_classes + precision)
+            self.weights_, _ = self._fit_map(rotated, targets, precision, lift)
+        logits = map_logits if lazy else rotated @ self.weights_
         probabilities = softmax(logits, axis=1)
         eigenvalues = self._curvature_eigenvalues(rotated, data_eigenvalues, probabilities)
         if self.prior_precision is None:
@@ -444,59 +452,94 @@ class LaplaceClassifierCore:
             return features
         return l2_normalize_layers(features, self.layer_indices_, self.l2_layers_)
 
-    def _design(self, features: np.ndarray, normalised: bool = False) -> np.ndarray:
+    def _design(self, features: np.ndarray, normalised: bool = False, dtype: Any = np.float64) -> np.ndarray:
         """Standardised features with a column of ones (``normalised``: ``_l2`` already applied)."""
-        features = np.asarray(features if normalised else self._l2(features), dtype=np.float64)
-        design = np.empty((features.shape[0], features.shape[1] + 1))
-        np.subtract(features, self.feature_mean_, out=design[:, :-1])
-        design[:, :-1] /= self.feature_scale_
+        features = np.asarray(features if normalised else self._l2(features))
+        design = np.empty((features.shape[0], features.shape[1] + 1), dtype=dtype)
+        np.subtract(features, self.feature_mean_, out=design[:, :-1], casting="unsafe")
+        design[:, :-1] /= self.feature_scale_.astype(dtype)
         design[:, -1] = 1.0
         return design
 
     def _fit_basis(self, design: np.ndarray) -> np.ndarray:
-        """Orthonormal basis of the design's row space (``basis_``); returns its eigenvalues.
+        """Orthonormal basis of the design's row space (``basis_``) when ``N <= D``; returns its
+        eigenvalues (the squared singular values of the feature columns, then ``N``).
 
         The feature columns of the design are centred, so the bias column is orthogonal to them:
         the basis is that of the feature columns plus the bias direction (eigenvalue ``N``), last.
-        With ``N > D`` the feature Gram matrix is accumulated in float32 above
-        :data:`_SINGLE_PRECISION_SIZE` design entries (half the time; its rounding, about 1e-7 of
-        the largest eigenvalue, is far below any prior precision, and directions under
-        :data:`_SINGLE_PRECISION_RANK` of the largest eigenvalue are left to the prior).
         """
-        features = design[:, :-1]
-        n_rows, n_columns = features.shape
-        cut = 1e-10
-        if n_rows < n_columns:
-            with one_blas_thread():
-                _, singular, vt = np.linalg.svd(features, full_matrices=False)
-            eigenvalues, basis = singular**2, vt.T
-        else:
-            if features.size > _SINGLE_PRECISION_SIZE:
-                single = features.astype(np.float32)
-                gram = (single.T @ single).astype(np.float64)
-                cut = _SINGLE_PRECISION_RANK
-            else:
-                gram = features.T @ features
-            with one_blas_thread():  # the products above keep the caller's threads
-                eigenvalues, basis = np.linalg.eigh(gram)
-            eigenvalues, basis = eigenvalues[::-1], basis[:, ::-1]
+        with one_blas_thread():
+            _, singular, vt = np.linalg.svd(design[:, :-1], full_matrices=False)
+        return self._set_basis(singular**2, vt.T, 1e-10, len(design))
+
+    def _set_basis(self, eigenvalues: np.ndarray, vectors: np.ndarray, cut: float, n_rows: int) -> np.ndarray:
+        """``basis_`` from the feature columns' eigenpairs (decreasing), directions under ``cut`` of
+        the largest eigenvalue left to the prior, plus the bias direction; returns the eigenvalues."""
         keep = eigenvalues > cut * max(float(eigenvalues.max(initial=0.0)), 1e-300)
         rank = int(np.count_nonzero(keep))
-        self.basis_ = np.zeros((n_columns + 1, rank + 1))
-        self.basis_[:-1, :rank] = basis[:, keep]
+        self.basis_ = np.zeros((vectors.shape[0] + 1, rank + 1))
+        self.basis_[:-1, :rank] = vectors[:, keep]
         self.basis_[-1, rank] = 1.0
         return np.append(eigenvalues[keep], float(n_rows))
 
-    def _map_precisions(self) -> np.ndarray:
-        """L2 penalty of each basis direction's weights in the MAP, shape ``(r, 1)``.
+    def _fit_basis_and_map(self, design: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``basis_`` and the MAP when ``N > D``: the eigendecomposition of the feature Gram matrix
+        runs on a second thread while the MAP is fitted in the feature coordinates.
+
+        The MAP is preconditioned by the Cholesky factor ``L`` of ``G / K + m I`` (``G`` the
+        feature Gram matrix, ``m`` the penalty): ``W = L^-T V``. That is the eigenbasis
+        preconditioner ``U diag(s / K + m)^-1/2`` up to an orthogonal factor, and L-BFGS is
+        invariant under orthogonal changes of variables, so it takes the same steps as in the
+        eigenbasis without waiting for it. Both threads run BLAS on one thread each. A float32
+        design (:data:`_SINGLE_PRECISION_SIZE`) gives a float32 Gram matrix; its rounding, about
+        1e-7 of the largest eigenvalue, is far below any prior precision, and directions under
+        :data:`_SINGLE_PRECISION_RANK` of the largest eigenvalue are then left to the prior.
+
+        Returns
+        -------
+        data_eigenvalues : numpy.ndarray
+            Eigenvalues of the kept directions, then ``N`` (the bias direction).
+        weights : numpy.ndarray of shape (D + 1, K)
+            MAP weights in the feature coordinates (bias last).
+        logits : numpy.ndarray of shape (N, K)
+            The design's logits under ``weights``.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from scipy.linalg import cho_factor
+        from scipy.linalg.lapack import dtrtri
+
+        n_rows, n_classes = targets.shape
+        features = design[:, :-1]
+        gram = (features.T @ features).astype(np.float64)  # the caller's BLAS threads
+        precision = self._map_precisions(design.shape[1])
+        shifted = gram / n_classes
+        shifted[np.diag_indices_from(shifted)] += precision[:-1, 0]
+        with one_blas_thread(), ThreadPoolExecutor(max_workers=1) as pool:
+            decomposition = pool.submit(np.linalg.eigh, gram)
+            factor, _ = cho_factor(shifted, lower=True, check_finite=False)
+            inverse, info = dtrtri(factor, lower=1)
+            if info != 0:  # not reachable for a positive definite matrix; kept explicit
+                raise InvalidArgumentError("The MAP's preconditioner is singular: the features hold NaN or inf?")
+            lift = np.zeros((len(precision), len(precision)))
+            lift[:-1, :-1] = np.tril(inverse).T
+            lift[-1, -1] = 1.0 / math.sqrt(n_rows / n_classes + float(precision[-1, 0]))
+            weights, logits = self._fit_map(design, targets, precision, lift)
+            eigenvalues, vectors = decomposition.result()
+        cut = _SINGLE_PRECISION_RANK if design.dtype == np.float32 else 1e-10
+        return self._set_basis(eigenvalues[::-1], vectors[:, ::-1], cut, n_rows), weights, logits
+
+    def _map_precisions(self, size: int) -> np.ndarray:
+        """L2 penalty of the MAP's weights, shape ``(size, 1)`` (feature directions, bias last).
 
         ``map_precision`` on the feature directions, doubled for two classes (the softmax's two
         weight vectors then put on their difference the penalty of ``LrRepurposer``'s single binary
         vector), and :data:`_BIAS_PRECISION` on the bias (last), which ``LrRepurposer`` (like
         scikit-learn) leaves unpenalised: on few examples a penalised bias pulls the class
-        frequencies towards uniform and costs NLL.
+        frequencies towards uniform and costs NLL. The penalty is isotropic on the features, so it
+        is the same in the feature coordinates and in any orthonormal basis of them.
         """
-        precisions = np.full((self.basis_.shape[1], 1), float(self.map_precision))
+        precisions = np.full((size, 1), float(self.map_precision))
         if self.n_classes_ == 2:
             precisions *= 2.0
         precisions[-1] = _BIAS_PRECISION
@@ -504,52 +547,44 @@ class LaplaceClassifierCore:
 
     def _fit_map(
         self,
-        rotated: np.ndarray,
-        data_eigenvalues: np.ndarray,
+        inputs: np.ndarray,
         targets: np.ndarray,
         precision: np.ndarray,
-        start: np.ndarray,
-        basis: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """MAP weights in the basis (``precision``: the penalty per direction, ``(r, 1)``).
+        lift: np.ndarray,
+        start: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """MAP weights ``W`` (``(r, K)``) of ``sum_n CE(y_n, softmax(W^T x_n)) + 1/2 sum precision W^2``.
 
-        ``basis`` given: ``rotated`` is the design itself and the rotation is applied to the
-        weights (``Z (B w) = (Z B) w``), never to the rows; the products with the design then run
-        in float32 (the features' own precision; the loss and gradient are summed in float64).
+        L-BFGS runs on ``V`` with ``W = lift * V`` (``lift`` of shape ``(r, 1)``: a diagonal
+        preconditioner) or ``W = lift @ V`` (``(r, r)``; then ``start`` must be None: zeros).
+        Products with a float32 ``inputs`` run in float32 (the features' own precision); the loss
+        and the gradient are summed in float64. Returns the weights and their logits.
         """
         n_rows, n_classes = targets.shape
-        scale = np.sqrt(data_eigenvalues[:, None] / n_classes + precision)  # preconditioner
-        if basis is None:
-            inputs = rotated / scale.T
+        diagonal = lift.shape[1] == 1
+        dtype = inputs.dtype
+        last: dict[str, np.ndarray] = {}
 
-            def forward(weights: np.ndarray) -> np.ndarray:
-                return inputs @ weights
-
-            def backward(residuals: np.ndarray) -> np.ndarray:
-                return inputs.T @ residuals
-        else:
-            lift = basis / scale.T
-            single = rotated.astype(np.float32)
-
-            def forward(weights: np.ndarray) -> np.ndarray:
-                return (single @ (lift @ weights).astype(np.float32)).astype(np.float64)
-
-            def backward(residuals: np.ndarray) -> np.ndarray:
-                return lift.T @ (single.T @ residuals.astype(np.float32)).astype(np.float64)
+        def weights_of(variables: np.ndarray) -> np.ndarray:
+            return lift * variables if diagonal else lift @ variables
 
         def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
-            preconditioned = flat.reshape(-1, n_classes)
-            log_p = log_softmax(forward(preconditioned), axis=1)
-            weights = preconditioned / scale
+            weights = weights_of(flat.reshape(-1, n_classes))
+            logits = (inputs @ weights.astype(dtype, copy=False)).astype(np.float64, copy=False)
+            log_p = log_softmax(logits, axis=1)
             loss = -np.sum(targets * log_p) + 0.5 * np.sum(precision * weights**2)
-            grad = backward(np.exp(log_p) - targets) + precision * weights / scale
+            residuals = (np.exp(log_p) - targets).astype(dtype, copy=False)
+            grad = (inputs.T @ residuals).astype(np.float64, copy=False) + precision * weights
+            grad = lift * grad if diagonal else lift.T @ grad
+            last["flat"], last["logits"] = flat, logits
             return loss / n_rows, grad.ravel() / n_rows
 
-        solution, iterations = lbfgs(
-            loss_and_grad, (start * scale).ravel(), int(self.max_iterations), float(self.tol)
-        )
+        initial = np.zeros((lift.shape[0], n_classes)) if start is None else start / lift
+        solution, iterations = lbfgs(loss_and_grad, initial.ravel(), int(self.max_iterations), float(self.tol))
         self.n_iter_ += iterations
-        return solution.reshape(-1, n_classes) / scale
+        if not np.array_equal(last["flat"], solution):  # the last evaluation is the solution's
+            loss_and_grad(solution)
+        return weights_of(solution.reshape(-1, n_classes)), last["logits"]
 
     @staticmethod
     def _class_curvature(probabilities: np.ndarray) -> np.ndarray:
@@ -730,9 +765,9 @@ class LaplaceClassifierCore:
                 if not held.any() or held.all():
                     continue
                 kept_eigenvalues = np.sum(rotated[~held] ** 2, axis=0)
-                weights = self._fit_map(
-                    rotated[~held], kept_eigenvalues, targets[~held], self._map_precisions(), self.weights_
-                )
+                precision = self._map_precisions(len(kept_eigenvalues))
+                lift = 1.0 / np.sqrt(kept_eigenvalues[:, None] / targets.shape[1] + precision)
+                weights, _ = self._fit_map(rotated[~held], targets[~held], precision, lift, self.weights_)
                 loo_mean[held] = rotated[held] @ weights
 
         variance = np.einsum("nkk->nk", cavity)
@@ -740,9 +775,14 @@ class LaplaceClassifierCore:
 
         def cv_nll(temperature: float, scales: np.ndarray) -> np.ndarray:
             """Cross-validated NLL of every scale at one temperature (probit predictive)."""
-            inflation = np.sqrt(1.0 + (math.pi / 8.0) * scales[:, None, None] * variance / temperature**2)
-            log_p = log_softmax(loo_mean / (temperature * inflation), axis=2)
-            return -log_p[:, rows, labels]
+            divisor = np.sqrt(1.0 + (math.pi / 8.0 / temperature**2) * scales[:, None, None] * variance)
+            divisor *= temperature
+            logits = loo_mean / divisor  # (scales, N, K); -log softmax at the label, in place
+            chosen = logits[:, rows, labels]
+            top = logits.max(axis=2, keepdims=True)
+            logits -= top
+            np.exp(logits, out=logits)
+            return np.log(logits.sum(axis=2)) + top[..., 0] - chosen
 
         # Flatten only: on a few separable examples every out-of-fold prediction is right, so the
         # cross-validated NLL always asks for sharper logits, which the test errors then punish.
