@@ -30,6 +30,7 @@ Usage::
     python -m benchmarks.scale_out            # full sizes (about 40 minutes on 2 cores)
     python -m benchmarks.scale_out --quick    # 20,000 / 2,000 rows; 2,000 images
     python -m benchmarks.scale_out --only extraction   # 20,000 images only (about 8 minutes)
+    python -m benchmarks.scale_out --only heads --heads BNN   # one head alone (repeat for more)
 
 Through the runner: section ``scale_out`` (heads) and ``scale_out_extraction`` (extraction).
 """
@@ -127,13 +128,15 @@ def _heads_child(arguments: dict) -> dict:
             "rows": arguments["rows"] or len(store)}
 
 
-def heads(rows: int, memory_rows: int, test_rows: int = 2_000, workdir: Path | None = None) -> list[dict]:
+def heads(rows: int, memory_rows: int, test_rows: int = 2_000, workdir: Path | None = None,
+          names: tuple[str, ...] = HEADS) -> list[dict]:
+    """Each head of ``names`` fitted from a store of ``rows`` rows and in memory on ``memory_rows``."""
     with tempfile.TemporaryDirectory(dir=workdir) as scratch:
         scratch = Path(scratch)
         write_feature_store(scratch / "train", rows, seed=0)
         write_feature_store(scratch / "test", test_rows, seed=0, first_row=10**9)
         results = []
-        for name in HEADS:
+        for name in names:
             common = {"store": str(scratch / "train"), "test": str(scratch / "test"), "head": name}
             load = _load()
             memory = _child("heads", {**common, "rows": memory_rows})
@@ -282,9 +285,13 @@ def report_rows(head_rows: list[dict], extraction_row: dict | None) -> Section:
     return Section("\n".join(lines), figures)
 
 
-def report(quick: bool = False, only: str | None = None) -> Section:
-    """Heads from shards (the runner's ``scale_out`` section); with ``only=None`` also extraction."""
-    head_rows = [] if only == "extraction" else (heads(20_000, 2_000) if quick else heads(100_000, 10_000))
+def report(quick: bool = False, only: str | None = None, names: tuple[str, ...] = HEADS) -> Section:
+    """Heads from shards (the runner's ``scale_out`` section); with ``only=None`` also extraction.
+
+    ``names``: the heads to fit (default all three).
+    """
+    sizes = (20_000, 2_000) if quick else (100_000, 10_000)
+    head_rows = [] if only == "extraction" else heads(*sizes, names=tuple(names))
     extraction_row = None if only == "heads" else extraction(2_000 if quick else 20_000)
     return report_rows(head_rows, extraction_row)
 
@@ -309,8 +316,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", choices=("heads", "extraction"))
+    parser.add_argument("--heads", choices=HEADS, action="append",
+                        help="fit only these heads (repeat the option for several; default: all)")
     args = parser.parse_args(argv)
-    print(report(quick=args.quick, only=args.only).markdown)
+    print(report(quick=args.quick, only=args.only, names=tuple(args.heads or HEADS)).markdown)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,34 @@ def test_scale_out_report_marks_targets():
     assert "scale_out" in run.SECTIONS and "scale_out_extraction" in run.SECTIONS
 
 
+def test_scale_out_heads_option_fits_only_the_heads_named(monkeypatch, capsys):
+    """``--heads BNN`` fits the BNN alone (at the sizes --quick picks); no option fits all three;
+    an unknown head is refused by the parser."""
+    from benchmarks import scale_out
+
+    calls = []
+
+    def fake_heads(rows, memory_rows, names=scale_out.HEADS):
+        calls.append((rows, memory_rows, names))
+        return [{"head": name, "memory": {"seconds": 1.0, "peak_mb": 300, "accuracy": 0.9, "rows": memory_rows},
+                 "shards": {"seconds": 5.0, "peak_mb": 400, "accuracy": 0.9, "rows": rows}, "load": "0.1 / 0.1"}
+                for name in names]
+
+    monkeypatch.setattr(scale_out, "heads", fake_heads)
+    monkeypatch.setattr(scale_out, "extraction", lambda count: pytest.fail("extraction was not asked for"))
+    scale_out.main(["--quick", "--only", "heads", "--heads", "BNN"])
+    assert calls == [(20_000, 2_000, ("BNN",))]
+    out = capsys.readouterr().out
+    assert "| BNN | 1.0 | 5.0 |" in out and "| LR |" not in out
+    scale_out.main(["--only", "heads", "--heads", "LR", "--heads", "GP"])
+    assert calls[-1] == (100_000, 10_000, ("LR", "GP"))
+    scale_out.main(["--only", "heads"])
+    assert calls[-1][2] == ("LR", "GP", "BNN")
+    with pytest.raises(SystemExit):
+        scale_out.main(["--heads", "SVM"])
+    assert "invalid choice: 'SVM'" in capsys.readouterr().err
+
+
 def test_few_shot_and_ood_tables_on_synthetic_tasks(monkeypatch):
     """The calibration and ood sections: draws, metrics, verdicts and OOD AUROC on tiny fake tasks."""
     import numpy as np

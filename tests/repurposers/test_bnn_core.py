@@ -106,6 +106,63 @@ def test_large_data_enlarges_the_minibatch():
     assert np.mean(core.predict_proba(features, CPU).argmax(axis=1) == labels) > 0.9
 
 
+def _three_blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.RandomState(seed)
+    labels = rng.randint(0, 3, n)
+    centres = np.random.RandomState(99).normal(0, 1.0, (3, 10))
+    return centres[labels] + rng.normal(0, 1.0, (n, 10)), labels
+
+
+@pytest.mark.slow
+def test_a_bounded_minibatch_keeps_the_step_budget_and_the_fit():
+    """Above max_batch_size * max_steps_per_epoch rows the minibatch stops growing: the same number
+    of steps, each epoch a part of a pass continuing where the last stopped, and the fit of
+    full-pass minibatches within the stated tolerance: accuracy 0.015 and test NLL 0.01 nats, the
+    spread between seeds of the full-pass fit itself (measured: 0.920-0.930, NLL 0.187-0.195
+    over seeds 0-3; bounded minus full at most 0.007 and 0.004 there)."""
+    x, y = _three_blobs(3_000, 0)
+    x_test, y_test = _three_blobs(2_000, 1)
+    options = {"num_epochs": 30, "learning_rate": 1e-2, "random_state": 0, "min_steps": 0}
+    bounded = BnnClassifierCore(max_batch_size=50, **options).fit(x, y, 3, CPU)
+    full = BnnClassifierCore(max_batch_size=None, **options).fit(x, y, 3, CPU)
+    assert bounded.effective_batch_size_ == 50 and full.effective_batch_size_ == 150  # 3,000 / 20
+    assert len(bounded.loss_history_) == len(full.loss_history_) == 30
+
+    def scores(core):
+        p = core.predict_proba(x_test, CPU)
+        return np.mean(p.argmax(1) == y_test), -np.mean(np.log(p[np.arange(len(y_test)), y_test]))
+
+    (acc_bounded, nll_bounded), (acc_full, nll_full) = scores(bounded), scores(full)
+    assert acc_full > 0.85
+    assert abs(acc_bounded - acc_full) <= 0.015 and abs(nll_bounded - nll_full) <= 0.01
+    # A batch_size larger than the bound is the user's choice: kept as the bound.
+    options["num_epochs"] = 1
+    assert BnnClassifierCore(batch_size=64, max_batch_size=32, **options).fit(x, y, 3, CPU).effective_batch_size_ == 64
+
+
+def test_minibatches_cover_every_row_once_per_pass_across_epochs():
+    generator = torch.Generator().manual_seed(0)
+    batches = BnnClassifierCore._minibatches(10, 4, generator, CPU)
+    first = [next(batches) for _ in range(3)]
+    assert [len(b) for b in first] == [4, 4, 2]
+    assert sorted(torch.cat(first).tolist()) == list(range(10))
+    second = torch.cat([next(batches) for _ in range(3)])
+    assert sorted(second.tolist()) == list(range(10)) and not torch.equal(second, torch.cat(first))
+
+
+def test_small_data_is_untouched_by_the_minibatch_bound():
+    """Up to max_batch_size * max_steps_per_epoch rows the bound changes nothing (bit-identical)."""
+    x, y = _three_blobs(600, 0)
+    options = {"num_epochs": 4, "random_state": 0, "min_steps": 0, "max_steps_per_epoch": 20}
+    for layers in (0, 1):
+        bounded = BnnClassifierCore(max_batch_size=30, num_layers=layers, **options).fit(x, y, 3, CPU)
+        free = BnnClassifierCore(max_batch_size=None, num_layers=layers, **options).fit(x, y, 3, CPU)
+        assert bounded.effective_batch_size_ == free.effective_batch_size_ == 30
+        for a, b in zip(bounded.params_, free.params_):
+            for name in a:
+                torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
 def test_bad_arguments_raise_clear_errors(bnn, digits5):
     x_train, y_train, x_test, _ = digits5
     with pytest.raises(InvalidArgumentError, match="start_annealing must be smaller than the number of epochs"):
@@ -118,6 +175,10 @@ def test_bad_arguments_raise_clear_errors(bnn, digits5):
         BnnClassifierCore(sigma=0.0)
     with pytest.raises(InvalidTypeError, match="n_hidden must be an integer"):
         BnnClassifierCore(n_hidden=2.5)
+    with pytest.raises(InvalidArgumentError, match="max_batch_size must be >= 1, got 0"):
+        BnnClassifierCore(max_batch_size=0)
+    with pytest.raises(InvalidTypeError, match="max_batch_size must be an integer or None, got 2.5"):
+        BnnClassifierCore(max_batch_size=2.5)
     with pytest.raises(InvalidArgumentError, match="labels must lie in 0..3"):
         BnnClassifierCore(num_epochs=2).fit(x_train, y_train, 4, CPU)
     with pytest.raises(InvalidArgumentError, match="fitted on 64"):

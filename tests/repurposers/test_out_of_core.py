@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from xfer.exceptions import InvalidArgumentError, InvalidTypeError
 from xfer.feature_store import FeatureStore, write_features
@@ -77,6 +78,24 @@ def test_logistic_regression_on_disk_equals_in_memory(on_disk, classes, monkeypa
     np.testing.assert_array_equal(streamed.classes_, in_memory.classes_)
     np.testing.assert_allclose(streamed.predict_proba(store), in_memory.predict_proba(features), atol=1e-8)
     np.testing.assert_array_equal(streamed.predict(store), in_memory.predict(features))
+
+
+def test_bnn_on_disk_with_a_bounded_minibatch_equals_in_memory(on_disk, monkeypatch):
+    """Where the minibatch bound makes each epoch part of a pass, the store gives the in-memory fit
+    (the same minibatches drawn from the files), reading at most one chunk at a time."""
+    from xfer.repurposers._bnn_core import BnnClassifierCore
+
+    store, features, _, test = on_disk
+    store = FeatureStore(store.directory, chunk_mb=0.05)  # 546 rows of 12 float64 values at a time
+    labels = np.unique(store.labels, return_inverse=True)[1].astype(np.int64)
+    options = {"num_epochs": 3, "random_state": 0, "min_steps": 0, "max_batch_size": 40, "num_layers": 0}
+    cpu = torch.device("cpu")
+    in_memory = BnnClassifierCore(**options).fit(features, labels, 3, cpu, store.feature_indices_per_layer)
+    counter = _ReadCounter(monkeypatch)
+    streamed = BnnClassifierCore(**options).fit(store, labels, 3, cpu, store.feature_indices_per_layer)
+    assert streamed.effective_batch_size_ == in_memory.effective_batch_size_ == 40
+    assert 0 < counter.largest <= store.chunk_rows() == 546
+    np.testing.assert_allclose(streamed.predict_proba(test, cpu), in_memory.predict_proba(test, cpu), atol=1e-6)
 
 
 @pytest.mark.slow

@@ -76,7 +76,8 @@ class StoreRows:
 
     ``rows[indices]`` gathers the rows from the files and applies ``transform``: a NumPy index
     gives a float64 NumPy array, a ``torch.Tensor`` index a tensor of ``dtype`` on ``device``
-    (what the GP and BNN cores' minibatch loops index with).
+    (what the GP and BNN cores' minibatch loops index with), a slice ``start:stop`` the
+    consecutive rows, read in order.
     """
 
     def __init__(self, store: Any, transform: Callable[[np.ndarray], np.ndarray], width: int,
@@ -93,6 +94,11 @@ class StoreRows:
     def __getitem__(self, indices: Any) -> Any:
         import torch
 
+        if isinstance(indices, slice):
+            start, stop, step = indices.indices(self.shape[0])
+            if step == 1:
+                return self.transform(self.store.rows(start, max(start, stop)))
+            indices = np.arange(start, stop, step)
         if isinstance(indices, torch.Tensor):
             rows = self.transform(self.store.take(indices.cpu().numpy()))
             return torch.as_tensor(rows, dtype=self.dtype, device=self.device)
