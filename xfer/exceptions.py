@@ -3,14 +3,20 @@
 Every exception subclasses :class:`XferError` and the built-in type a user would naturally catch
 (``ValueError``, ``TypeError``, ``FileNotFoundError``...), so ``except ValueError`` keeps working in
 scripts written for Amazon's Xfer.
+
+:class:`NotFittedError` also subclasses scikit-learn's ``NotFittedError``; it is defined on first
+use (``xfer.exceptions.NotFittedError``, ``from xfer.exceptions import NotFittedError``), so
+importing this module does not import scikit-learn (about 1.3 s of CPU in every process that only
+extracts features or handles a model, e.g. each feature-extraction worker process).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from xfer._lazy import lazy_attributes
 
 
 class XferError(Exception):
@@ -35,15 +41,6 @@ class InvalidArgumentError(XferError, ValueError):
 
 class InvalidTypeError(XferError, TypeError):
     """An argument of the wrong type."""
-
-
-class NotFittedError(XferError, _SklearnNotFittedError, TypeError):
-    """A method that needs a fitted repurposer was called before ``fit``/``repurpose``.
-
-    Catchable as ``ValueError`` and ``AttributeError`` (scikit-learn's ``NotFittedError``) and as
-    ``TypeError``: Xfer 1.1.0 raised ``ValueError`` when a meta-model repurposer predicted before
-    fitting and ``TypeError`` when a neural-network repurposer did.
-    """
 
 
 class DeviceUnavailableError(XferError, RuntimeError):
@@ -153,3 +150,8 @@ class DegenerateFitWarning(XferWarning):
 
 
 __all__ += ["XferWarning", "DegenerateFitWarning"]
+
+if TYPE_CHECKING:  # what static tools see; at run time the class is defined on first use
+    from xfer._not_fitted_error import NotFittedError
+
+__getattr__, __dir__ = lazy_attributes(__name__, {"NotFittedError": "xfer._not_fitted_error"})
