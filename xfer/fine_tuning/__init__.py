@@ -11,10 +11,11 @@ One training loop for every backend, and one plug-in per backend:
 - :mod:`~xfer.fine_tuning.backend`: the seam, :class:`TrainingBackend` and :class:`Trainer`, and
   the registry (:func:`register_training_backend`, keyed by the ModelHandler's ``backend``);
 - :mod:`~xfer.fine_tuning.mxnet` and :mod:`~xfer.fine_tuning.torch`: the built-in backends,
-  registered when this package is imported. Nothing else imports a framework.
+  each imported (and registered) when a network of its framework is first fine-tuned or its
+  files first loaded, so a torch user never imports MXNet. Nothing else imports a framework.
 """
 
-from xfer.fine_tuning import mxnet, torch  # noqa: F401  (registers the built-in backends)
+from xfer._lazy import lazy_attributes
 from xfer.fine_tuning.backend import (
     Trainer,
     TrainingBackend,
@@ -30,3 +31,7 @@ __all__ = [
     "register_training_backend",
     "training_backend",
 ]
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__, {}, ("backend", "checkpoint", "history", "loop", "mxnet", "run", "torch")
+)

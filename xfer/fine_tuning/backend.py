@@ -19,11 +19,16 @@ Write a backend by subclassing both classes and decorating the backend with
 :func:`register_training_backend`; ``tests/functional_backend.py`` is a complete one (a
 ModelHandler and a training backend for networks written as lists of ``torch.nn.functional``
 calls) that the ModelHandler protocol tests and the fine-tuning suite run beside MXNet and torch.
+
+The two built-in backends are imported when a network of theirs is first fine-tuned (or files of
+theirs first loaded), not with :mod:`xfer.fine_tuning`: a torch network's user never imports MXNet
+(about 3 s of CPU), an MXNet network's user never imports torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +42,18 @@ from xfer.exceptions import InvalidArgumentError, InvalidTypeError
 from xfer.fine_tuning.run import LR_SCHEDULES, Phase, Settings, object_state
 
 _BACKENDS: dict[str, TrainingBackend] = {}
+
+#: The built-in training backends, imported on first need: handler ``backend`` key -> (module,
+#: the backend's ``file_key``).
+_BUILTIN_BACKENDS: dict[str, tuple[str, str | None]] = {
+    "mxnet": ("xfer.fine_tuning.mxnet", None),
+    "torch": ("xfer.fine_tuning.torch", "torch"),
+}
+
+
+def _known_keys() -> list[str]:
+    """The keys of the registered backends and of the built-in ones, imported or not."""
+    return sorted({*_BACKENDS, *_BUILTIN_BACKENDS})
 
 
 class Trainer(ABC):
@@ -634,6 +651,9 @@ def register_training_backend(cls: type[TrainingBackend]) -> type[TrainingBacken
         raise InvalidTypeError(
             f"register_training_backend takes a TrainingBackend subclass, got {cls!r}."
         )
+    for key, (module, file_key) in _BUILTIN_BACKENDS.items():
+        if (key == cls.key or file_key == cls.file_key) and cls.__module__ != module:
+            importlib.import_module(module)  # registers the built-in one: the check below names it
     for key, registered in _BACKENDS.items():
         same_class = type(registered).__qualname__ == cls.__qualname__  # a reloaded module
         if (key == cls.key or registered.file_key == cls.file_key) and not same_class:
@@ -663,11 +683,13 @@ def training_backend(handler: Any) -> TrainingBackend:
         No training backend is registered for that key.
     """
     key = getattr(handler, "backend", None)
+    if key not in _BACKENDS and key in _BUILTIN_BACKENDS:
+        importlib.import_module(_BUILTIN_BACKENDS[key][0])  # registers it
     if key in _BACKENDS:
         return _BACKENDS[key]
     raise InvalidTypeError(
         f"Cannot fine-tune a {type(handler).__name__} (backend {key!r}): no training backend is "
-        f"registered for it (registered: {sorted(_BACKENDS)}). Register one with "
+        f"registered for it (registered: {_known_keys()}). Register one with "
         "xfer.fine_tuning.register_training_backend."
     )
 
@@ -683,12 +705,23 @@ def training_backend_for_files(file_key: Any) -> TrainingBackend:
     for backend in _BACKENDS.values():
         if backend.file_key == file_key:
             return backend
+    for module, builtin_file_key in _BUILTIN_BACKENDS.values():
+        if builtin_file_key == file_key and module not in _imported_builtins():
+            importlib.import_module(module)  # registers it
+            return training_backend_for_files(file_key)
     from xfer.exceptions import SerializationError
 
+    written = {b.file_key or b.key for b in _BACKENDS.values()}
+    written |= {file_key or key for key, (_, file_key) in _BUILTIN_BACKENDS.items()}
     raise SerializationError(
         f"The files were written by a training backend {file_key!r} that is not registered "
-        f"(registered: {sorted(b.file_key or b.key for b in _BACKENDS.values())})."
+        f"(registered: {sorted(written)})."
     )
+
+
+def _imported_builtins() -> set[str]:
+    """The modules of the built-in backends already registered."""
+    return {type(backend).__module__ for backend in _BACKENDS.values()}
 
 
 __all__ = [
