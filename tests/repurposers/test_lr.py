@@ -96,3 +96,44 @@ def test_unknown_standardize_mode():
     X, y = make_blob_features()
     with pytest.raises(ValueError, match="standardize must be one of"):
         LrRepurposer(None, None, standardize="minmax").fit(X, y)
+
+
+@pytest.mark.parametrize("head", ["lr", "svm"])
+def test_n_jobs_limits_blas_threads_and_the_default_skips_the_thread_pool_scan(head, monkeypatch):
+    # threadpool_limits(limits=None) limits nothing but scans every loaded native library
+    # (~0.07 s of CPU per fit): the default n_jobs=-1 must not pay it; n_jobs=k still limits.
+    import threadpoolctl
+
+    from xfer.repurposers import lr as lr_module
+    from xfer.repurposers import svm as svm_module
+
+    made = svm_module.SvmRepurposer if head == "svm" else LrRepurposer
+    X, y = make_blob_features(30, 3, 10, seed=5)
+    limits, seen = [], []
+
+    def recording_limits(limits=None, **kwargs):
+        seen.append(limits)
+        return threadpoolctl.threadpool_limits(limits=limits, **kwargs)
+
+    def fit_seeing_blas_threads(n_jobs):
+        limits.clear()
+        original = lr_module._linear.standardize
+
+        def standardize(*args):
+            info = threadpoolctl.threadpool_info()
+            limits.append({pool["num_threads"] for pool in info if pool["user_api"] == "blas"})
+            return original(*args)
+
+        monkeypatch.setattr(lr_module._linear, "standardize", standardize)
+        try:
+            fitted = made(None, None, n_jobs=n_jobs, random_state=0).fit(X, y)
+            return fitted.decision_function(X) if head == "svm" else fitted.predict_proba(X)
+        finally:
+            monkeypatch.setattr(lr_module._linear, "standardize", original)
+
+    monkeypatch.setattr(lr_module, "threadpool_limits", recording_limits)
+    default = fit_seeing_blas_threads(-1)
+    assert seen == []
+    one = fit_seeing_blas_threads(1)
+    assert seen == [1] and limits[0] == {1}  # inside the fit (predicting standardises too)
+    np.testing.assert_allclose(one, default, rtol=0, atol=1e-12)

@@ -14,7 +14,6 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.metaestimators import available_if
-from threadpoolctl import threadpool_limits
 
 from xfer._arguments import check_int, check_positive
 from xfer.context import cpu
@@ -255,7 +254,7 @@ class SvmRepurposer(MetaModelRepurposer):
         labels: np.ndarray,
         feature_indices_per_layer: list[np.ndarray] | None = None,
     ) -> SvmModel:
-        from xfer.repurposers.lr import _thread_limit
+        from xfer.repurposers.lr import _thread_limits
 
         if self.kernel not in _KERNELS:
             raise InvalidArgumentError(
@@ -270,7 +269,7 @@ class SvmRepurposer(MetaModelRepurposer):
         )
         features = np.asarray(features, dtype=np.float64)
         with (
-            threadpool_limits(limits=_thread_limit(self.n_jobs)),
+            _thread_limits(self.n_jobs),
             warnings.catch_warnings(record=True) as caught,
         ):
             warnings.simplefilter("always", ConvergenceWarning)
