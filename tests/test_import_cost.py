@@ -4,8 +4,11 @@ An MXNet user fitting a logistic-regression or SVM head must not pay for torch a
 head's user pays for the fine-tuning backends or the other heads (``xfer.repurposers`` resolves
 its names on first use), no head's fit may import ``torch._dynamo`` (``torch.optim`` does,
 for 2-3 seconds), and a torch network's user never imports MXNet (about 3 seconds), whose
-``mx.cpu`` is the heads' default device (``xfer.context.cpu`` stands in for it). ``import xfer``
-itself: tests/test_package.py.
+``mx.cpu`` is the heads' default device (``xfer.context.cpu`` stands in for it), nor when it
+fine-tunes it (the fine-tuning backends are imported per network). Handling a model or extracting
+features does not import scikit-learn (~1.3 s of CPU in every process, feature-extraction workers
+included): ``xfer.exceptions.NotFittedError``, a subclass of scikit-learn's, is defined on first
+use. ``import xfer`` itself: tests/test_package.py.
 """
 
 from __future__ import annotations
@@ -95,12 +98,49 @@ xfer.BnnRepurposer(source, ["fc1"], num_epochs=2).fit(images[:100], labels[:100]
     assert _modules_after(code) == {"torch": True, "gpytorch": True, "torch._dynamo": False}
 
 
+#: Modules a feature-extraction worker or a model handler's user imports.
+_HANDLING = ("xfer.exceptions", "xfer.model_handler", "xfer.feature_store", "xfer.threads", "xfer.data",
+             "xfer.serialization", "xfer.zoo", "xfer.context", "xfer.metrics", "xfer.distributed",
+             "xfer.datasets", "xfer.cli", "xfer.fine_tuning")  # fmt: skip
+
+
+def test_handling_models_and_features_imports_no_scikit_learn():
+    code = "import importlib, sys\n" + "".join(
+        f"importlib.import_module({name!r})\nassert 'sklearn' not in sys.modules, {name!r}\n" for name in _HANDLING
+    ) + "from xfer.exceptions import *\nassert 'sklearn' in sys.modules\n"  # fmt: skip
+    assert _modules_after(code, ("scipy.stats", "mxnet", "torch")) == {
+        "scipy.stats": True, "mxnet": False, "torch": False}  # fmt: skip
+
+
+def test_not_fitted_error_keeps_its_bases_name_and_pickles():
+    import pickle
+
+    import sklearn.exceptions
+
+    import xfer.exceptions
+    from xfer.exceptions import NotFittedError, XferError
+
+    assert xfer.exceptions.NotFittedError is NotFittedError and "NotFittedError" in dir(xfer.exceptions)
+    for base in (XferError, sklearn.exceptions.NotFittedError, ValueError, AttributeError, TypeError):
+        assert issubclass(NotFittedError, base), base
+    assert (NotFittedError.__module__, NotFittedError.__qualname__) == ("xfer.exceptions", "NotFittedError")
+    copy = pickle.loads(pickle.dumps(NotFittedError("not fitted yet")))
+    assert type(copy) is NotFittedError and str(copy) == "not fitted yet"
+    with pytest.raises(sklearn.exceptions.NotFittedError, match="not fitted"):
+        xfer.LrRepurposer(None, None).predict_proba([[0.0, 1.0]])
+    with pytest.raises(AttributeError, match="module 'xfer.exceptions' has no attribute 'Nothing'"):
+        xfer.exceptions.Nothing  # noqa: B018
+
+
 @pytest.mark.slow
 def test_a_torch_network_never_imports_mxnet(tmp_path):
     # A ModelHandler of a torch network (the next built-in backend is imported only when MXNet's
-    # declines), then fit, predict, repr, get_params, save and load of each meta-model head kind on
-    # it: neither the handler nor the heads' default device (Xfer's mx.cpu) may load MXNet (~3 s).
+    # declines; extracting its features imports no scikit-learn either), then fit, predict, repr,
+    # get_params, save and load of each meta-model head kind and each fine-tuner on it: neither the
+    # handler, nor the heads' default device (Xfer's mx.cpu), nor the fine-tuning backends
+    # (imported per network) may load MXNet (~3 s).
     code = f"""
+import sys
 import numpy as np
 from torch import nn
 import xfer
@@ -108,6 +148,7 @@ net = nn.Sequential(nn.Flatten(), nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 3))
 handler = xfer.model_handler.ModelHandler(net)
 assert type(handler).__name__ == "TorchModelHandler"
 handler.get_layer_output(np.zeros((3, 3), np.float32), ["1"])
+assert "sklearn" not in sys.modules
 X = np.random.RandomState(1).randn(45, 3).astype(np.float32) + np.repeat(np.eye(3) * 3, 15, 0)
 y = np.repeat(["a", "b", "c"], 15)
 for name in ("LrRepurposer", "SvmRepurposer", "GpRepurposer", "BnnRepurposer", "LaplaceRepurposer"):
@@ -117,8 +158,15 @@ for name in ("LrRepurposer", "SvmRepurposer", "GpRepurposer", "BnnRepurposer", "
     assert head.get_params()["context_function"] is xfer.context.cpu
     head.save({str(tmp_path)!r} + "/" + name)
     assert (xfer.load({str(tmp_path)!r} + "/" + name, source_model=net).predict(X) == head.predict(X)).all()
+for name, arguments in (("NeuralNetworkFineTuneRepurposer", ("2", 3)),
+                        ("NeuralNetworkRandomFreezeRepurposer", (3, ["1"], []))):
+    tuner = getattr(xfer, name)(net, *arguments, num_epochs=2, batch_size=16)
+    predicted = tuner.fit(X, y).predict(X)
+    tuner.predict_proba(X), repr(tuner), tuner.get_params()
+    tuner.save({str(tmp_path)!r} + "/" + name)
+    assert (xfer.load({str(tmp_path)!r} + "/" + name, source_model=net).predict(X) == predicted).all()
 """
-    loaded = _modules_after(code, ("mxnet", "xfer._mxnet", "xfer.model_handler.mxnet"))
+    loaded = _modules_after(code, ("mxnet", "xfer._mxnet", "xfer.model_handler.mxnet", "xfer.fine_tuning.mxnet"))
     assert not any(loaded.values()), [m for m, on in loaded.items() if on]
 
 
