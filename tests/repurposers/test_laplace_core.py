@@ -350,3 +350,25 @@ def test_map_runs_while_the_gram_matrix_is_decomposed(monkeypatch):
     penalty[-1] = 1e-6
     gradient = design.T @ (softmax(design @ weights, axis=1) - np.eye(3)[y]) + penalty * weights
     assert np.abs(gradient).max() / len(y) < 1e-7
+
+
+@pytest.mark.parametrize("mode", ["layer", "column", "none"])
+@pytest.mark.parametrize("n_rows", [12, 80])
+def test_feature_scaling_is_the_shared_standardizer(mode, n_rows, monkeypatch):
+    """Whatever the path (N > D takes the columns' deviations from the Gram matrix's diagonal,
+    float32 above _SINGLE_PRECISION_SIZE), the scaling is every head's (``fit_standardizer``)."""
+    import xfer.repurposers._laplace_core as core_module
+    from xfer.repurposers._linear import fit_standardizer
+
+    rng = np.random.RandomState(5)
+    X = rng.normal(size=(n_rows, 20)) * np.linspace(0.1, 30.0, 20) + 4.0
+    X[:, 3] = 2.5  # a constant column
+    y = np.arange(n_rows) % 3
+    layers = [np.arange(12), np.arange(12, 20)]
+    _, expected = fit_standardizer(X, layers, mode)
+    for size in (2**22, 0):
+        monkeypatch.setattr(core_module, "_SINGLE_PRECISION_SIZE", size)
+        core = LaplaceClassifierCore(standardize=mode, apply_l2_norm=False, calibrate=False)
+        core.fit(X, y, 3, layers)
+        np.testing.assert_allclose(core.feature_scale_, expected, rtol=1e-9 if size or n_rows < 20 else 1e-5)
+        np.testing.assert_allclose(core.feature_mean_, X.mean(axis=0), rtol=1e-12)

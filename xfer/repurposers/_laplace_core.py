@@ -69,6 +69,7 @@ from xfer.repurposers._linear import (
     l2_layers,
     l2_layers_from_state,
     l2_normalize_layers,
+    standardizer_from_moments,
 )
 from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
 from xfer.threads import one_blas_thread
@@ -373,22 +374,32 @@ class LaplaceClassifierCore:
             l2_layers(features, self.layer_indices_) if self.apply_l2_norm else np.zeros(len(self.layer_indices_), bool)
         )
         normalised = self._l2(features)
-        _, self.feature_scale_ = fit_standardizer(normalised, self.layer_indices_, self.standardize)
         # Centred whatever ``standardize`` says: the bias then is orthogonal to the feature columns
         # (see ``_fit_basis``), and with a nearly flat prior on it centring does not change the model.
         self.feature_mean_ = normalised.mean(axis=0, dtype=np.float64)
         n_rows, n_columns = features.shape
-        # Many rows: the design is held in float32 (the features' own precision), which halves the
-        # time of the Gram matrix and of the MAP's products with the design.
-        single = n_rows > n_columns and n_rows * (n_columns + 1) > _SINGLE_PRECISION_SIZE
-        design = self._design(normalised, normalised=True, dtype=np.float32 if single else np.float64)
         targets = np.zeros((len(labels), self.n_classes_))
         targets[np.arange(len(labels)), labels] = 1.0
         if n_rows > n_columns:
+            # Many rows: the design is held in float32 (the features' own precision), which halves
+            # the time of the Gram matrix and of the MAP's products with the design.
+            single = n_rows * (n_columns + 1) > _SINGLE_PRECISION_SIZE
+            self.feature_scale_ = np.ones(n_columns)
+            design = self._design(normalised, normalised=True, dtype=np.float32 if single else np.float64)
+            gram = (design[:, :-1].T @ design[:, :-1]).astype(np.float64)  # the caller's BLAS threads
+            # The columns' standard deviations are the centred Gram matrix's diagonal: no other pass.
+            std = np.sqrt(np.clip(np.diag(gram), 0.0, None) / n_rows)
+            _, self.feature_scale_ = standardizer_from_moments(
+                self.feature_mean_, std, self.layer_indices_, self.standardize
+            )
+            design[:, :-1] /= self.feature_scale_.astype(design.dtype)
+            gram /= np.outer(self.feature_scale_, self.feature_scale_)
             # The MAP runs in the feature coordinates while the Gram matrix is decomposed.
-            data_eigenvalues, map_weights, map_logits = self._fit_basis_and_map(design, targets)
+            data_eigenvalues, map_weights, map_logits = self._fit_basis_and_map(design, gram, targets)
             self.weights_ = self.basis_.T @ map_weights
         else:
+            _, self.feature_scale_ = fit_standardizer(normalised, self.layer_indices_, self.standardize)
+            design = self._design(normalised, normalised=True)
             data_eigenvalues = self._fit_basis(design)
         rank, n_classes = self.basis_.shape[1], self.n_classes_
         structure = self.hessian_structure
@@ -482,12 +493,14 @@ class LaplaceClassifierCore:
         self.basis_[-1, rank] = 1.0
         return np.append(eigenvalues[keep], float(n_rows))
 
-    def _fit_basis_and_map(self, design: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _fit_basis_and_map(
+        self, design: np.ndarray, gram: np.ndarray, targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``basis_`` and the MAP when ``N > D``: the eigendecomposition of the feature Gram matrix
         runs on a second thread while the MAP is fitted in the feature coordinates.
 
-        The MAP is preconditioned by the Cholesky factor ``L`` of ``G / K + m I`` (``G`` the
-        feature Gram matrix, ``m`` the penalty): ``W = L^-T V``. That is the eigenbasis
+        The MAP is preconditioned by the Cholesky factor ``L`` of ``G / K + m I`` (``gram``, ``G``:
+        the Gram matrix of the design's feature columns; ``m`` the penalty): ``W = L^-T V``. That is the eigenbasis
         preconditioner ``U diag(s / K + m)^-1/2`` up to an orthogonal factor, and L-BFGS is
         invariant under orthogonal changes of variables, so it takes the same steps as in the
         eigenbasis without waiting for it. Both threads run BLAS on one thread each. A float32
@@ -510,8 +523,6 @@ class LaplaceClassifierCore:
         from scipy.linalg.lapack import dtrtri
 
         n_rows, n_classes = targets.shape
-        features = design[:, :-1]
-        gram = (features.T @ features).astype(np.float64)  # the caller's BLAS threads
         precision = self._map_precisions(design.shape[1])
         shifted = gram / n_classes
         shifted[np.diag_indices_from(shifted)] += precision[:-1, 0]
@@ -521,10 +532,10 @@ class LaplaceClassifierCore:
             inverse, info = dtrtri(factor, lower=1)
             if info != 0:  # not reachable for a positive definite matrix; kept explicit
                 raise InvalidArgumentError("The MAP's preconditioner is singular: the features hold NaN or inf?")
-            lift = np.zeros((len(precision), len(precision)))
-            lift[:-1, :-1] = np.tril(inverse).T
-            lift[-1, -1] = 1.0 / math.sqrt(n_rows / n_classes + float(precision[-1, 0]))
-            weights, logits = self._fit_map(design, targets, precision, lift)
+            lift = np.ones((len(precision), 1))
+            lift[-1] = 1.0 / math.sqrt(n_rows / n_classes + float(precision[-1, 0]))
+            triangular = np.asfortranarray(np.tril(inverse).T)
+            weights, logits = self._fit_map(design, targets, precision, lift, triangular=triangular)
             eigenvalues, vectors = decomposition.result()
         cut = _SINGLE_PRECISION_RANK if design.dtype == np.float32 else 1e-10
         return self._set_basis(eigenvalues[::-1], vectors[:, ::-1], cut, n_rows), weights, logits
@@ -552,21 +563,28 @@ class LaplaceClassifierCore:
         precision: np.ndarray,
         lift: np.ndarray,
         start: np.ndarray | None = None,
+        triangular: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """MAP weights ``W`` (``(r, K)``) of ``sum_n CE(y_n, softmax(W^T x_n)) + 1/2 sum precision W^2``.
 
         L-BFGS runs on ``V`` with ``W = lift * V`` (``lift`` of shape ``(r, 1)``: a diagonal
-        preconditioner) or ``W = lift @ V`` (``(r, r)``; then ``start`` must be None: zeros).
+        preconditioner), and with ``triangular`` (upper, ``(r - 1, r - 1)``) ``W[:-1] =
+        triangular @ V[:-1]`` instead (the bias, last, keeps its diagonal factor; ``start`` must
+        then be None: zeros).
         Products with a float32 ``inputs`` run in float32 (the features' own precision); the loss
         and the gradient are summed in float64. Returns the weights and their logits.
         """
+        from scipy.linalg.blas import dtrmm
+
         n_rows, n_classes = targets.shape
-        diagonal = lift.shape[1] == 1
         dtype = inputs.dtype
         last: dict[str, np.ndarray] = {}
 
         def weights_of(variables: np.ndarray) -> np.ndarray:
-            return lift * variables if diagonal else lift @ variables
+            weights = lift * variables
+            if triangular is not None:
+                weights[:-1] = dtrmm(1.0, triangular, variables[:-1], lower=0)
+            return weights
 
         def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
             weights = weights_of(flat.reshape(-1, n_classes))
@@ -575,7 +593,9 @@ class LaplaceClassifierCore:
             loss = -np.sum(targets * log_p) + 0.5 * np.sum(precision * weights**2)
             residuals = (np.exp(log_p) - targets).astype(dtype, copy=False)
             grad = (inputs.T @ residuals).astype(np.float64, copy=False) + precision * weights
-            grad = lift * grad if diagonal else lift.T @ grad
+            if triangular is not None:
+                grad[:-1] = dtrmm(1.0, triangular, grad[:-1], lower=0, trans_a=1)
+            grad = lift * grad
             last["flat"], last["logits"] = flat, logits
             return loss / n_rows, grad.ravel() / n_rows
 
