@@ -372,3 +372,19 @@ def test_feature_scaling_is_the_shared_standardizer(mode, n_rows, monkeypatch):
         core.fit(X, y, 3, layers)
         np.testing.assert_allclose(core.feature_scale_, expected, rtol=1e-9 if size or n_rows < 20 else 1e-5)
         np.testing.assert_allclose(core.feature_mean_, X.mean(axis=0), rtol=1e-12)
+
+
+def test_calibration_grid_on_two_threads_chooses_the_same(monkeypatch):
+    """Large calibrations evaluate the grid's temperatures on two threads: same losses, same choice."""
+    import xfer.repurposers._laplace_core as core_module
+
+    y = np.repeat(np.arange(3), 10)
+    X = np.random.default_rng(0).normal(size=(30, 20)) + 0.7 * np.eye(3, 20)[y]  # overlapping classes
+    options = {"apply_l2_norm": False, "map_precision": 0.01}
+    monkeypatch.setattr(core_module, "_THREADED_GRID_SIZE", 10**9)
+    serial = LaplaceClassifierCore(**options).fit(X, y, 3)
+    monkeypatch.setattr(core_module, "_THREADED_GRID_SIZE", 0)
+    threaded = LaplaceClassifierCore(**options).fit(X, y, 3)
+    assert serial.covariance_scale_ > 0.0 or serial.temperature_ > 1.0  # the grid decided something
+    assert (threaded.covariance_scale_, threaded.temperature_) == (serial.covariance_scale_, serial.temperature_)
+    assert threaded.calibration_nll_ == serial.calibration_nll_
