@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -388,3 +389,20 @@ def test_calibration_grid_on_two_threads_chooses_the_same(monkeypatch):
     assert serial.covariance_scale_ > 0.0 or serial.temperature_ > 1.0  # the grid decided something
     assert (threaded.covariance_scale_, threaded.temperature_) == (serial.covariance_scale_, serial.temperature_)
     assert threaded.calibration_nll_ == serial.calibration_nll_
+
+
+@pytest.mark.parametrize("size", [2**22, 0])
+def test_huge_feature_values_fit_as_their_rescaled_copy(size, monkeypatch):
+    """Columns in huge units (squares past float32's range) standardise before any float32 product:
+    the fit equals that of the same features in unit scale (N > D, float64 and float32 paths)."""
+    import xfer.repurposers._laplace_core as core_module
+
+    monkeypatch.setattr(core_module, "_SINGLE_PRECISION_SIZE", size)
+    X, y = _data(n_per_class=20, n_features=6)
+    options = {"apply_l2_norm": False, "calibrate": False}
+    unit = LaplaceClassifierCore(**options).fit(X, y, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning reaches the user
+        huge = LaplaceClassifierCore(**options).fit(X * 1e25, y, 3)
+    assert np.all(np.isfinite(huge.basis_)) and np.all(np.isfinite(huge.weights_))
+    np.testing.assert_allclose(huge.predict_proba(X * 1e25), unit.predict_proba(X), atol=1e-4)

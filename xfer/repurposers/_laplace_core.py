@@ -389,14 +389,20 @@ class LaplaceClassifierCore:
             single = n_rows * (n_columns + 1) > _SINGLE_PRECISION_SIZE
             self.feature_scale_ = np.ones(n_columns)
             design = self._design(normalised, normalised=True, dtype=np.float32 if single else np.float64)
-            gram = (design[:, :-1].T @ design[:, :-1]).astype(np.float64)  # the caller's BLAS threads
-            # The columns' standard deviations are the centred Gram matrix's diagonal: no other pass.
-            std = np.sqrt(np.clip(np.diag(gram), 0.0, None) / n_rows)
-            _, self.feature_scale_ = standardizer_from_moments(
-                self.feature_mean_, std, self.layer_indices_, self.standardize
-            )
-            design[:, :-1] /= self.feature_scale_.astype(design.dtype)
-            gram /= np.outer(self.feature_scale_, self.feature_scale_)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked below
+                gram = (design[:, :-1].T @ design[:, :-1]).astype(np.float64)  # the caller's BLAS threads
+            if np.isfinite(np.diag(gram)).all():
+                # The columns' standard deviations are the centred Gram matrix's diagonal: no other pass.
+                std = np.sqrt(np.clip(np.diag(gram), 0.0, None) / n_rows)
+                _, self.feature_scale_ = standardizer_from_moments(
+                    self.feature_mean_, std, self.layer_indices_, self.standardize
+                )
+                design[:, :-1] /= self.feature_scale_.astype(design.dtype)
+                gram /= np.outer(self.feature_scale_, self.feature_scale_)
+            else:  # columns in units too large to square (float32: beyond ~1e19): scale them first
+                _, self.feature_scale_ = fit_standardizer(normalised, self.layer_indices_, self.standardize)
+                design = self._design(normalised, normalised=True, dtype=design.dtype)
+                gram = (design[:, :-1].T @ design[:, :-1]).astype(np.float64)
             # The MAP runs in the feature coordinates while the Gram matrix is decomposed.
             data_eigenvalues, map_weights, map_logits = self._fit_basis_and_map(design, gram, targets)
             self.weights_ = self.basis_.T @ map_weights
