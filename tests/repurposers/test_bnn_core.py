@@ -208,8 +208,12 @@ def test_corrupt_state_raises_serialization_error(bnn):
         BnnClassifierCore.from_state(config, broken)
     with pytest.raises(SerializationError, match=r"Not a BnnClassifierCore state \(config 'class' key\)"):
         BnnClassifierCore.from_state({**config, "class": "GpClassifierCore"}, arrays)
-    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(4\); upgrade xfer"):
+    with pytest.raises(SerializationError, match=r"BNN state format 99 is newer than this library supports \(5\); upgrade xfer"):
         BnnClassifierCore.from_state({**config, "format_version": 99}, arrays)
+    with pytest.raises(SerializationError, match="BNN temperature -1.0 / variance_scale 1.0 must be positive"):
+        BnnClassifierCore.from_state({**config, "temperature": -1.0}, arrays)
+    with pytest.raises(SerializationError, match="variance_scale nan must be"):
+        BnnClassifierCore.from_state({**config, "variance_scale": float("nan")}, arrays)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -341,7 +345,9 @@ def test_map_initialisation_is_the_penalised_maximum_likelihood():
     core = BnnClassifierCore(num_layers=0, num_epochs=1, min_steps=0, learning_rate=1e-12, sigma=0.7, random_state=0)
     core.fit(inputs, labels, 3, CPU)
     assert core.map_initialised_ and core.basis_.shape == (20, 11)
-    expected = BnnClassifierCore._map_weights(core._transform(inputs), labels, 3, np.full((12, 3), 1 / 0.7**2))
+    # The output biases have the nearly flat prior of LrRepurposer's intercept (precision 1e-6).
+    precision = np.vstack([np.full((11, 3), 1 / 0.7**2), np.full((1, 3), 1e-6)])
+    expected = BnnClassifierCore._map_weights(core._transform(inputs), labels, 3, precision)
     np.testing.assert_allclose(core.params_[0]["weight_mu"].numpy(), expected[:-1], atol=1e-4)
     np.testing.assert_allclose(core.params_[0]["bias_mu"].numpy(), expected[-1], atol=1e-4)
     assert core.annealing_weights_ == [1.0]  # no annealing from the mode
@@ -351,7 +357,7 @@ def test_span_basis_survives_save_and_load():
     x_train, y_train, x_test, _ = _few_shot(n_features=200)
     core = BnnClassifierCore(num_layers=0, num_epochs=5, min_steps=0, random_state=0).fit(x_train, y_train, 2, CPU)
     config, arrays = core.get_state()
-    assert config["format_version"] == 4 and arrays["basis"].shape == core.basis_.shape
+    assert config["format_version"] == 5 and arrays["basis"].shape == core.basis_.shape
     loaded = BnnClassifierCore.from_state(json.loads(json.dumps(config)), arrays)
     np.testing.assert_array_equal(loaded.predict_proba(x_test, CPU), core.predict_proba(x_test, CPU))
     with pytest.raises(SerializationError, match="BNN basis has shape"):
@@ -385,3 +391,63 @@ def test_l2_norm_skips_unscaled_tabular_columns(tmp_path):
     np.testing.assert_array_equal(old.l2_layers_, [True, True])
     with pytest.raises(SerializationError, match="'l2_layers' must hold one 0/1 flag per layer"):
         BnnClassifierCore.from_state(config, {**arrays, "l2_layers": np.array([1, 2])})
+
+
+def test_output_biases_have_a_flat_prior_and_two_classes_the_binomial_penalty():
+    """The output biases are not shrunk (LrRepurposer's unpenalised intercept): on features that
+    say nothing, the predicted class frequencies are the training ones; with two classes the
+    output weights' prior standard deviation is sigma / sqrt(2) (the logit difference gets sigma)."""
+    rng = np.random.RandomState(0)
+    labels = np.r_[np.zeros(16, np.int64), np.ones(4, np.int64)]
+    features = rng.normal(size=(20, 3))
+    core = BnnClassifierCore(num_layers=0, sigma=1.0, random_state=0, calibrate=False).fit(features, labels, 2, CPU)
+    std = core._prior_std()
+    np.testing.assert_allclose(std[-2:].numpy(), 1e3)
+    np.testing.assert_allclose(std[:-2].numpy(), 1 / np.sqrt(2), rtol=1e-6)
+    frequency = core.predict_proba(rng.normal(size=(2000, 3)), CPU)[:, 1].mean()
+    assert abs(frequency - 0.2) < 0.03  # a bias prior of std 1 gives 0.29 here
+    three = BnnClassifierCore(num_layers=1, sigma=1.0, n_hidden=4)
+    three.n_classes_, three.n_features_ = 3, 3
+    np.testing.assert_allclose(three._prior_std().numpy(), np.r_[np.ones(3 * 4 + 4 + 4 * 3), np.full(3, 1e3)])
+
+
+def test_calibration_flattens_an_overconfident_fit_and_is_saved():
+    """Labels that the features only partly explain (a third flipped): the cross-validated choice
+    leaves the fitted predictive, lowers the NLL of held-out rows, and survives save/load."""
+    rng = np.random.RandomState(1)
+
+    def draw(count):
+        x = rng.normal(size=(count, 30))
+        y = (x[:, 0] > 0).astype(np.int64)
+        flip = rng.rand(count) < 0.33
+        y[flip] = 1 - y[flip]
+        return x, y
+
+    (x, y), (x_test, y_test) = draw(60), draw(3000)
+    options = {"num_layers": 0, "sigma": 10.0, "random_state": 0, "min_steps": 0, "num_epochs": 50}
+    plain = BnnClassifierCore(calibrate=False, **options).fit(x, y, 2, CPU)
+    calibrated = BnnClassifierCore(**options).fit(x, y, 2, CPU)
+    assert (plain.temperature_, plain.variance_scale_) == (1.0, 1.0)
+    assert (calibrated.temperature_, calibrated.variance_scale_) != (1.0, 1.0)
+
+    def nll(core):
+        p = core.predict_proba(x_test, CPU)
+        return -np.mean(np.log(p[np.arange(len(y_test)), y_test]))
+
+    assert nll(calibrated) < nll(plain) - 0.05
+    config, arrays = calibrated.get_state()
+    assert config["temperature"] == calibrated.temperature_ and config["variance_scale"] == calibrated.variance_scale_
+    loaded = BnnClassifierCore.from_state(json.loads(json.dumps(config)), arrays)
+    np.testing.assert_array_equal(loaded.predict_proba(x_test, CPU), calibrated.predict_proba(x_test, CPU))
+
+
+def test_temperature_divides_the_logits_and_the_variance_scale_the_spread(digits5):
+    """Against independent numbers: with no spread the prediction is softmax(logits / T)."""
+    x_train, y_train, x_test, _ = digits5
+    core = BnnClassifierCore(**{**FAST, "num_epochs": 2, "num_layers": 0}).fit(x_train, y_train, 5, CPU)
+    core.temperature_, core.variance_scale_ = 2.5, 0.0
+    core._prediction_noise = {}  # the samples drawn for the fit's own check
+    layer = core.params_[0]
+    logits = core._transform(x_test) @ layer["weight_mu"].double().numpy() + layer["bias_mu"].double().numpy()
+    expected = np.exp(logits / 2.5 - (logits / 2.5).max(1, keepdims=True))
+    np.testing.assert_allclose(core.predict_proba(x_test, CPU), expected / expected.sum(1, keepdims=True), atol=1e-12)

@@ -71,7 +71,13 @@ from xfer.repurposers._linear import (
     l2_normalize_layers,
     standardizer_from_moments,
 )
-from xfer.repurposers._uncertainty import is_degenerate, warn_degenerate
+from xfer.repurposers._uncertainty import (
+    is_degenerate,
+    one_standard_error_choice,
+    probit_row_nll,
+    stratified_folds,
+    warn_degenerate,
+)
 from xfer.threads import one_blas_thread
 
 _LOGGER = logging.getLogger("xfer.repurposers.laplace")
@@ -784,11 +790,8 @@ class LaplaceClassifierCore:
             probabilities, targets, labels, n_rows = probabilities[rows], targets[rows], labels[rows], len(rows)
         loo_mean, cavity = self._leave_one_out(rotated, probabilities, targets)
         if refit:
-            folds = np.zeros(n_rows, dtype=np.int64)
             n_folds = min(10, n_rows)
-            for k in range(targets.shape[1]):
-                members = np.flatnonzero(labels == k)
-                folds[members] = (np.arange(len(members)) + k) % n_folds
+            folds = stratified_folds(labels, targets.shape[1], n_folds)
             for fold in range(n_folds):
                 held = folds == fold
                 if not held.any() or held.all():
@@ -800,38 +803,25 @@ class LaplaceClassifierCore:
                 loo_mean[held] = rotated[held] @ weights
 
         variance = np.einsum("nkk->nk", cavity)
-        rows = np.arange(n_rows)
-
-        def cv_nll(temperature: float, scales: np.ndarray) -> np.ndarray:
-            """Cross-validated NLL of every scale at one temperature (probit predictive)."""
-            divisor = np.sqrt(1.0 + (math.pi / 8.0 / temperature**2) * scales[:, None, None] * variance)
-            divisor *= temperature
-            logits = loo_mean / divisor  # (scales, N, K); -log softmax at the label, in place
-            chosen = logits[:, rows, labels]
-            top = logits.max(axis=2, keepdims=True)
-            logits -= top
-            np.exp(logits, out=logits)
-            return np.log(logits.sum(axis=2)) + top[..., 0] - chosen
-
         # Flatten only: on a few separable examples every out-of-fold prediction is right, so the
         # cross-validated NLL always asks for sharper logits, which the test errors then punish.
         temperatures = _TEMPERATURES if self.calibrate_temperature else np.ones(1)
         scales = _SCALES
+        def cv_nll(temperature: float) -> np.ndarray:  # (S, N): every scale at one temperature
+            return probit_row_nll(loo_mean, variance, labels, temperature, scales)
+
         if n_rows * targets.shape[1] >= _THREADED_GRID_SIZE:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=2) as pool:
-                row_losses = np.array(list(pool.map(lambda t: cv_nll(t, scales), temperatures)))  # (T, S, N)
+                row_losses = np.array(list(pool.map(cv_nll, temperatures)))  # (T, S, N)
         else:
-            row_losses = np.array([cv_nll(t, scales) for t in temperatures])
+            row_losses = np.array([cv_nll(t) for t in temperatures])
         losses = row_losses.mean(axis=2)
-        best_t, best_scale = np.unravel_index(int(np.argmin(losses)), losses.shape)
         # One-standard-error rule: leave the plain MAP (temperature 1, scale 0: the first
         # candidate, logistic regression's probabilities) only for a candidate whose gain in
         # cross-validated NLL exceeds the standard error of the per-row differences.
-        gain = row_losses[0, 0] - row_losses[best_t, best_scale]
-        if n_rows < 2 or gain.mean() <= gain.std(ddof=1) / math.sqrt(n_rows):
-            best_t, best_scale = 0, 0
+        best_t, best_scale = np.unravel_index(one_standard_error_choice(row_losses), losses.shape)
         self.calibration_nll_ = float(losses[best_t, best_scale])
         self.temperature_ = float(temperatures[best_t])
         self.covariance_scale_ = float(scales[best_scale])

@@ -31,6 +31,53 @@ def is_degenerate(probabilities: np.ndarray, labels: np.ndarray) -> bool:
     return constant or nll >= 0.98 * frequency_nll(labels, n_classes)
 
 
+def stratified_folds(labels: np.ndarray, n_classes: int, n_folds: int) -> np.ndarray:
+    """Fold of every row: each class's rows dealt in turn to the ``n_folds`` folds (class ``k``
+    starting at fold ``k``, so small classes do not all land in the first folds)."""
+    folds = np.zeros(len(labels), dtype=np.int64)
+    for k in range(n_classes):
+        members = np.flatnonzero(labels == k)
+        folds[members] = (np.arange(len(members)) + k) % n_folds
+    return folds
+
+
+def probit_row_nll(mean: np.ndarray, variance: np.ndarray, labels: np.ndarray, temperature: float,
+                   scales: np.ndarray) -> np.ndarray:
+    """NLL of every row ``(len(scales), N)`` under the probit approximation of the softmax of
+    Gaussian logits ``N(mean, scale * diag(variance))`` divided by ``temperature``.
+
+    ``mean``, ``variance``: ``(N, K)``; each logit is divided by
+    ``temperature * sqrt(1 + pi / 8 * scale * variance / temperature^2)``.
+    """
+    divisor = np.sqrt(1.0 + (np.pi / 8.0 / temperature**2) * np.asarray(scales)[:, None, None] * variance)
+    divisor *= temperature
+    logits = mean / divisor  # (scales, N, K); -log softmax at the label, in place
+    rows = np.arange(len(labels))
+    chosen = logits[:, rows, labels]
+    top = logits.max(axis=2, keepdims=True)
+    logits -= top
+    np.exp(logits, out=logits)
+    return np.log(logits.sum(axis=2)) + top[..., 0] - chosen
+
+
+def one_standard_error_choice(row_losses: np.ndarray) -> int:
+    """The candidate to keep, as a flat index into ``row_losses.shape[:-1]``.
+
+    ``row_losses``: held-out loss of every candidate (any leading shape) on every row (last
+    axis); the first candidate is the default. The candidate of lowest mean loss replaces the
+    default only when its mean gain over the default exceeds the standard error of the per-row
+    gains (the one-standard-error rule): on a few rows the minimum of many noisy estimates
+    otherwise strays from the default on noise.
+    """
+    losses = np.asarray(row_losses, dtype=np.float64).reshape(-1, np.shape(row_losses)[-1])
+    best = int(np.argmin(losses.mean(axis=1)))
+    gain = losses[0] - losses[best]
+    n_rows = losses.shape[1]
+    if n_rows < 2 or gain.mean() <= gain.std(ddof=1) / np.sqrt(n_rows):
+        return 0
+    return best
+
+
 def warn_degenerate(logger: logging.Logger, head: str, what: str, advice: str) -> None:
     """Log and warn (:class:`~xfer.exceptions.DegenerateFitWarning`) that a fit degenerated."""
     message = f"{head}: degenerate fit: {what}. {advice}"

@@ -37,10 +37,13 @@ class BnnRepurposer(MetaModelRepurposer):
     bnn_context_function : callable or device, default=mx.cpu
         Default device of the BNN.
     sigma : float or None, default=1.0
-        Standard deviation of the Gaussian prior on every weight and bias, on standardised
+        Standard deviation of the Gaussian prior on every weight and hidden bias, on standardised
         features (Xfer's default was 100; 1 is the L2 penalty of ``LrRepurposer(c=1)``, see
         :doc:`/migrating_from_xfer`). ``None``: ``1 / sqrt(fan_in)`` for each layer's weights and
-        1 for the biases.
+        1 for the biases. The output biases have a nearly flat prior (``LrRepurposer``'s
+        unpenalised intercept); with two classes the output weights' is ``sigma / sqrt(2)``.
+        With ``num_layers=0`` and up to 2,000 rows, the predictive's temperature and variance scale
+        are chosen by cross-validation (kept at 1 unless the gain exceeds its standard error).
     num_layers : int, default=0
         Number of hidden layers (Xfer's default was 1). ``0``: Bayesian multinomial logistic
         regression whose posterior means start at the MAP; it trains on a few examples per class
