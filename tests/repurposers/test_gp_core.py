@@ -473,3 +473,23 @@ def test_l2_layers_are_saved_and_older_states_load():
         GpClassifierCore.from_state(config, older)
     with pytest.raises(SerializationError, match="one 0/1 flag per layer"):
         GpClassifierCore.from_state(config, {**arrays, "l2_layers": np.array([2])})
+
+
+def test_mixed_layers_scale_only_the_layer_of_few_columns_per_column():
+    """Layer 0: 4 tabular columns (the classes differ in two small-unit columns; a third in
+    units 1,000 times larger is noise); layer 1: 60 spread columns of noise. The fit keeps the
+    column candidate: layer 0 z-scored per column without L2, layer 1 L2-normalised with one
+    scale, as without the rule; saved and loaded alike."""
+    rng = np.random.RandomState(0)
+    labels = np.repeat(np.arange(3), 12)
+    tabular = np.c_[labels[:, None] + 0.3 * rng.randn(36, 2), 1000.0 * rng.rand(36, 1), 5.0 + rng.rand(36, 1)]
+    features = np.c_[tabular, np.abs(rng.randn(36, 60))]
+    layers = [np.arange(4), np.arange(4, 64)]
+    core = GpClassifierCore(apply_l2_norm=True, random_state=0).fit(features, labels, 3, layers, CPU)
+    assert core.l2_layers_.tolist() == [False, True]
+    assert np.unique(core.feature_scale_[layers[1]]).size == 1  # one scale for the spread layer
+    assert core.feature_scale_[2] > 100 * core.feature_scale_[0]  # the large column is scaled on its own
+    config, arrays = core.get_state()
+    loaded = GpClassifierCore.from_state(config, arrays)
+    np.testing.assert_array_equal(loaded.predict_proba(features, CPU), core.predict_proba(features, CPU))
+    assert np.mean(core.predict_proba(features, CPU).argmax(1) == labels) > 0.9
