@@ -62,3 +62,17 @@ def test_bad_parameters_rejected_in_fit(params, message):
     head = LaplaceRepurposer(None, None, **params)  # __init__ only stores
     with pytest.raises(ValueError, match=message):
         head.fit(X, y)
+
+
+def test_no_epistemic_part_when_the_calibration_keeps_the_fitted_probabilities():
+    """Separated classes: the calibration keeps scale 0, so predict_uncertainty reports no
+    epistemic part (the docstring says so); the plain posterior (scale 1) would report one."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    X = rng.normal(size=(30, 20)) + 6.0 * np.eye(3, 20)[y]
+    head = LaplaceRepurposer(None, None, apply_l2_norm=False).fit(X, y)
+    far = rng.normal(0, 5, (5, 20))
+    assert head.target_model_.covariance_scale_ == 0.0
+    np.testing.assert_allclose(head.predict_uncertainty(far).epistemic, 0.0, atol=1e-12)
+    head.target_model_.covariance_scale_ = 1.0
+    assert np.all(head.predict_uncertainty(far).epistemic > 1e-6)

@@ -22,11 +22,12 @@ class LaplaceRepurposer(MetaModelRepurposer):
     features with the same ``c`` (the intercept unpenalised; for two classes LR's binary model), and
     they get a Gaussian posterior: the curvature of the likelihood at the fitted weights plus an
     isotropic prior whose precision is chosen by the Laplace approximation of the marginal
-    likelihood. Probabilities average the softmax over the Gaussian of the logits, so they are less
-    confident where the training data say little, for instance on inputs unlike any training
-    example. A scale of that Gaussian and a temperature are chosen by cross-validated NLL of the
-    training rows, and kept only when they beat the plain fitted probabilities by more than one
-    standard error. Everything is linear algebra in NumPy: no sampling during fit, no GPU.
+    likelihood. Probabilities average the softmax over the Gaussian of the logits, whose spread
+    grows where the training data say little. A scale of that Gaussian and a temperature are
+    chosen by cross-validated NLL of the training rows, and kept only when they beat the plain
+    fitted probabilities by more than one standard error; the scale may be 0 (the fitted weights'
+    probabilities, possibly tempered), and ``predict_uncertainty``'s epistemic part is then 0 too.
+    Everything is linear algebra in NumPy: no sampling during fit, no GPU.
 
     Parameters
     ----------
