@@ -174,10 +174,17 @@ def evaluate(task_name: str, draws: int = DRAWS, heads: dict | None = None, task
                 "collapsed": collapsed(probabilities),
                 "warned": any("degenerate" in str(w.message).lower() for w in caught),
             }
+            uncertain = hasattr(head, "predict_uncertainty")
+            epistemic = head.predict_uncertainty(x_test).epistemic if uncertain else None
+            row["has_epistemic"] = bool(uncertain and np.any(epistemic > 0))
             for ood_name, ood_x in data.ood.items():
                 row[f"auroc_{ood_name}"] = metrics.ood_auroc(
                     probabilities.max(axis=1), head.predict_proba(ood_x).max(axis=1)
                 )
+                if uncertain:  # familiar inputs have the smaller epistemic part
+                    row[f"epistemic_auroc_{ood_name}"] = metrics.ood_auroc(
+                        -epistemic, -head.predict_uncertainty(ood_x).epistemic
+                    )
             results[name].append(row)
     return results
 
@@ -247,6 +254,35 @@ def ood_table(results_by_task: dict[str, dict], draws: int) -> str:
                 verdict = f" {mark(float(np.mean(values)) >= OOD_TARGET)}" if head in OOD_HEADS else ""
                 cells.append(f"{np.mean(values):.3f} ({min(values):.2f}-{max(values):.2f}){verdict}")
             lines.append(f"| {task.title} | {_OOD_NAMES[ood_name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + epistemic_ood_table(results_by_task, draws)
+
+
+def epistemic_ood_table(results_by_task: dict[str, dict], draws: int) -> str:
+    """The same AUROC with minus ``predict_uncertainty``'s epistemic part as the score, for the
+    heads whose epistemic part is not 0 on every draw (beyond the acceptance, which names
+    max-probability)."""
+    from benchmarks.uncertainty_tasks import TASKS
+
+    first = next(iter(results_by_task.values()))
+    heads = [head for head, rows in first.items() if any(row.get("has_epistemic") for row in rows)]
+    if not heads:
+        return ""
+    lines = [
+        "",
+        "",
+        f"The same inputs scored by the epistemic part of `predict_uncertainty` (mutual information "
+        f"between the prediction and the head's parameters; lower is more familiar), mean over "
+        f"{draws} draws (min-max). Not the acceptance score; a head whose epistemic part is 0 on a "
+        "draw (e.g. a calibration that kept the fitted probabilities) scores 0.5 there.",
+        "",
+        "| task | OOD inputs | " + " | ".join(heads) + " |",
+        "|---|---|" + "---:|" * len(heads),
+    ]
+    for task_name, results in results_by_task.items():
+        for ood_name in TASKS[task_name].ood:
+            values = [[row[f"epistemic_auroc_{ood_name}"] for row in results[head]] for head in heads]
+            cells = [f"{np.mean(v):.3f} ({min(v):.2f}-{max(v):.2f})" for v in values]
+            lines.append(f"| {TASKS[task_name].title} | {_OOD_NAMES[ood_name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

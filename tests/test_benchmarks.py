@@ -212,6 +212,10 @@ def test_few_shot_and_ood_tables_on_synthetic_tasks(monkeypatch):
     ood = calibration.ood_report(quick=True)
     assert "| Fake images | 500 scikit-learn digits | " in ood
     assert "| 0.500 (0.50-0.50) |" in ood  # the constant head cannot tell anything apart
+    epistemic = ood.split("epistemic part of `predict_uncertainty`")[1]
+    assert "| task | OOD inputs | Laplace |" in epistemic  # LR's epistemic part is always 0
+    auroc = float(epistemic.split("| Fake images | 500 scikit-learn digits | ")[1].split()[0])
+    assert 0.5 <= auroc <= 1.0
 
 
 class _Uniform:
