@@ -43,9 +43,11 @@ rule: what a step needs is a gradient whose noise is small beside its signal, an
 512 rows already averages away most of the per-row noise (its standard error is 4.4% of one row's),
 while the step budget is what Adam needs to move the variational parameters (each step moves a
 parameter by about ``learning_rate``), which does not grow with ``N``. The posterior means start at
-the MAP of all the rows (``num_layers=0``) whatever ``N``. Measured on 100,000 rows in memory
-against the full-pass minibatch of 5,000 rows: see the tests named in
-``tests/repurposers/test_bnn_core.py`` (``test_a_bounded_minibatch_...``).
+the MAP of all the rows (``num_layers=0``) whatever ``N``. The bounded fit matches the full-pass
+one within the spread between seeds
+(``tests/repurposers/test_bnn_core.py::test_a_bounded_minibatch_keeps_the_step_budget_and_the_fit``);
+on 20,000 Fashion-MNIST images (raw pixels), minibatches of 512 against 1,000 rows gave accuracy
+0.828 / 0.825 and NLL 0.622 / 0.624 on the 10,000 test images, at 132 / 160 s CPU.
 """
 
 from __future__ import annotations
