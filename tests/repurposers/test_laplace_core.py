@@ -106,7 +106,7 @@ def test_prior_precision_maximises_the_evidence(fitted):
     targets = np.eye(3)[y]
     grid = core.prior_precision_ * np.exp(np.linspace(-1, 1, 41))
     logits = rotated @ core.weights_
-    evidence = [core._log_evidence(logits, targets, core.weights_, p, eigenvalues) for p in grid]
+    evidence = [core._log_evidence(logits, targets, core.weights_[:-1], p, eigenvalues) for p in grid]
     assert int(np.argmax(evidence)) == 20  # the middle of the grid: the fitted value
 
 
@@ -406,3 +406,16 @@ def test_huge_feature_values_fit_as_their_rescaled_copy(size, monkeypatch):
         huge = LaplaceClassifierCore(**options).fit(X * 1e25, y, 3)
     assert np.all(np.isfinite(huge.basis_)) and np.all(np.isfinite(huge.weights_))
     np.testing.assert_allclose(huge.predict_proba(X * 1e25), unit.predict_proba(X), atol=1e-4)
+
+
+@pytest.mark.parametrize("structure", ["full", "kron", "diag"])
+def test_prior_precision_ignores_the_biases(structure):
+    """The evidence chooses the feature weights' prior precision: a class absent from the labels
+    (its nearly unpenalised bias goes to about -9) leaves it where it was (it fell 400-fold when
+    the biases counted in |W|^2)."""
+    X, y = _data(n_per_class=30, n_features=8)
+    options = {"hessian_structure": structure, "calibrate": False, "apply_l2_norm": False}
+    present = LaplaceClassifierCore(**options).fit(X, y, 3)
+    absent = LaplaceClassifierCore(**options).fit(X, y, 4)
+    assert absent.weights_[-1, 3] < -5.0
+    assert absent.prior_precision_ == pytest.approx(present.prior_precision_, rel=1e-3)

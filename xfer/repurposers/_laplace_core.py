@@ -29,7 +29,9 @@ posterior (MacKay, 1992; Daxberger et al., 2021, "Laplace Redux"), in closed for
 5. **Prior precision** ``lambda`` maximises the Laplace approximation of the marginal likelihood
    (the evidence) at the fitted weights (post hoc, as laplace-torch does after training): the
    unique root of MacKay's ``lambda |W|^2 = sum_j eta_j / (eta_j + lambda)`` over the eigenvalues
-   ``eta`` of ``H``. ``prior_precision=`` fixes it instead.
+   ``eta`` of ``H``, both over the feature weights (the biases, nearly unpenalised in the MAP,
+   left out). ``prior_precision=`` fixes it instead. The posterior puts ``lambda`` on the biases
+   too, which keeps the bias of a class absent from the labels bounded.
 6. **Calibration** (``calibrate``): a scale ``tau`` of the logit covariance and a temperature
    ``T >= 1``, chosen on the training rows only, by cross-validated NLL (out-of-fold refits of the
    MAP; see :meth:`LaplaceClassifierCore._fit_covariance_scale`), and only when they beat the plain
@@ -432,13 +434,16 @@ class LaplaceClassifierCore:
             self.weights_, _ = self._fit_map(rotated, targets, precision, lift)
         logits = map_logits if lazy else rotated @ self.weights_
         probabilities = softmax(logits, axis=1)
+        # The evidence is over the feature weights: the bias (last direction) has its own nearly
+        # flat prior in the MAP, and its size (log class frequencies; very negative for a class
+        # absent from the labels) says nothing about the weights' prior precision.
         eigenvalues = self._curvature_eigenvalues(rotated, data_eigenvalues, probabilities)
         if self.prior_precision is None:
-            self.prior_precision_ = self._evidence_precision(self.weights_, eigenvalues)
+            self.prior_precision_ = self._evidence_precision(self.weights_[:-1], eigenvalues)
         else:
             self.prior_precision_ = float(self.prior_precision)
         self.log_evidence_ = self._log_evidence(
-            logits, targets, self.weights_, self.prior_precision_, eigenvalues
+            logits, targets, self.weights_[:-1], self.prior_precision_, eigenvalues
         )
         self._fit_posterior(rotated, data_eigenvalues, probabilities)
         self._fit_covariance_scale(rotated, data_eigenvalues, probabilities, targets, design)
@@ -639,12 +644,17 @@ class LaplaceClassifierCore:
     def _curvature_eigenvalues(
         self, rotated: np.ndarray, data_eigenvalues: np.ndarray, probabilities: np.ndarray
     ) -> np.ndarray:
+        """Eigenvalues of the data term's curvature over the feature weights (the bias direction,
+        last, left out; for ``"full"``: of the Hessian's weight block, the bias held at its MAP)."""
+        n_classes = probabilities.shape[1]
         if self.structure_ == "full":
-            return np.clip(np.linalg.eigvalsh(self._full_curvature(rotated, probabilities)), 0.0, None)
+            weight_block = (rotated.shape[1] - 1) * n_classes
+            hessian = self._full_curvature(rotated, probabilities)[:weight_block, :weight_block]
+            return np.clip(np.linalg.eigvalsh(hessian), 0.0, None)
         if self.structure_ == "kron":
             class_eigenvalues = np.clip(np.linalg.eigvalsh(self._class_curvature(probabilities)), 0.0, None)
-            return np.outer(data_eigenvalues, class_eigenvalues).ravel()
-        return np.einsum("ni,nk->ik", rotated**2, probabilities * (1.0 - probabilities)).ravel()
+            return np.outer(data_eigenvalues[:-1], class_eigenvalues).ravel()
+        return np.einsum("ni,nk->ik", rotated[:, :-1] ** 2, probabilities * (1.0 - probabilities)).ravel()
 
     @staticmethod
     def _log_evidence(
