@@ -192,11 +192,12 @@ def heads_section(results: dict[tuple[str, str], list[dict]], seeds: list[int], 
         floor_cell = ""
         if floor:  # Xfer's own import mxnet (every head), then import torch (the heads that need it)
             needs_torch = any(r["torch_imported"] for r in ours)
-            floor_ratios = []
+            floor_ratios, mxnet_ratios = [], []
             for suffix in ("", "_cpu"):
                 spans = [{"mxnet": r[f"first_fit{suffix}_s"] - r[f"after_mxnet_first_fit{suffix}_s"]} for r in xfer]
                 torch_s = median_of([{"t": r[f"floor{suffix}_s"] - r[f"mxnet{suffix}_s"]} for r in floor], "t")
                 least = median_of(spans, "mxnet") + (torch_s if needs_torch else 0.0)
+                mxnet_ratios.append(median_of(spans, "mxnet") / median_of(xfer, f"first_fit{suffix}_s"))
                 floor_ratios.append(Figure(f"heads.{head}.import_floor{suffix}_ratio",
                                            least / median_of(xfer, f"first_fit{suffix}_s"), "x", "lower"))  # fmt: skip
             figures += floor_ratios
@@ -208,7 +209,13 @@ def heads_section(results: dict[tuple[str, str], list[dict]], seeds: list[int], 
                     f"{floor_ratios[0].value:.3f} of Xfer's first fit ({floor_ratios[1].value:.3f} in CPU "
                     f"time), above the target {target:.3f}: infeasible by construction while "
                     f"{'these imports are' if needs_torch else 'this import is'} in the timed span."
-                )
+                    + (  # which import makes it so: MXNet (both sides) or torch (this head's library)
+                        f" `import mxnet` alone: {mxnet_ratios[0]:.3f} ({mxnet_ratios[1]:.3f} in CPU time), "
+                        + ("above the target too." if min(mxnet_ratios) > target else
+                           "below the target: `import torch`, the library this head computes with, makes it infeasible.")
+                        if needs_torch else ""
+                    )
+                )  # fmt: skip
 
         def number(rows: list[dict], key: str, digits: int = 3) -> str:
             value = mean_of(rows, key)

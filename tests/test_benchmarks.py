@@ -385,7 +385,11 @@ def test_heads_section_marks_targets_below_the_imports_floor():
     text = section.markdown
     assert "| 0.417 / 0.417 |" in text and "| 0.250 / 0.290 |" in text
     assert "- GP: `import mxnet` + `import torch` alone is 0.250 of Xfer's first fit (0.290 in CPU time), above the target 0.200: infeasible" in text
+    assert "`import mxnet` alone: 0.050 (0.050 in CPU time), below the target: `import torch`" in text
     assert "- LR" not in text, "LR's target is above its floor"
+    results[("GP", "xfer")] = [_row("xfer", 0.90, 2.0, 1.8)]  # Xfer's MXNet import alone is above 1/5
+    text = xfer_digits.heads_section(results, [0], 1, (0.968, 0.962), floor).markdown
+    assert "`import mxnet` alone: 0.250 (0.250 in CPU time), above the target too." in text
 
 
 def test_scale_section_from_canned_measurements():
