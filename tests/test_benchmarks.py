@@ -604,3 +604,13 @@ def test_laplace_fit_section_reports_time_beside_lr(monkeypatch):
     from benchmarks import run
 
     assert "laplace_fit" in run.SECTIONS
+
+
+def test_calibration_verdict_compares_means_as_printed():
+    """"No worse than LR" is judged on the 3 decimals the table shows, not on a 5th-decimal gap."""
+    calibration = pytest.importorskip("benchmarks.calibration")
+    lr = [{"accuracy": 0.85, "nll": 0.49905, "ece": 0.091, "collapsed": False}]
+    same_model = [{"accuracy": 0.85, "nll": 0.49906, "ece": 0.091, "collapsed": False}]
+    worse = [{"accuracy": 0.85, "nll": 0.5005, "ece": 0.0925, "collapsed": False}]
+    assert calibration._verdict(same_model, lr) == calibration.MET
+    assert calibration._verdict(worse, lr).endswith("MISSED: NLL, ECE")
