@@ -426,7 +426,7 @@ def test_calibration_flattens_an_overconfident_fit_and_is_saved():
     (x, y), (x_test, y_test) = draw(60), draw(3000)
     options = {"num_layers": 0, "sigma": 10.0, "random_state": 0, "min_steps": 0, "num_epochs": 50}
     plain = BnnClassifierCore(calibrate=False, **options).fit(x, y, 2, CPU)
-    calibrated = BnnClassifierCore(**options).fit(x, y, 2, CPU)
+    calibrated = BnnClassifierCore(calibrate=True, **options).fit(x, y, 2, CPU)
     assert (plain.temperature_, plain.variance_scale_) == (1.0, 1.0)
     assert (calibrated.temperature_, calibrated.variance_scale_) != (1.0, 1.0)
 

@@ -42,8 +42,6 @@ class BnnRepurposer(MetaModelRepurposer):
         :doc:`/migrating_from_xfer`). ``None``: ``1 / sqrt(fan_in)`` for each layer's weights and
         1 for the biases. The output biases have a nearly flat prior (``LrRepurposer``'s
         unpenalised intercept); with two classes the output weights' is ``sigma / sqrt(2)``.
-        With ``num_layers=0`` and up to 2,000 rows, the predictive's temperature and variance scale
-        are chosen by cross-validation (kept at 1 unless the gain exceeds its standard error).
     num_layers : int, default=0
         Number of hidden layers (Xfer's default was 1). ``0``: Bayesian multinomial logistic
         regression whose posterior means start at the MAP; it trains on a few examples per class
