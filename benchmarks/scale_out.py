@@ -27,7 +27,7 @@ machine, ratios measured under load are not the figures to quote.
 
 Usage::
 
-    python -m benchmarks.scale_out            # full sizes (about 40 minutes on 2 cores)
+    python -m benchmarks.scale_out            # full sizes (about 15 minutes on 2 cores)
     python -m benchmarks.scale_out --quick    # 20,000 / 2,000 rows; 2,000 images
     python -m benchmarks.scale_out --only extraction   # 20,000 images only (about 8 minutes)
     python -m benchmarks.scale_out --only heads --heads BNN   # one head alone (repeat for more)
