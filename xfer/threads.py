@@ -75,6 +75,7 @@ def one_blas_thread() -> contextlib.AbstractContextManager:
         _blas_controller = ThreadpoolController()
     return _blas_controller.limit(limits=1, user_api="blas")
 
+
 _setting: int | None = None  # set_num_threads; None: the environment variable, else automatic
 _torch_first_seen: int | None = None  # torch's count the first time xfer looked
 
