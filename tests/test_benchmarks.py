@@ -216,6 +216,9 @@ def test_few_shot_and_ood_tables_on_synthetic_tasks(monkeypatch):
     assert "| task | OOD inputs | Laplace |" in epistemic  # LR's epistemic part is always 0
     auroc = float(epistemic.split("| Fake images | 500 scikit-learn digits | ")[1].split()[0])
     assert 0.5 <= auroc <= 1.0
+    assert "counted there" in ood  # the fits came from the calibration section above
+    monkeypatch.setattr(calibration, "_RESULTS", {})
+    assert "counted there" not in calibration.ood_report(quick=True)  # run alone: fitted here
 
 
 class _Uniform:
