@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -211,9 +212,17 @@ def summarise(task: dict) -> dict:
 
 
 def speed(n_rows: int = 10_000, n_features: int = 1_280, n_classes: int = 10, repeats: int = 3) -> dict:
-    """Seconds of each score and of an LrRepurposer fit on the same features (medians)."""
+    """Seconds of each score and of an LrRepurposer fit on the same features (medians).
+
+    Beside them, in the same process and interleaved: both feature scores from one shared Gram
+    matrix (:func:`xfer.transferability.feature_scores`, as ``rank_layers`` computes them) and
+    the part no exact LogME or H-score can skip, the float64 Gram matrix ``F^T F`` of the
+    centred features (NumPy's product, a BLAS ``syrk``), on one BLAS thread and on the default
+    threads. ``lr_iterations`` is the fit's L-BFGS iteration count.
+    """
     from xfer import LrRepurposer
-    from xfer.transferability import h_score, leep, logme, nce
+    from xfer.threads import one_blas_thread
+    from xfer.transferability import feature_scores, h_score, leep, logme, nce
 
     rng = np.random.RandomState(0)
     labels = np.arange(n_rows) % n_classes
@@ -222,13 +231,24 @@ def speed(n_rows: int = 10_000, n_features: int = 1_280, n_classes: int = 10, re
     # head held-out accuracy 1.0 in a trial, and a quick fit, the baseline) nor hopeless (0.05
     # gave 0.37), as real image features are in between.
     features = (0.1 * means[labels] + rng.normal(size=(n_rows, n_features))).astype(np.float32)
+    centred = features.astype(np.float64)
+    centred -= centred.mean(0)
     source = rng.normal(size=(n_rows, 1000)) + 3 * np.eye(1000)[rng.randint(0, 1000, n_rows)]
     source = np.exp(source - source.max(1, keepdims=True))
     source /= source.sum(1, keepdims=True)
+    fits: list = []
+
+    def gram_one_thread() -> None:
+        with one_blas_thread():
+            centred.T @ centred
+
     tasks = {
-        "lr_fit": lambda: LrRepurposer(None, None, random_state=0).fit_features(features, labels),
+        "lr_fit": lambda: fits.append(LrRepurposer(None, None, random_state=0).fit_features(features, labels)),
         "logme": lambda: logme(features, labels),
         "h_score": lambda: h_score(features, labels),
+        "both": lambda: feature_scores(features, labels),
+        "gram_1_thread": gram_one_thread,
+        "gram": lambda: centred.T @ centred,
         "leep": lambda: leep(source, labels),
         "nce": lambda: nce(source, labels),
     }
@@ -247,7 +267,38 @@ def speed(n_rows: int = 10_000, n_features: int = 1_280, n_classes: int = 10, re
         "seconds": {name: statistics.median(values) for name, values in times.items()},
         "ranges": {name: (min(values), max(values)) for name, values in times.items()},
         "cpu_seconds": {name: statistics.median(values) for name, values in cpu.items()},
+        "lr_iterations": fits[-1].n_iter_,
+        "cores": len(os.sched_getaffinity(0)),
     }
+
+
+def _floor_text(speed_row: dict) -> str:
+    """Why exact LogME and H-score cannot reach a tenth of the LR fit, from this run's figures."""
+    n, d, k = speed_row["shape"]
+    seconds = speed_row["seconds"]
+    text = (
+        "CPU seconds: the process's CPU time (all threads), less sensitive than wall time to other "
+        "work on the machine. Both feature scores are exact: each needs the centred features' "
+        "float64 Gram matrix `F^T F`, and LogME its spectrum."
+    )
+    if "gram_1_thread" not in seconds or "lr_iterations" not in speed_row:
+        return text
+    gram_fma = n * d * (d + 1) / 2  # syrk: one triangle
+    lr_fma = speed_row["lr_iterations"] * 2 * n * d * k  # one loss + gradient per iteration at least
+    rate = gram_fma / seconds["gram_1_thread"]
+    needed = gram_fma / (0.1 * seconds["lr_fit"])
+    return text + (
+        f" The Gram matrix alone is N D (D + 1) / 2 = {gram_fma / 1e9:.1f} G multiply-adds, at "
+        f"{rate / 1e9:.1f} G/s on one BLAS thread here; the LR fit ran {speed_row['lr_iterations']} "
+        f"L-BFGS iterations of at least one loss and gradient each (2 N D K = "
+        f"{2 * n * d * k / 1e9:.2f} G multiply-adds), about {lr_fma / 1e9:.1f} G in all, in skinny "
+        f"products. A tenth of this LR fit ({0.1 * seconds['lr_fit']:.2f} s) would need the Gram "
+        f"matrix at {needed / 1e9:.0f} G multiply-adds/s, {needed / rate:.1f} times the one-thread "
+        f"rate measured here, on a machine of {speed_row.get('cores', '?')} cores; the floor rows "
+        f"show what the product alone costs. "
+        f"A score below it would have to approximate (subsample rows or project columns), which "
+        f"changes the value: not done."
+    )
 
 
 def forward(count: int = 1000, repeats: int = 1) -> dict:
@@ -391,13 +442,19 @@ def report_rows(summaries: list[dict], speed_row: dict, forward_row: dict) -> Se
             f"| {name} | {speed_row['seconds'][name]:.3f} ({low:.3f}-{high:.3f}) | {cell(fraction, 3)} "
             f"| {cpu[name]:.3f} | {cpu[name] / cpu['lr_fit']:.3f} |"
         )
-    lines += [
-        "",
-        "CPU seconds: the process's CPU time (all threads), less sensitive than wall time to "
-        "other work on the machine. LogME and the H-score each need the features' D x D Gram "
-        "matrix (N D^2 flops in float64), which alone costs about as much as this LR fit "
-        "(10 L-BFGS iterations here).",
-    ]
+    extra = {
+        "both": "LogME + H-score from one Gram matrix (`feature_scores`, as `rank_layers`)",
+        "gram_1_thread": "floor: float64 Gram `F^T F` alone, 1 BLAS thread",
+        "gram": "floor: float64 Gram `F^T F` alone, default threads",
+    }
+    for name, title in extra.items():
+        if name in speed_row["seconds"]:
+            low, high = speed_row["ranges"][name]
+            lines.append(
+                f"| {title} | {speed_row['seconds'][name]:.3f} ({low:.3f}-{high:.3f}) "
+                f"| {speed_row['seconds'][name] / lr_seconds:.3f} | {cpu[name]:.3f} | {cpu[name] / cpu['lr_fit']:.3f} |"
+            )
+    lines += ["", _floor_text(speed_row)]
     ratio = Figure("transferability.forward.rank_8_layers_over_forward", forward_row["ratio"], "x", "lower",
                    ("<=", 1.2))  # fmt: skip
     figures.append(ratio)

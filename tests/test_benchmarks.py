@@ -531,8 +531,9 @@ def test_transferability_report_marks_targets():
     assert summary["tau_logme"] == pytest.approx(1.0) and summary["tau_h_score"] == pytest.approx(-1.0)
     assert summary["auto"] == {"lr": pytest.approx(0.8), "lr+svm": pytest.approx(0.7)}
     speed = transferability.speed(n_rows=200, n_features=16, n_classes=4, repeats=1)
-    assert set(speed["seconds"]) == {"lr_fit", "logme", "h_score", "leep", "nce"}
+    assert set(speed["seconds"]) == {"lr_fit", "logme", "h_score", "both", "gram_1_thread", "gram", "leep", "nce"}
     assert set(speed["cpu_seconds"]) == set(speed["seconds"])
+    assert speed["lr_iterations"] >= 1 and speed["cores"] >= 1
     forward = {"count": 10, "layers": layers, "threads": 1, "plain": 1.0, "ours": 1.5, "ratio": 1.5, "ratios": [1.5]}
     section = transferability.report_rows([summary, {**summary, "name": "faces"}], speed, forward)
     figures = {figure.key: figure for figure in section.figures}
@@ -541,6 +542,21 @@ def test_transferability_report_marks_targets():
     assert not figures["transferability.faces.auto_lr_svm_minus_best_fixed"].met
     assert not figures["transferability.forward.rank_8_layers_over_forward"].met
     assert "| Fashion-MNIST | 30 | 1.00 (≥ 0.60: ✓ met) |" in section.markdown
+    assert "| floor: float64 Gram `F^T F` alone, 1 BLAS thread |" in section.markdown
+
+
+def test_transferability_floor_text_counts_the_work_from_the_measured_times():
+    from benchmarks import transferability
+
+    row = {"shape": (10_000, 1_000, 10), "lr_iterations": 10, "cores": 2,
+           "seconds": {"lr_fit": 2.0, "gram_1_thread": 0.5}}  # fmt: skip
+    text = transferability._floor_text(row)
+    # Gram: 10,000 * 1,000 * 1,001 / 2 = 5.0 G multiply-adds in 0.5 s: 10.0 G/s; a tenth of the
+    # 2 s fit (0.2 s) needs 25 G/s, 2.5 times that; the fit: 10 iterations of 2 N D K = 0.2 G
+    assert "= 5.0 G multiply-adds, at 10.0 G/s on one BLAS thread" in text
+    assert "ran 10 L-BFGS iterations" in text and "(2 N D K = 0.20 G multiply-adds), about 2.0 G" in text
+    assert "at 25 G multiply-adds/s, 2.5 times the one-thread rate measured here, on a machine of 2 cores" in text
+    assert "floor" not in transferability._floor_text({**row, "seconds": {"lr_fit": 1.0}})
     assert "transferability" in run.SECTIONS
 
 

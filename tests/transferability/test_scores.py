@@ -310,6 +310,47 @@ def test_feature_scores_share_the_work_and_equal_the_single_scores(shape):
         feature_scores(np.ones((6, 2)), [0, 0, 0, 1, 1, 1])
 
 
+@pytest.mark.parametrize("shape", [(120, 9), (15, 40)])
+@pytest.mark.parametrize("order", [("logme", "h_score"), ("h_score", "logme")])
+def test_feature_scores_reduce_the_gram_matrix_once_for_both(shape, order, monkeypatch):
+    """Asked for both scores (either order), the H-score reads LogME's eigen-projections: one
+    tridiagonal reduction and no Cholesky factorisation, the values unchanged."""
+    features, labels = three_class_task(shape, seed=11)
+    calls = {"eigen": 0, "cholesky": 0}
+    eigen, cholesky = scores_module._eigen_projections, scores_module._cholesky_solve
+
+    def counted(name, function):
+        def run(*args):
+            calls[name] += 1
+            return function(*args)
+
+        return run
+
+    monkeypatch.setattr(scores_module, "_eigen_projections", counted("eigen", eigen))
+    monkeypatch.setattr(scores_module, "_cholesky_solve", counted("cholesky", cholesky))
+    both = feature_scores(features, labels, order)
+    assert list(both) == list(order)
+    assert calls == {"eigen": 1, "cholesky": 0}
+    assert both["h_score"] == pytest.approx(reference_h_score(features, labels, True), rel=1e-8)
+    calls.update(eigen=0, cholesky=0)
+    alone = h_score(features, labels)  # alone: one Cholesky solve, cheaper than the reduction
+    assert calls == {"eigen": 0, "cholesky": 1}
+    assert both["h_score"] == pytest.approx(alone, rel=1e-10)
+    assert both["logme"] == pytest.approx(logme(features, labels), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scores_leave_the_callers_features_unchanged(dtype):
+    # the centring works in place on float64 copies it made itself, never on the caller's array
+    features, labels = three_class_task((50, 6), seed=12, offset=5.0)
+    features = features.astype(dtype)
+    copy = features.copy()
+    feature_scores(features, labels)
+    logme(features, labels)
+    h_score(features, labels, shrinkage=None)
+    np.testing.assert_array_equal(features, copy)
+
+
 # --------------------------------------------------------------------------- LEEP and NCE
 
 

@@ -172,12 +172,29 @@ class _Moments:
     gram: np.ndarray
     class_sums: np.ndarray
     row_norms: np.ndarray
+    spectrum: tuple[np.ndarray, np.ndarray] | None = None
 
     def one_hot(self) -> np.ndarray:
         """The ``(N, K)`` one-hot targets."""
         targets = np.zeros((self.n, len(self.counts)))
         targets[np.arange(self.n), self.codes] = 1.0
         return targets
+
+    def eigen(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues ``s`` of ``gram`` and the class targets' projections on its eigenvectors,
+        computed on first use and kept, so that LogME and the H-score share one reduction.
+
+        ``(s, U^T class_sums^T)`` (``D`` and ``D x K``) for ``F^T F``; with ``dual``,
+        ``(s, V^T Y)`` (``N`` and ``N x K``, ``Y`` the one-hot targets) for ``F F^T``.
+        """
+        if self.spectrum is None:
+            right = self.one_hot() if self.dual else self.class_sums.T
+            self.spectrum = _eigen_projections(self.gram, right)
+        return self.spectrum
+
+    def kept(self, eigenvalues: np.ndarray) -> np.ndarray:
+        """Which eigenvalues are nonzero beyond the rounding of the Gram matrix."""
+        return eigenvalues > eigenvalues.max() * max(self.n, self.d) * np.finfo(np.float64).eps
 
 
 def _moments(features: np.ndarray, codes: np.ndarray, n_classes: int, centre: bool) -> _Moments:
@@ -189,12 +206,16 @@ def _moments(features: np.ndarray, codes: np.ndarray, n_classes: int, centre: bo
     """
     n, d = features.shape
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    owned = features.dtype != np.float64  # the cast below is a fresh copy: centre it in place
     features = features.astype(np.float64, copy=False)
     sums = _class_sums(features, codes, n_classes)
     if centre:
         mean = sums.sum(0) / n
         sums -= counts[:, None] * mean
-        features = features - mean
+        if owned:
+            features -= mean
+        else:
+            features = features - mean
     row_norms = np.einsum("ij,ij->i", features, features)
     dual = n < d
     gram = _gram(features.T) if dual else _gram(features)
@@ -299,15 +320,13 @@ def logme(features: Any, labels: Any, *, centre: bool = True) -> float:
 
 def _logme(moments: _Moments) -> float:
     """LogME from the moments of checked features."""
-    n, d, counts = moments.n, moments.d, moments.counts
+    n, counts = moments.n, moments.counts
     n_classes = len(counts)
     # Spectrum of F^T F: s (kept eigenvalues) and z, the targets' coordinates along the left
     # singular vectors of F; r0 is the part of ||y||^2 outside the span of F.
-    if moments.dual:  # the N x N Gram matrix F F^T; z = V^T y
-        eigenvalues, projections = _eigen_projections(moments.gram, moments.one_hot())
-    else:  # the D x D Gram matrix F^T F; z = U^T F^T y / sqrt(s)
-        eigenvalues, projections = _eigen_projections(moments.gram, moments.class_sums.T)
-    keep = eigenvalues > eigenvalues.max() * max(n, d) * np.finfo(np.float64).eps
+    # dual: the N x N Gram matrix F F^T, z = V^T y; else the D x D F^T F, z = U^T F^T y / sqrt(s)
+    eigenvalues, projections = moments.eigen()
+    keep = moments.kept(eigenvalues)
     if eigenvalues.max() <= 0 or not np.any(keep):
         raise InvalidArgumentError(
             "features are constant: LogME needs features that vary between examples."
@@ -439,6 +458,11 @@ def _h_score(moments: _Moments, amount: float | None) -> float:
     targets over ``sqrt(n_k n)``), ``S_a = (1 - a) F^T F / n + a mu I``. With fewer examples than
     features, ``S_a^-1 F^T = F^T (a mu I + (1 - a) F F^T / n)^-1`` turns this into an ``N x N``
     solve: ``H = (1 - a) tr(W^T K (a mu I + (1 - a) K / n)^-1 W)``, ``K = F F^T``.
+
+    A Cholesky solve (``d^3 / 3`` flops) when the Gram matrix's eigen-projections are not at
+    hand; when LogME computed them already on these moments (:func:`feature_scores`), the same
+    sums over the spectrum instead (``O(d K)``); without shrinkage, always the spectrum (a
+    pseudo-inverse).
     """
     n, d = moments.n, moments.d
     mu = np.trace(moments.gram) / n / d
@@ -448,29 +472,44 @@ def _h_score(moments: _Moments, amount: float | None) -> float:
         )
     if amount is None:
         amount = _ledoit_wolf_shrinkage(moments)
+    if amount == 0 or moments.spectrum is not None:
+        return _h_score_from_spectrum(moments, amount, mu)
     if moments.dual:
         weights = moments.one_hot() / np.sqrt(moments.counts * n)  # W, (N, K)
         kernel = moments.gram
-        if amount > 0:
-            shrunk = kernel * ((1 - amount) / n)
-            shrunk[np.diag_indices(n)] += amount * mu
-            solved = _cholesky_solve(shrunk, weights)
-            return float((1 - amount) * np.sum((kernel @ weights) * solved))
-        # plain H-score: n W^T P W, P the projector onto the span of F's columns in R^N
-        eigenvalues, rotated = _eigen_projections(kernel, weights)
-        keep = eigenvalues > eigenvalues.max() * max(n, d) * np.finfo(np.float64).eps
-        return float(n * np.sum(rotated[keep] ** 2))
-    covariance = moments.gram / n
-    # cov(E[f|y]) = M^T M with M's rows sqrt(p_k) (mean_k - mean)
+        shrunk = kernel * ((1 - amount) / n)
+        shrunk[np.diag_indices(n)] += amount * mu
+        solved = _cholesky_solve(shrunk, weights)
+        return float((1 - amount) * np.sum((kernel @ weights) * solved))
+    # cov(E[f|y]) = M^T M with M's rows sqrt(p_k) (mean_k - mean); the shrunk covariance is
+    # positive definite: a Cholesky solve
     between = moments.class_sums / np.sqrt(moments.counts[:, None] * n)
-    if amount > 0:  # the shrunk covariance is positive definite: a Cholesky solve
-        shrunk = covariance * (1 - amount)
-        shrunk[np.diag_indices(d)] += amount * mu
-        solved = _cholesky_solve(shrunk, between.T)
-        return float((1 - amount) * np.sum(between.T * solved))
-    eigenvalues, rotated = _eigen_projections(covariance, between.T)  # plain: pseudo-inverse
-    keep = eigenvalues > eigenvalues.max() * max(n, d) * np.finfo(np.float64).eps
-    return float(np.sum(rotated[keep] ** 2 / eigenvalues[keep, None]))
+    shrunk = moments.gram * ((1 - amount) / n)
+    shrunk[np.diag_indices(d)] += amount * mu
+    solved = _cholesky_solve(shrunk, between.T)
+    return float((1 - amount) * np.sum(between.T * solved))
+
+
+def _h_score_from_spectrum(moments: _Moments, amount: float, mu: float) -> float:
+    """:func:`_h_score` from the Gram matrix's eigenvalues ``s`` and projections ``P``.
+
+    Primal (``P = U^T F^T Y``): ``H = (1 - a) sum_ik P_ik^2 / (n_k n) / ((1 - a) s_i / n + a mu)``;
+    dual (``P = V^T Y``): ``H = (1 - a) sum_ik s_i P_ik^2 / (n_k n) / (a mu + (1 - a) s_i / n)``.
+    With ``a = 0`` only the nonzero eigenvalues count (the pseudo-inverse), and the dual sum is
+    ``sum_ik P_ik^2 / n_k`` over them (``n W^T`` times the projector onto ``F``'s column span).
+    """
+    n = moments.n
+    eigenvalues, projections = moments.eigen()
+    squares = projections**2 / (moments.counts * n)  # (., K): the projections of W's columns
+    if amount == 0:
+        keep = moments.kept(eigenvalues)
+        if moments.dual:
+            return float(n * np.sum(squares[keep]))
+        return float(n * np.sum(squares[keep] / eigenvalues[keep, None]))
+    s = np.maximum(eigenvalues, 0.0)[:, None]
+    denominator = (1 - amount) * s / n + amount * mu
+    numerator = s * squares if moments.dual else squares
+    return float((1 - amount) * np.sum(numerator / denominator))
 
 
 def _cholesky_solve(matrix: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -514,9 +553,9 @@ def feature_scores(features: Any, labels: Any, scores: Any = ("logme", "h_score"
     codes, n_classes = _encode_labels(labels, features.shape[0])
     moments = _moments(features, codes, n_classes, centre=True)
     values = {}
-    for name in names:
+    for name in sorted(set(names), key=lambda name: name != "logme"):  # LogME's spectrum first
         values[name] = _logme(moments) if name == "logme" else _h_score(moments, None)
-    return values
+    return {name: values[name] for name in names}
 
 
 # --------------------------------------------------------------------------- LEEP and NCE
