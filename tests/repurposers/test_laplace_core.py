@@ -221,17 +221,43 @@ def test_corrupt_state_and_bad_arguments():
 
 
 def test_mutual_information_of_the_logit_samples(fitted):
-    """predict_uncertainty: predict_proba, and H(E p) - E H(p) over the Sobol logit samples,
-    recomputed here; larger far from the training rows."""
+    """predict_uncertainty at scale 1 with the MC predictive: predict_proba, and
+    H(E p) - E H(p) over the Sobol logit samples, recomputed here; larger far from the training
+    rows."""
     from xfer.repurposers._uncertainty import entropy
 
-    core, x, _ = fitted
+    fitted_core, x, y = fitted
+    core = LaplaceClassifierCore(apply_l2_norm=False, calibrate=False, predictive="mc").fit(x, y, 3)
     rows = np.r_[x[:5], x[:5] * 10.0]
     probabilities, information = core.predict_uncertainty(rows)
     np.testing.assert_array_equal(probabilities, core.predict_proba(rows))
     samples = core.predict_samples(rows)
     np.testing.assert_allclose(information, entropy(samples.mean(axis=1)) - entropy(samples).mean(axis=1))
     assert np.all(information >= 0) and information[5:].mean() > information[:5].mean()
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.3, 1.0, 4.0])
+def test_epistemic_part_is_the_posteriors_share_of_the_entropy(fitted, scale):
+    """Any calibrated scale: the probabilities are the calibrated ones, and the epistemic part is
+    H(p) times the share of the mutual information in the entropy of samples of the logits at
+    scale max(scale, 1), recomputed here from latent_moments of a copy set to that scale."""
+    import copy
+
+    from xfer.repurposers._uncertainty import entropy
+
+    core, x, _ = fitted
+    core = copy.deepcopy(core)
+    core.covariance_scale_, core.temperature_ = scale, 1.3
+    rows = np.r_[x[:5], x[:5] * 10.0]
+    probabilities, epistemic = core.predict_uncertainty(rows)
+    np.testing.assert_array_equal(probabilities, core.predict_proba(rows))
+    floored = copy.deepcopy(core)
+    floored.covariance_scale_ = max(scale, 1.0)
+    samples = mc_softmax_samples(*floored.latent_moments(rows), floored._points())
+    total = entropy(samples.mean(axis=1))
+    share = (total - entropy(samples).mean(axis=1)) / total
+    np.testing.assert_allclose(epistemic, entropy(probabilities) * share, rtol=1e-10)
+    assert np.all(epistemic > 0) and np.all(epistemic <= entropy(probabilities))
 
 
 def test_features_without_information_warn_degenerate():

@@ -41,7 +41,10 @@ posterior (MacKay, 1992; Daxberger et al., 2021, "Laplace Redux"), in closed for
 7. **Predictive.** The logits of a row are Gaussian, ``N(mu / T, tau Sigma_f / T^2)`` (linear in the weights:
    no further approximation). ``"probit"`` gives ``softmax(mu_k / sqrt(1 + pi / 8 * Sigma_f,kk))``
    (MacKay's approximation, renormalised), ``"mc"`` the average of ``softmax`` over fixed scrambled
-   Sobol samples of ``N(mu, Sigma_f)`` (deterministic).
+   Sobol samples of ``N(mu, Sigma_f)`` (deterministic). The epistemic part of
+   :meth:`LaplaceClassifierCore.predict_uncertainty` is read from the covariance scaled by
+   ``max(tau, 1)``: a calibration that keeps ``tau = 0`` leaves the probabilities those of the
+   (tempered) MAP, not the posterior's account of where the training rows say little.
 """
 
 from __future__ import annotations
@@ -697,6 +700,10 @@ class LaplaceClassifierCore:
 
         The covariance includes the calibration scale ``covariance_scale_``.
         """
+        return self._moments(features, self.covariance_scale_)
+
+    def _moments(self, features: np.ndarray, covariance_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`latent_moments` with the posterior covariance scaled by ``covariance_scale``."""
         self._check_fitted()
         features = check_features(features, self.n_features_)
         design = self._design(features)
@@ -704,7 +711,7 @@ class LaplaceClassifierCore:
         # Directions outside the basis keep the prior: variance |z_perp|^2 / lambda on every class.
         outside = np.clip(np.sum(design**2, axis=1) - np.sum(rotated**2, axis=1), 0.0, None)
         covariance = self._logit_covariance(rotated, outside)
-        scale = self.covariance_scale_ / self.temperature_**2
+        scale = covariance_scale / self.temperature_**2
         return rotated @ self.weights_ / self.temperature_, scale * covariance
 
     def _logit_covariance(self, rotated: np.ndarray, outside: np.ndarray) -> np.ndarray:
@@ -873,23 +880,40 @@ class LaplaceClassifierCore:
         return probabilities / probabilities.sum(axis=1, keepdims=True)
 
     def predict_uncertainty(self, features: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`predict_proba` and the mutual information between prediction and weights.
+        """:meth:`predict_proba` and the part of each row's entropy due to the unknown weights.
 
-        The mutual information ``H(E[p]) - E[H(p)]`` is estimated from the Sobol samples of the
-        logits (:meth:`predict_samples`), whatever the ``predictive`` approximation.
+        The part is read from the Laplace posterior itself, with its covariance scaled by
+        ``max(covariance_scale_, 1)`` (at least the plain posterior, whose prior precision the
+        evidence chose) and the logits divided by ``temperature_``: over that posterior's Sobol
+        samples ``p_s`` of the class probabilities, the mutual information
+        ``I = H(E[p_s]) - E[H(p_s)]`` is the share ``I / H(E[p_s])`` of its predictive entropy
+        due to the weights, and the epistemic part is that share of the entropy of
+        :meth:`predict_proba`'s probabilities, ``H(p) * I / H(E[p_s])`` (so it lies between 0 and
+        ``H(p)``). With ``covariance_scale_ >= 1`` and the ``"mc"`` predictive, ``p = E[p_s]`` and
+        it is the mutual information of the predictive's own samples.
+
+        Why the floor: the calibration may shrink the scale, down to 0 when the fitted weights'
+        probabilities predict held-out training rows best. The probabilities keep that calibration,
+        but a scale of 0 would make every row's epistemic part 0, although the posterior is wide
+        exactly where the training rows say little, e.g. on inputs from outside the task
+        (``python -m benchmarks.run --only ood``, the epistemic table).
 
         Returns
         -------
         probabilities : numpy.ndarray of shape (N, K)
-        mutual_information : numpy.ndarray of shape (N,)
+        epistemic : numpy.ndarray of shape (N,)
         """
-        from xfer.repurposers._uncertainty import mutual_information
+        from xfer.repurposers._uncertainty import entropy, mutual_information
 
-        information = np.concatenate([
-            mutual_information(self.predict_samples(features[start : start + batch_size], batch_size))
-            for start in range(0, len(features), batch_size)
-        ])  # fmt: skip
-        return self.predict_proba(features, batch_size), information
+        probabilities = self.predict_proba(features, batch_size)
+        scale = max(float(self.covariance_scale_), 1.0)
+        shares = []
+        for start in range(0, len(features), batch_size):
+            samples = mc_softmax_samples(*self._moments(features[start : start + batch_size], scale), self._points())
+            total = entropy(samples.mean(axis=1))
+            share = np.divide(mutual_information(samples), total, out=np.zeros_like(total), where=total > 0)
+            shares.append(np.clip(share, 0.0, 1.0))
+        return probabilities, entropy(probabilities) * np.concatenate(shares)
 
     # ------------------------------------------------------------------- state
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:

@@ -101,8 +101,11 @@ class Uncertainty(NamedTuple):
     epistemic : ndarray of shape (n_samples,)
         The part of the entropy due to uncertainty about the head's parameters: the mutual
         information between the prediction and the parameters, ``H(E[p]) - E[H(p)]`` over the
-        head's posterior samples (GP: latent functions; BNN: weights; Laplace: logits). 0 for
-        heads that are point estimates (logistic regression, SVM).
+        head's posterior samples (GP: latent functions; BNN: weights). The Laplace head
+        scales ``entropy`` by the share of that mutual information in its posterior's entropy,
+        the posterior taken at covariance scale at least 1 whatever its calibration chose
+        (``LaplaceClassifierCore.predict_uncertainty``). 0 for heads that are point estimates
+        (logistic regression, SVM).
     aleatoric : ndarray of shape (n_samples,)
         ``entropy - epistemic``: what remains uncertain even with the parameters known.
     """

@@ -26,7 +26,10 @@ class LaplaceRepurposer(MetaModelRepurposer):
     grows where the training data say little. A scale of that Gaussian and a temperature are
     chosen by cross-validated NLL of the training rows, and kept only when they beat the plain
     fitted probabilities by more than one standard error; the scale may be 0 (the fitted weights'
-    probabilities, possibly tempered), and ``predict_uncertainty``'s epistemic part is then 0 too.
+    probabilities, possibly tempered). ``predict_uncertainty``'s epistemic part is read from the
+    posterior at scale at least 1 whatever the calibration chose: the share of the entropy that
+    posterior attributes to the weights (``LaplaceClassifierCore.predict_uncertainty``), larger
+    on inputs unlike the training rows (``python -m benchmarks.run --only ood``, epistemic table).
     Everything is linear algebra in NumPy: no sampling during fit, no GPU.
 
     Parameters
