@@ -279,9 +279,11 @@ def epistemic_ood_table(results_by_task: dict[str, dict], draws: int) -> str:
         "",
         "",
         f"The same inputs scored by the epistemic part of `predict_uncertainty` (mutual information "
-        f"between the prediction and the head's parameters; lower is more familiar), mean over "
-        f"{draws} draws (min-max). Not the acceptance score; a head whose epistemic part is 0 on a "
-        "draw (e.g. a calibration that kept the fitted probabilities) scores 0.5 there.",
+        f"between the prediction and the head's parameters; for the Laplace head the entropy times "
+        f"that information's share in its posterior's entropy, the posterior at covariance scale at "
+        f"least 1 whatever the calibration kept; lower is more familiar), mean over {draws} draws "
+        "(min-max). Not the acceptance score; a head whose epistemic part is 0 on a draw scores 0.5 "
+        "there.",
         "",
         "| task | OOD inputs | " + " | ".join(heads) + " |",
         "|---|---|" + "---:|" * len(heads),
