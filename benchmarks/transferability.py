@@ -8,25 +8,32 @@ validity
     :func:`xfer.transferability.candidate_layers`, spread over the network's depth and always
     including the README's default layer ``_avg_pooling`` (runs before 94e30a0 added it to the
     eight by hand: nine layers), are read in one pooled pass. On each of
-    several random draws of the training images (20 in a full run; 8 before this was raised to
-    reduce the noise of the per-layer means) every layer gets its LogME and H-score (on the
-    training images only) and the accuracy of a logistic-regression head
-    (:class:`xfer.LrRepurposer`) trained on them, on every labelled image not drawn: the
-    pool's other images, and for Fashion-MNIST 200 test images per class (2,200 held out; 600
-    test images before), for faces the other 180 of its 200. Scores and head read the same
-    average-pooled features. Kendall's tau compares each score's ranking of
+    several random draws of the training images (40 in a full run; 20 in sessions 3-5, 8 before)
+    every layer gets its LogME and H-score (on the training images only) and the accuracy of a
+    logistic-regression head (:class:`xfer.LrRepurposer`) trained on them, on every labelled
+    image not drawn: the pool's other images, and for Fashion-MNIST 200 test images per class
+    (2,200 held out; 600 test images before), for faces the other 180 of its 200. Scores and
+    head read the same average-pooled features. Kendall's tau compares each score's ranking of
     the layers with the accuracies' ranking: of the per-layer means over draws (the headline,
-    target for LogME >= 0.6) and per draw (mean of the draws' taus). LEEP and NCE score the
-    source model's output, which is the same for every layer: they are reported, not ranked.
+    target for LogME >= 0.6; also over the first 20 draws, the seeds of the 20-draw runs) and
+    per draw (mean of the draws' taus). LEEP and NCE score the source model's output, which is
+    the same for every layer: they are reported, not ranked.
+noise
+    How much of tau is the draws' noise (:func:`noise`): tau's 95% bootstrap interval over
+    resamples of whole draws, how well the accuracy ranking reproduces itself, which layer pairs
+    the accuracy means separate (paired t over the draws), how many draws the others would need,
+    and which pairs a score orders against the accuracy beyond the noise. For all draws and for
+    the first 20.
 auto
-    On the same draws: :class:`xfer.AutoRepurposer` (default rule, LogME; heads ``lr`` alone and
-    ``lr``/``svm`` by cross-validation) against every fixed choice the README documents (LR and
-    SVM heads on ``_avg_pooling``), held-out accuracy averaged over the draws.
+    On the first 20 draws: :class:`xfer.AutoRepurposer` (default rule, LogME; heads ``lr`` alone
+    and ``lr``/``svm`` by cross-validation) against every fixed choice the README documents (LR
+    and SVM heads on ``_avg_pooling``), held-out accuracy averaged over the draws.
 speed
     Each score at 10,000 x 1,280 features, 10 classes (synthetic Gaussian classes, neither separable nor
     hopeless for an LR head; LEEP/NCE from 1,000-class
     source probabilities) against fitting :class:`xfer.LrRepurposer` on the same
-    features, interleaved in one process, median of the repeats.
+    features, interleaved in one process, median of the repeats; beside them the floor of the
+    exact feature scores, the float64 Gram matrix alone (1 BLAS thread and default threads).
 forward
     :func:`xfer.transferability.rank_layers` (eight default layers, LogME and H-score, one pass)
     on 1,000 Fashion-MNIST test images against one plain forward pass of the same torch model
@@ -58,8 +65,15 @@ DEFAULT_LAYER = "_avg_pooling"
 #: Fashion-MNIST test images per class in the held-out set (full run); with the pool's undrawn
 #: rows, 2,200 held-out images: accuracy differences of 0.01 between layers are ~22 images.
 TEST_PER_CLASS = 200
-#: Random draws of the 10-per-class training images (full run).
-N_DRAWS = 20
+#: Random draws of the 10-per-class training images (full run) for the validity part (scores
+#: and per-layer LR accuracy); the first ``AUTO_DRAWS`` of them also run the auto part. Raised
+#: from 20 (sessions 3-5) to narrow the noise of the per-layer means; the tau of the first
+#: ``FIRST_DRAWS`` (the same seeds as the 20-draw runs) is reported beside it.
+N_DRAWS = 40
+AUTO_DRAWS = 20
+FIRST_DRAWS = 20
+#: Bootstrap resamples of the draws for the noise of tau.
+RESAMPLES = 2000
 FIXED_HEADS = ("lr", "svm")
 
 
@@ -116,8 +130,10 @@ def _accuracy(head, features: np.ndarray, labels: np.ndarray) -> float:
 # ------------------------------------------------------------------------------ validity + auto
 
 
-def task_rows(name: str, handler, layers: list[str], n_draws: int, quick: bool) -> dict:
-    """Per draw and layer: scores and LR accuracy; per draw: AutoRepurposer and fixed heads."""
+def task_rows(name: str, handler, layers: list[str], n_draws: int, quick: bool,
+              auto_draws: int | None = None) -> dict:
+    """Per draw and layer: scores and LR accuracy; on the first ``auto_draws`` draws (all: None)
+    also AutoRepurposer and the fixed heads."""
     from xfer import AutoRepurposer
     from xfer.repurposers.auto import HEADS
     from xfer.transferability import h_score, leep, logme, nce
@@ -153,6 +169,11 @@ def task_rows(name: str, handler, layers: list[str], n_draws: int, quick: bool) 
         logits = pool["_fc"][train]
         probabilities = np.exp(logits - logits.max(1, keepdims=True))
         probabilities /= probabilities.sum(1, keepdims=True)
+        draw = {"rows": rows, "n_held_out": len(y_test),
+                "leep": leep(probabilities, y_train), "nce": nce(probabilities, y_train)}  # fmt: skip
+        draws.append(draw)
+        if auto_draws is not None and seed >= auto_draws:
+            continue
         default = blocks[layers.index(DEFAULT_LAYER)]
         fixed = {}
         for head_name in FIXED_HEADS:
@@ -168,10 +189,7 @@ def task_rows(name: str, handler, layers: list[str], n_draws: int, quick: bool) 
                 "layers": [layers[int(n.split()[-1])] for n in chooser.report_.chosen_layers],
                 "head": chooser.head_name_,
             }
-        draws.append({
-            "rows": rows, "fixed": fixed, "auto": auto, "n_held_out": len(y_test),
-            "leep": leep(probabilities, y_train), "nce": nce(probabilities, y_train),
-        })  # fmt: skip
+        draw.update(fixed=fixed, auto=auto)
     return {"name": name, "layers": layers, "draws": draws}
 
 
@@ -181,31 +199,121 @@ def _tau(a: list[float], b: list[float]) -> float:
     return float(kendalltau(a, b).statistic)
 
 
+def _means(draws: list[dict], key: str) -> list[float]:
+    return [float(np.mean([d["rows"][i][key] for d in draws])) for i in range(len(draws[0]["rows"]))]
+
+
 def summarise(task: dict) -> dict:
-    """Per-layer means over draws; tau of the means and mean of the per-draw taus; auto vs fixed."""
+    """Per-layer means over draws; tau of the means (all draws and the first ``FIRST_DRAWS``) and
+    mean of the per-draw taus; the noise of tau (:func:`noise`); auto vs fixed on the draws that
+    ran it."""
     layers, draws = task["layers"], task["draws"]
-    means = {
-        key: [float(np.mean([d["rows"][i][key] for d in draws])) for i in range(len(layers))]
-        for key in ("logme", "h_score", "accuracy")
-    }
+    means = {key: _means(draws, key) for key in ("logme", "h_score", "accuracy")}
+    first = draws[:FIRST_DRAWS]
     summary = {"name": task["name"], "layers": layers, "means": means, "n_draws": len(draws),
-               "n_held_out": draws[0].get("n_held_out", "?")}  # fmt: skip
+               "n_first_draws": len(first), "n_held_out": draws[0].get("n_held_out", "?")}  # fmt: skip
     for score in ("logme", "h_score"):
         summary[f"tau_{score}"] = _tau(means[score], means["accuracy"])
+        summary[f"tau_{score}_first"] = _tau(_means(first, score), _means(first, "accuracy"))
         summary[f"tau_{score}_per_draw"] = float(np.mean([
             _tau([r[score] for r in d["rows"]], [r["accuracy"] for r in d["rows"]]) for d in draws
         ]))  # fmt: skip
+    summary["noise"] = noise(draws)
+    if len(draws) > len(first):
+        summary["noise_first"] = noise(first)
     summary["leep"] = float(np.mean([d["leep"] for d in draws]))
     summary["nce"] = float(np.mean([d["nce"] for d in draws]))
-    summary["fixed"] = {h: float(np.mean([d["fixed"][h] for d in draws])) for h in FIXED_HEADS}
+    ran = [d for d in draws if "auto" in d]
+    summary["n_auto_draws"] = len(ran)
+    summary["fixed"] = {h: float(np.mean([d["fixed"][h] for d in ran])) for h in FIXED_HEADS}
     summary["auto"] = {
-        label: float(np.mean([d["auto"][label]["accuracy"] for d in draws])) for label in ("lr", "lr+svm")
+        label: float(np.mean([d["auto"][label]["accuracy"] for d in ran])) for label in ("lr", "lr+svm")
     }
     summary["auto_choices"] = {
-        label: sorted({f"{'+'.join(d['auto'][label]['layers'])} / {d['auto'][label]['head']}" for d in draws})
+        label: sorted({f"{'+'.join(d['auto'][label]['layers'])} / {d['auto'][label]['head']}" for d in ran})
         for label in ("lr", "lr+svm")
     }
     return summary
+
+
+def _paired(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For ``values`` ``(draws, layers)``: the layer pairs ``(i, j)``, ``i < j``, the mean and
+    standard deviation of their difference over the draws, and its paired t statistic (``inf``
+    where every draw gives the same nonzero difference; 0 where the mean is 0)."""
+    pairs = np.array([(i, j) for i in range(values.shape[1]) for j in range(i + 1, values.shape[1])])
+    differences = values[:, pairs[:, 0]] - values[:, pairs[:, 1]]
+    mean = differences.mean(0)
+    mean[np.abs(mean) <= 1e-12 * np.abs(values).max()] = 0.0  # equal means, up to rounding
+    sd = differences.std(0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+    error = sd / np.sqrt(len(values))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(error > 0, mean / error, np.where(mean == 0, 0.0, np.sign(mean) * np.inf))
+    return pairs, mean, sd, t
+
+
+def _tau_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row of ``a`` with the same row of ``b`` (``(R, L)`` each), as
+    ``scipy.stats.kendalltau`` computes it (ties included); NaN where a row is constant."""
+    i, j = np.triu_indices(a.shape[1], k=1)
+    sign_a, sign_b = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (sign_a * sign_b).sum(1) / np.sqrt((sign_a**2).sum(1) * (sign_b**2).sum(1))
+
+
+def _finite(values: list[float]) -> np.ndarray:
+    """The defined taus (Kendall's tau is undefined, NaN, when one side is constant)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
+def noise(draws: list[dict], resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """How much of the validity statistic is noise of the draws (one task).
+
+    Returns
+    -------
+    dict
+        ``interval``: per score, the 2.5 and 97.5 percentiles of tau (per-layer score means vs
+        per-layer accuracy means) over ``resamples`` bootstrap resamples of the draws (whole
+        draws, with replacement: a draw's scores and accuracies stay paired). ``truth_tau``: the
+        median tau between a resample's accuracy means and all draws' (how well the accuracy
+        ranking itself reproduces). ``pairs``: the layer pairs; ``separable``: how many pairs'
+        accuracy means differ by at least two paired standard errors (``|t| >= 2`` over the
+        draws); ``draws_needed``: for the others, the draws ``(2 sd / mean)^2`` that would
+        separate them (median and max; ``inf`` for equal means). ``discordant``: per score, the
+        pairs its means order against the accuracy means, and ``beyond_noise`` those of them
+        separable both in accuracy and in the score (``|t| >= 2`` in each).
+    """
+    accuracy = np.array([[r["accuracy"] for r in d["rows"]] for d in draws])
+    n_draws = len(draws)
+    picks = np.random.RandomState(seed).randint(0, n_draws, size=(resamples, n_draws))
+    accuracy_means = accuracy[picks].mean(1)
+    truth = _finite(_tau_rows(accuracy_means, np.broadcast_to(accuracy.mean(0), accuracy_means.shape)))
+    pairs, mean, sd, t = _paired(accuracy)
+    separable = np.abs(t) >= 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        needed = np.where(mean != 0, np.ceil((2 * sd / np.abs(mean)) ** 2), np.inf)
+    rest = needed[~separable]
+    result = {
+        "n_draws": n_draws, "resamples": resamples,
+        "truth_tau": float(np.median(truth)) if len(truth) else math.nan,
+        "pairs": len(pairs), "separable": int(separable.sum()),
+        "draws_needed": (float(np.median(rest)), float(np.max(rest))) if len(rest) else None,
+        "interval": {}, "discordant": {}, "beyond_noise": {},
+    }  # fmt: skip
+    for score in ("logme", "h_score"):
+        values = np.array([[r[score] for r in d["rows"]] for d in draws])
+        score_means = values[picks].mean(1)
+        taus = _finite(_tau_rows(score_means, accuracy_means))
+        result["interval"][score] = (
+            tuple(float(v) for v in np.percentile(taus, [2.5, 97.5])) if len(taus) else (math.nan, math.nan)
+        )
+        _, score_mean, _, score_t = _paired(values)
+        discordant = np.sign(score_mean) * np.sign(mean) < 0
+        result["discordant"][score] = int(discordant.sum())
+        result["beyond_noise"][score] = [
+            (int(i), int(j)) for i, j in pairs[discordant & separable & (np.abs(score_t) >= 2)]
+        ]
+    return result
 
 
 # ------------------------------------------------------------------------------ speed
@@ -275,29 +383,30 @@ def speed(n_rows: int = 10_000, n_features: int = 1_280, n_classes: int = 10, re
 def _floor_text(speed_row: dict) -> str:
     """Why exact LogME and H-score cannot reach a tenth of the LR fit, from this run's figures."""
     n, d, k = speed_row["shape"]
-    seconds = speed_row["seconds"]
+    seconds, cpu = speed_row["seconds"], speed_row.get("cpu_seconds", {})
     text = (
         "CPU seconds: the process's CPU time (all threads), less sensitive than wall time to other "
         "work on the machine. Both feature scores are exact: each needs the centred features' "
         "float64 Gram matrix `F^T F`, and LogME its spectrum."
     )
-    if "gram_1_thread" not in seconds or "lr_iterations" not in speed_row:
+    if "gram_1_thread" not in cpu or "lr_iterations" not in speed_row:
         return text
     gram_fma = n * d * (d + 1) / 2  # syrk: one triangle
     lr_fma = speed_row["lr_iterations"] * 2 * n * d * k  # one loss + gradient per iteration at least
-    rate = gram_fma / seconds["gram_1_thread"]
-    needed = gram_fma / (0.1 * seconds["lr_fit"])
+    rate = gram_fma / cpu["gram_1_thread"]
+    needed = gram_fma / (0.1 * cpu["lr_fit"])
     return text + (
-        f" The Gram matrix alone is N D (D + 1) / 2 = {gram_fma / 1e9:.1f} G multiply-adds, at "
-        f"{rate / 1e9:.1f} G/s on one BLAS thread here; the LR fit ran {speed_row['lr_iterations']} "
-        f"L-BFGS iterations of at least one loss and gradient each (2 N D K = "
-        f"{2 * n * d * k / 1e9:.2f} G multiply-adds), about {lr_fma / 1e9:.1f} G in all, in skinny "
-        f"products. A tenth of this LR fit ({0.1 * seconds['lr_fit']:.2f} s) would need the Gram "
-        f"matrix at {needed / 1e9:.0f} G multiply-adds/s, {needed / rate:.1f} times the one-thread "
-        f"rate measured here, on a machine of {speed_row.get('cores', '?')} cores; the floor rows "
-        f"show what the product alone costs. "
-        f"A score below it would have to approximate (subsample rows or project columns), which "
-        f"changes the value: not done."
+        f" The Gram matrix alone is N D (D + 1) / 2 = {gram_fma / 1e9:.1f} G multiply-adds: "
+        f"{cpu['gram_1_thread']:.2f} CPU s on one BLAS thread ({rate / 1e9:.1f} G per CPU second), "
+        f"{cpu['gram_1_thread'] / cpu['lr_fit']:.2f}x the LR fit's CPU time and, on the default "
+        f"threads, {seconds['gram'] / seconds['lr_fit']:.2f}x its wall time. The LR fit ran "
+        f"{speed_row['lr_iterations']} L-BFGS iterations of at least one loss and gradient each "
+        f"(2 N D K = {2 * n * d * k / 1e9:.2f} G multiply-adds), about {lr_fma / 1e9:.1f} G in all, "
+        f"in skinny products. A tenth of the LR fit's CPU time ({0.1 * cpu['lr_fit']:.2f} s) would "
+        f"need the product at {needed / 1e9:.0f} G multiply-adds per CPU second, "
+        f"{needed / rate:.1f} times the rate measured here ({speed_row.get('cores', '?')} cores; "
+        "threads add CPU seconds, they do not remove them). A score below this floor would have to "
+        "approximate (subsample rows or project columns), which changes its value: not done."
     )
 
 
@@ -354,11 +463,57 @@ def report(quick: bool = False) -> Section:
     """Run every part and return the section."""
     handler = _handler()
     layers = _validity_layers(handler)
-    n_draws = 3 if quick else N_DRAWS
-    summaries = [summarise(task_rows(name, handler, layers, n_draws, quick)) for name in ("fashion", "faces")]
+    n_draws, auto_draws = (3, 3) if quick else (N_DRAWS, AUTO_DRAWS)
+    summaries = [
+        summarise(task_rows(name, handler, layers, n_draws, quick, auto_draws)) for name in ("fashion", "faces")
+    ]
     speed_rows = speed(n_rows=2_000 if quick else 10_000, repeats=2 if quick else 3)
     forward_row = forward(count=200 if quick else 1000, repeats=1)
     return report_rows(summaries, speed_rows, forward_row)
+
+
+def _noise_lines(summaries: list[dict], titles: dict) -> list[str]:
+    """The noise-of-tau table (:func:`noise`) and what it says per task."""
+    first = summaries[0]["noise"]
+    lines = [
+        f"Noise of the statistic: {first['resamples']:,} bootstrap resamples of the draws (whole "
+        "draws, scores and accuracies paired) give tau's 95% interval; the accuracy means' own "
+        "ranking is compared, resample against all draws (its median tau: 1 would be a stable "
+        "truth). A layer pair is separable when its accuracy means differ by at least two paired "
+        "standard errors over the draws; for the other pairs, the draws (2 sd / mean)^2 that "
+        "would separate them. Discordant pairs: ordered by the score against the accuracy means; "
+        "beyond the noise: separable in accuracy and in the score.",
+        "",
+        "| task | draws | tau LogME 95% | tau H-score 95% | truth's own tau | accuracy-separable pairs | draws to separate the rest (median, max) | LogME discordant / beyond noise | H-score discordant / beyond noise |",
+        "|---|---:|---|---|---:|---|---|---|---|",
+    ]
+    verdicts = []
+    for s, n in [(s, s[key]) for s in summaries for key in ("noise_first", "noise") if key in s]:
+        needed = "-" if n["draws_needed"] is None else ", ".join(
+            "∞ (equal means)" if math.isinf(v) else f"{v:,.0f}" for v in n["draws_needed"]
+        )
+        low, high = n["interval"]["logme"]
+        h_low, h_high = n["interval"]["h_score"]
+        beyond = {score: n["beyond_noise"][score] for score in ("logme", "h_score")}
+        lines.append(
+            f"| {titles[s['name']]} | {n['n_draws']} | [{low:.2f}, {high:.2f}] | [{h_low:.2f}, {h_high:.2f}] "
+            f"| {n['truth_tau']:.2f} | {n['separable']} of {n['pairs']} | {needed} "
+            f"| {n['discordant']['logme']} / {len(beyond['logme'])} | {n['discordant']['h_score']} / {len(beyond['h_score'])} |"
+        )
+        if n is not s["noise"]:
+            continue  # the verdict reads every draw
+        named = ", ".join(f"`{s['layers'][i]}` vs `{s['layers'][j]}`" for i, j in beyond["logme"])
+        inside = "inside" if low <= 0.6 <= high else "outside"
+        verdicts.append(
+            f"- {titles[s['name']]} ({n['n_draws']} draws): tau LogME {s['tau_logme']:.2f}, interval "
+            f"[{low:.2f}, {high:.2f}]: "
+            f"the target 0.6 lies {inside} it. "
+            + (f"LogME orders {len(beyond['logme'])} layer pair(s) against the accuracy beyond the "
+               f"noise ({named})." if beyond["logme"] else
+               "No pair that LogME orders against the accuracy is separable in both: its "
+               "disagreement with the accuracy ranking is within the noise of the draws.")
+        )  # fmt: skip
+    return [*lines, "", *verdicts]
 
 
 def report_rows(summaries: list[dict], speed_row: dict, forward_row: dict) -> Section:
@@ -370,20 +525,24 @@ def report_rows(summaries: list[dict], speed_row: dict, forward_row: dict) -> Se
         "",
         f"{len(summaries[0]['layers'])} layers, 10 labelled images per class, "
         f"{summaries[0]['n_draws']} random draws; accuracy of an LR head on held-out images. "
-        "Kendall's tau of the per-layer means over the draws (target: LogME ≥ 0.6), and the mean "
-        "of the per-draw taus. All measured in this run.",
+        "Kendall's tau of the per-layer means over the draws (target: LogME ≥ 0.6), the same "
+        f"over the first {summaries[0].get('n_first_draws', '?')} draws (the draws of runs "
+        "before the count was raised), and the mean of the per-draw taus. All measured in this run.",
         "",
-        "| task | held out | tau LogME | tau H-score | per-draw tau LogME | per-draw tau H-score | LEEP | NCE |",
-        "|---|---:|---|---|---:|---:|---:|---:|",
+        "| task | held out | tau LogME | tau H-score | first draws: LogME / H-score | per-draw tau LogME | per-draw tau H-score | LEEP | NCE |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         logme_tau = Figure(f"transferability.{s['name']}.tau_logme", s["tau_logme"], "", "higher", (">=", 0.6))
         h_tau = Figure(f"transferability.{s['name']}.tau_h_score", s["tau_h_score"], "", "higher")
         figures += [logme_tau, h_tau]
+        first = f"{s['tau_logme_first']:.2f} / {s['tau_h_score_first']:.2f}" if "tau_logme_first" in s else "-"
         lines.append(
-            f"| {titles[s['name']]} | {s.get('n_held_out', '?')} | {cell(logme_tau)} | {cell(h_tau)} | {s['tau_logme_per_draw']:.2f} "
-            f"| {s['tau_h_score_per_draw']:.2f} | {s['leep']:.3f} | {s['nce']:.3f} |"
+            f"| {titles[s['name']]} | {s.get('n_held_out', '?')} | {cell(logme_tau)} | {cell(h_tau)} | {first} "
+            f"| {s['tau_logme_per_draw']:.2f} | {s['tau_h_score_per_draw']:.2f} | {s['leep']:.3f} | {s['nce']:.3f} |"
         )
+    if all("noise" in s for s in summaries):
+        lines += ["", *_noise_lines(summaries, titles)]
     lines += [
         "",
         "LEEP and NCE score the source model's output distribution (ImageNet logits), the same "
@@ -403,6 +562,8 @@ def report_rows(summaries: list[dict], speed_row: dict, forward_row: dict) -> Se
     lines += [
         "",
         "### AutoRepurposer vs the README's fixed choices (same draws, held-out accuracy)",
+        "",
+        f"The first {summaries[0].get('n_auto_draws', summaries[0]['n_draws'])} draws of each task.",
         "",
         "| task | best fixed (head on `_avg_pooling`) | AutoRepurposer, heads lr | AutoRepurposer, heads lr+svm | chosen (lr+svm) |",
         "|---|---:|---:|---:|---|",

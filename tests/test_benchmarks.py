@@ -556,18 +556,88 @@ def test_transferability_report_marks_targets():
     assert "| floor: float64 Gram `F^T F` alone, 1 BLAS thread |" in section.markdown
 
 
+def test_transferability_noise_tells_real_disagreements_from_the_draws_noise():
+    from benchmarks import transferability
+
+    rng = np.random.RandomState(0)
+
+    def draws(accuracies, logmes):
+        return [{"rows": [{"accuracy": a, "logme": m + 0.01 * rng.normal(), "h_score": float(i)}
+                          for i, (a, m) in enumerate(zip(accuracy_row, logmes))]}
+                for accuracy_row in accuracies]  # fmt: skip
+
+    # accuracy 0.5 < 0.6 < 0.7 < 0.8 with small noise; LogME swaps the last two layers
+    clear_accuracy = [0.5, 0.6, 0.7, 0.8] + 0.01 * rng.normal(size=(30, 4))
+    clear = transferability.noise(draws(clear_accuracy, [0, 1, 3, 2]), resamples=200)
+    assert (clear["pairs"], clear["separable"], clear["draws_needed"]) == (6, 6, None)
+    assert clear["truth_tau"] == pytest.approx(1.0)
+    assert clear["discordant"]["logme"] == 1 and clear["beyond_noise"]["logme"] == [(2, 3)]
+    assert clear["interval"]["logme"] == pytest.approx((4 / 6, 4 / 6))  # 5 concordant, 1 not
+    assert clear["interval"]["h_score"] == pytest.approx((1.0, 1.0))
+    # a ceiling: every layer's accuracy mean is the same (cyclic shifts of one draw's values), so
+    # no pair separates however many draws, and no disagreement is beyond the noise
+    flat_accuracy = [np.roll([0.97, 0.98, 0.99, 0.98], k) for k in range(4)] * 5
+    flat = transferability.noise(draws(flat_accuracy, [0, 1, 3, 2]), resamples=200)
+    assert flat["separable"] == 0 and flat["draws_needed"] == (np.inf, np.inf)
+    assert flat["beyond_noise"] == {"logme": [], "h_score": []}
+    low, high = flat["interval"]["logme"]
+    assert low < 0 < high, "resamples of a flat truth order the layers at random"
+    summary = {"name": "faces", "layers": ["a", "b", "c", "d"], "tau_logme": 0.2, "noise": flat}
+    lines = "\n".join(transferability._noise_lines([summary], {"faces": "faces"}))
+    assert "| faces | 20 |" in lines and "| 0 of 6 | ∞ (equal means), ∞ (equal means) |" in lines
+    assert "the target 0.6 lies inside it" in lines and "within the noise of the draws" in lines
+    assert "- faces (20 draws): tau LogME 0.20" in lines
+    lines = "\n".join(transferability._noise_lines([{**summary, "noise_first": clear}], {"faces": "faces"}))
+    assert "| faces | 30 |" in lines and "| faces | 20 |" in lines and lines.count("- faces") == 1
+    lines = "\n".join(transferability._noise_lines([{**summary, "noise": clear}], {"faces": "faces"}))
+    assert "beyond the noise (`c` vs `d`)" in lines and "lies outside it" in lines
+
+
+def test_transferability_bootstrap_tau_is_scipys_kendall_tau_b():
+    from scipy.stats import kendalltau
+
+    from benchmarks import transferability
+
+    rng = np.random.RandomState(3)
+    a = rng.randint(0, 4, size=(50, 6)).astype(float)  # many ties
+    b = rng.normal(size=(50, 6))
+    b[::5, 2] = b[::5, 3]
+    expected = [kendalltau(x, y).statistic for x, y in zip(a, b)]
+    np.testing.assert_allclose(transferability._tau_rows(a, b), expected, rtol=1e-12)
+    assert np.isnan(transferability._tau_rows(np.ones((1, 4)), b[:1, :4])[0])
+
+
+def test_transferability_summary_runs_auto_on_the_first_draws_and_reports_the_first_taus(monkeypatch):
+    from benchmarks import transferability
+
+    monkeypatch.setattr(transferability, "FIRST_DRAWS", 1)
+    layers = ["a", "b", "c"]
+    rows = lambda logmes: [{"layer": x, "logme": m, "h_score": m, "accuracy": 0.5 + 0.1 * i}  # noqa: E731
+                           for i, (x, m) in enumerate(zip(layers, logmes))]  # fmt: skip
+    auto = {label: {"accuracy": 0.9, "layers": ["c"], "head": "lr"} for label in ("lr", "lr+svm")}
+    draws = [{"rows": rows([0, 1, 2]), "fixed": {"lr": 0.8, "svm": 0.7}, "auto": auto, "leep": -1, "nce": -1},
+             {"rows": rows([2, 1, 0]), "leep": -1, "nce": -1},
+             {"rows": rows([2, 1, 0]), "leep": -1, "nce": -1}]  # fmt: skip
+    summary = transferability.summarise({"name": "faces", "layers": layers, "draws": draws})
+    assert summary["n_draws"] == 3 and summary["n_auto_draws"] == 1 and summary["n_first_draws"] == 1
+    assert summary["tau_logme_first"] == pytest.approx(1.0) and summary["tau_logme"] == pytest.approx(-1.0)
+    assert summary["fixed"] == {"lr": 0.8, "svm": 0.7} and summary["auto"]["lr"] == 0.9
+
+
 def test_transferability_floor_text_counts_the_work_from_the_measured_times():
     from benchmarks import transferability
 
     row = {"shape": (10_000, 1_000, 10), "lr_iterations": 10, "cores": 2,
-           "seconds": {"lr_fit": 2.0, "gram_1_thread": 0.5}}  # fmt: skip
+           "seconds": {"lr_fit": 1.0, "gram": 0.3},
+           "cpu_seconds": {"lr_fit": 2.0, "gram_1_thread": 0.5}}  # fmt: skip
     text = transferability._floor_text(row)
-    # Gram: 10,000 * 1,000 * 1,001 / 2 = 5.0 G multiply-adds in 0.5 s: 10.0 G/s; a tenth of the
-    # 2 s fit (0.2 s) needs 25 G/s, 2.5 times that; the fit: 10 iterations of 2 N D K = 0.2 G
-    assert "= 5.0 G multiply-adds, at 10.0 G/s on one BLAS thread" in text
+    # Gram: 10,000 * 1,000 * 1,001 / 2 = 5.0 G multiply-adds in 0.5 CPU s: 10.0 G/s; a tenth of
+    # the fit's 2 CPU s (0.2 s) needs 25 G/s, 2.5 times that; the fit: 10 x 2 N D K = 10 x 0.2 G
+    assert "= 5.0 G multiply-adds: 0.50 CPU s on one BLAS thread (10.0 G per CPU second)" in text
+    assert "0.25x the LR fit's CPU time and, on the default threads, 0.30x its wall time" in text
     assert "ran 10 L-BFGS iterations" in text and "(2 N D K = 0.20 G multiply-adds), about 2.0 G" in text
-    assert "at 25 G multiply-adds/s, 2.5 times the one-thread rate measured here, on a machine of 2 cores" in text
-    assert "floor" not in transferability._floor_text({**row, "seconds": {"lr_fit": 1.0}})
+    assert "(0.20 s) would need the product at 25 G multiply-adds per CPU second, 2.5 times" in text
+    assert "floor" not in transferability._floor_text({**row, "cpu_seconds": {"lr_fit": 1.0}})
     assert "transferability" in run.SECTIONS
 
 
