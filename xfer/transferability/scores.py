@@ -524,8 +524,9 @@ def feature_scores(features: Any, labels: Any, scores: Any = ("logme", "h_score"
 
     Both scores read the centred features' Gram matrix (``D x D``, or ``N x N`` with fewer
     examples than features) and class sums, the cost of each score; computed once here, they
-    serve both. The values equal :func:`logme` and
-    :func:`h_score` with their defaults.
+    serve both, and the H-score then reads LogME's eigenvalues and projections instead of
+    factorising the matrix again. The values equal :func:`logme` and :func:`h_score` with their
+    defaults (to rounding: ``tests/transferability/test_scores.py``).
 
     Parameters
     ----------
