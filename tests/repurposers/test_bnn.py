@@ -50,3 +50,19 @@ def test_bnn_context_function_is_the_default_device():
         with pytest.raises(DeviceUnavailableError):
             repurposer.fit(X, y)
         repurposer.fit(X, y, context="cpu")  # a per-call context overrides it
+
+
+def test_calibrate_reaches_the_core_and_is_checked():
+    """``BnnRepurposer(calibrate=...)`` is the core's option (default on: the means held at the
+    MAP and the calibration chosen); a value that is not a bool is refused at fit."""
+    from xfer.exceptions import InvalidTypeError
+
+    X, y = make_blob_features()
+    default = BnnRepurposer(None, None, num_epochs=5, random_state=0).fit(X, y)
+    assert default.get_params()["calibrate"] is True
+    assert default.target_model_.calibrate and default.target_model_.means_at_map_
+    off = BnnRepurposer(None, None, num_epochs=5, random_state=0, calibrate=False).fit(X, y)
+    assert not off.target_model_.calibrate and not off.target_model_.means_at_map_
+    assert (off.target_model_.temperature_, off.target_model_.variance_scale_) == (1.0, 1.0)
+    with pytest.raises(InvalidTypeError, match="calibrate must be True or False, got 1"):
+        BnnRepurposer(None, None, num_epochs=5, calibrate=1).fit(X, y)

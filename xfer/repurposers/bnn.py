@@ -68,6 +68,14 @@ class BnnRepurposer(MetaModelRepurposer):
         Seed of training.
     extraction_batch_size : int, optional
         Batch size for feature extraction.
+    calibrate : bool, default=True
+        With ``num_layers=0`` and 2 to 2,000 training rows in memory: the posterior means stay at
+        the MAP (training fits the posterior's standard deviations), and a temperature and a
+        scale of the posterior's variances are chosen by 10-fold cross-validation on the training
+        rows, kept only when they beat the fitted predictive by more than one standard error
+        (``BnnClassifierCore``'s ``calibrate``). ``False``: means and standard deviations train
+        together and the fitted predictive is used as it is. Measured in
+        :doc:`/migrating_from_xfer` ("calibrate").
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class BnnRepurposer(MetaModelRepurposer):
         *,
         random_state: int | None = None,
         extraction_batch_size: int | None = None,
+        calibrate: bool = True,
     ):
         super().__init__(
             source_model,
@@ -112,6 +121,7 @@ class BnnRepurposer(MetaModelRepurposer):
         self.end_annealing = end_annealing
         self.num_samples_mc_prediction = num_samples_mc_prediction
         self.random_state = random_state
+        self.calibrate = calibrate
 
     def _bnn_device(self) -> Any:
         explicit = getattr(self, "_call_context_given", False)
@@ -189,6 +199,7 @@ class BnnRepurposer(MetaModelRepurposer):
             random_state=_seed(self.random_state),
             # Xfer's meaning: num_epochs decides the steps (with num_layers=0 they start at the MAP).
             min_steps=0,
+            calibrate=self.calibrate,
         )
         features, labels, n_classes, feature_indices_per_layer = self._hook_arguments(
             features, labels, feature_indices_per_layer
