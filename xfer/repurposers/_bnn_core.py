@@ -11,7 +11,10 @@ Blundell et al., 2015) written directly in PyTorch:
   (few-shot: ``N <= D``), taken as coordinates in that span (:meth:`BnnClassifierCore._fit_basis`).
 * ``num_layers=0``: the posterior means start at the MAP (:meth:`BnnClassifierCore._map_init`), and the KL term has
   full weight from the first step (nothing to anneal: training starts at the mode), unless
-  ``start_annealing``/``end_annealing`` are given.
+  ``start_annealing``/``end_annealing`` are given. With ``calibrate`` (the default; up to 2,000
+  rows in memory) the means stay at the MAP, training fits the standard deviations, and a
+  temperature and a scale of the variances are chosen by cross-validation
+  (:meth:`BnnClassifierCore._fit_calibration`).
 * Every weight and bias ``w`` has the prior ``N(0, sigma^2)`` (Xfer's ``sigma`` is the prior
   standard deviation) and the posterior ``N(mu, softplus(rho)^2)``.
 * Training maximises the ELBO with the *local reparameterisation trick* (Kingma et al., 2015):
