@@ -485,15 +485,32 @@ def test_calibrate_holds_the_means_at_the_map_and_trains_only_the_spread(digits5
     assert not BnnClassifierCore(**options).fit(x, y, 5, CPU).means_at_map_
 
 
-def test_calibration_keeps_the_fit_where_no_fold_beats_the_class_frequencies():
+def test_calibration_keeps_the_map_where_no_fold_beats_the_class_frequencies():
     """Features that say nothing about the labels (16 rows, 40 columns): the folds' refits predict
-    the held-out rows no better than the class frequencies, and the calibration leaves the fitted
-    predictive (temperature 1, scale 1) instead of choosing near-uniform probabilities (a choice
-    of temperature 4 and 100 times the variances on such a draw of a real task raised its test
-    NLL from 0.500 to 0.591). The check never makes a fit worse than ``calibrate=False``'s: it
-    only declines to choose."""
+    the held-out rows no better than the class frequencies, and the calibration keeps the MAP's
+    predictive (temperature 1, scale 0: LR's model) instead of choosing near-uniform
+    probabilities (a choice of temperature 4 and 100 times the variances on such a draw of a real
+    task raised its test NLL from 0.500 to 0.591). The check only declines to choose."""
     rng = np.random.RandomState(0)  # a draw whose choice without the check is (4, 100)
     x, y = rng.normal(size=(16, 40)), np.arange(16) % 2
     core = BnnClassifierCore(num_layers=0, sigma=1.0, random_state=0, min_steps=0).fit(x, y, 2, CPU)
     assert core.means_at_map_
-    assert (core.temperature_, core.variance_scale_) == (1.0, 1.0)
+    assert (core.temperature_, core.variance_scale_) == (1.0, 0.0)
+
+
+def test_epistemic_part_reads_the_posterior_when_the_calibration_keeps_the_map(digits5):
+    """Variance scale 0 (the MAP's probabilities): predict_proba is softmax(MAP logits / T), and
+    the mutual information is the posterior's at scale 1, not 0."""
+    x_train, y_train, x_test, _ = digits5
+    core = BnnClassifierCore(**{**FAST, "num_epochs": 2, "num_layers": 0}).fit(x_train, y_train, 5, CPU)
+    core.temperature_, core.variance_scale_, core._prediction_noise = 1.5, 1.0, {}
+    _, at_one = core.predict_uncertainty(x_test, CPU)
+    core.variance_scale_, core._prediction_noise = 0.0, {}
+    probabilities, at_zero = core.predict_uncertainty(x_test, CPU)
+    layer = core.params_[0]
+    logits = (core._transform(x_test) @ layer["weight_mu"].double().numpy() + layer["bias_mu"].double().numpy()) / 1.5
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probabilities, expected / expected.sum(1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(core.predict_proba(x_test, CPU), probabilities, rtol=0, atol=0)
+    assert at_one.min() > 0
+    np.testing.assert_allclose(at_zero, at_one, rtol=1e-12)

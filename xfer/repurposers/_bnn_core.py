@@ -99,9 +99,9 @@ from xfer.repurposers._uncertainty import (
 
 _LOGGER = logging.getLogger("xfer.repurposers.bnn")
 
-#: Variance scales of the calibration (multiplying the posterior's variances); the first, 1, is
-#: the fitted posterior itself, 0 its mean alone.
-_VARIANCE_SCALES = np.concatenate([[1.0, 0.0], np.logspace(-2, 2, 17)])
+#: Variance scales of the calibration (multiplying the posterior's variances); the first, 0, is
+#: the means alone (the MAP: the default of the choice), 1 the fitted posterior.
+_VARIANCE_SCALES = np.concatenate([[0.0, 1.0], np.logspace(-2, 2, 17)])
 #: Most rows the calibration cross-validates (one MAP refit per fold, up to 10 folds).
 _CALIBRATION_ROWS = 2000
 
@@ -190,13 +190,15 @@ class BnnClassifierCore:
         With ``num_layers=0`` and 2 to 2,000 rows in memory: hold the posterior means at the MAP
         (training fits only the posterior's standard deviations; ``means_at_map_``), then choose
         a temperature (1 to 4, dividing the logits) and a scale of the posterior's variances
-        (0 to 100) by 10-fold cross-validation on the training rows: each fold's means are the
-        MAP refitted without the fold (exactly what the means are for all the rows), the
-        variances the fitted posterior's, under the probit approximation. The fitted predictive
-        (temperature 1, scale 1) is kept unless the best candidate's gain in held-out NLL exceeds
-        the standard error of the per-row gains (the rule of the Laplace head,
-        ``_uncertainty.one_standard_error_choice``). ``temperature_`` and ``variance_scale_``
-        record the choice (1 and 1 otherwise). Why: the fitted standard deviations are set by the
+        (0 to 100) by cross-validation on the training rows (up to 10 folds, each holding every
+        class in turn): each fold's means are the MAP refitted without the fold (exactly what the
+        means are for all the rows), the variances the fitted posterior's, under the probit
+        approximation. The MAP's predictive (temperature 1, scale 0: ``LrRepurposer``'s model) is
+        kept unless the best candidate's gain in held-out NLL exceeds the standard error of the
+        per-row gains (the rule of the Laplace head, ``_uncertainty.one_standard_error_choice``)
+        and the candidate beats predicting the class frequencies by more than the standard error
+        of its gains. ``temperature_`` and ``variance_scale_`` record the choice (1 and 1 without
+        a calibration). Why: the fitted standard deviations are set by the
         step budget, not by the data (they start at a tenth of the weight scale and 200 Adam
         steps move them little; 4,000 steps take them towards the mean-field posterior, whose
         spread in the directions few rows constrain flattened the predictions: 20 Newsgroups
@@ -719,9 +721,11 @@ class BnnClassifierCore:
         """``temperature_`` and ``variance_scale_`` by cross-validation (see ``calibrate``).
 
         Out-of-fold logits of each row: mean from the MAP refitted without the row's fold (the
-        posterior means are the MAP of all the rows: training held them), variance from the fitted posterior
-        (``sum_j x_j^2 s_jk^2 + s_bk^2``, the mean field's). Candidates: the Laplace head's
-        temperatures (1 to 4) times :data:`_VARIANCE_SCALES`; the first, the fitted predictive.
+        posterior means are the MAP of all the rows: training held them), variance from the fitted
+        posterior (``sum_j x_j^2 s_jk^2 + s_bk^2``, the mean field's). Candidates: the Laplace head's
+        temperatures (1 to 4) times :data:`_VARIANCE_SCALES`; the first, the MAP's predictive. The
+        MAP is the default because it is the one part of the fit the data decide: the fitted
+        standard deviations depend on the number of optimiser steps (see ``calibrate``).
         """
         self.temperature_, self.variance_scale_ = 1.0, 1.0
         n_rows, n_classes = len(labels), int(self.n_classes_)
@@ -761,7 +765,7 @@ class BnnClassifierCore:
         losses = row_losses.reshape(-1, n_rows)
         gains = chance - losses
         informative = gains.mean(axis=1) > gains.std(axis=1, ddof=1) / np.sqrt(n_rows)
-        informative[0] = True  # the fitted predictive: the default
+        informative[0] = True  # the MAP's predictive: the default
         losses = np.where(informative[:, None], losses, np.inf)
         best_t, best_scale = np.unravel_index(one_standard_error_choice(losses), row_losses.shape[:2])
         self.temperature_ = float(_TEMPERATURES[best_t])
@@ -876,19 +880,23 @@ class BnnClassifierCore:
         if self.params_ is None:
             raise NotFittedError("This BnnClassifierCore is not fitted yet: call fit first.")
 
-    def _weight_samples(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _weight_samples(
+        self, device: torch.device, variance_scale: float | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``num_samples_mc_prediction`` weight and bias sets per layer, float64, on ``device``.
 
-        Drawn on the CPU from ``prediction_seed`` so every device and every call sees the same set.
+        Drawn on the CPU from ``prediction_seed`` so every device and every call sees the same set;
+        the posterior's variances times ``variance_scale`` (default: ``variance_scale_``).
         """
-        key = (device.type, device.index)
+        scale = self.variance_scale_ if variance_scale is None else float(variance_scale)
+        key = (device.type, device.index, scale)
         if key in self._prediction_noise:
             return self._prediction_noise[key]
         generator = torch.Generator(device="cpu").manual_seed(int(self.prediction_seed))
         n_samples = int(self.num_samples_mc_prediction)
         # The calibration: posterior standard deviations times sqrt(variance_scale_), the last
         # layer's weights and biases (so its logits) divided by temperature_.
-        spread = math.sqrt(self.variance_scale_)
+        spread = math.sqrt(scale)
         samples = []
         for index, layer in enumerate(self.params_):
             w_mu = layer["weight_mu"].detach().cpu().to(torch.float64)
@@ -900,8 +908,19 @@ class BnnClassifierCore:
             if index == len(self.params_) - 1:
                 w, b = w / self.temperature_, b / self.temperature_
             samples.append((w.to(device), b.to(device)))
-        self._prediction_noise = {key: samples}  # keep one device's copy
+        # Keep one device's copies (the calibrated set, and the posterior's for predict_uncertainty).
+        self._prediction_noise = {k: v for k, v in self._prediction_noise.items() if k[:2] == key[:2]}
+        self._prediction_noise[key] = samples
         return samples
+
+    @staticmethod
+    def _log_softmax(h: torch.Tensor, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Log-probabilities ``(S, B, K)`` of the rows ``h`` under each weight sample."""
+        for index, (w, b) in enumerate(samples):
+            h = torch.matmul(h, w) + b.unsqueeze(-2)  # (S, B, out)
+            if index < len(samples) - 1:
+                h = torch.relu(h)
+        return torch.log_softmax(h, dim=-1)
 
     def predict_proba(
         self, features: np.ndarray, device: torch.device, batch_size: int = 4096, _information: bool = False
@@ -937,19 +956,22 @@ class BnnClassifierCore:
         samples = self._weight_samples(device)
         out: list[torch.Tensor] = []
         information: list[torch.Tensor] | None = [] if _information else None
+        # The epistemic part reads the posterior at variance scale >= 1: a calibration that keeps
+        # the MAP's probabilities (scale 0) does not erase the posterior's spread.
+        posterior = samples if self.variance_scale_ >= 1.0 else self._weight_samples(device, 1.0)
         with torch.no_grad():
             for start in range(0, x_np.shape[0], batch_size):
                 h = torch.as_tensor(x_np[start : start + batch_size], dtype=torch.float64, device=device)
-                for index, (w, b) in enumerate(samples):
-                    h = torch.matmul(h, w) + b.unsqueeze(-2)  # (S, B, out)
-                    if index < len(samples) - 1:
-                        h = torch.relu(h)
-                log_p = torch.log_softmax(h, dim=-1)  # (S, B, K)
+                log_p = self._log_softmax(h, samples)
                 probs = log_p.exp().mean(dim=0)
                 out.append(probs / probs.sum(dim=-1, keepdim=True))
                 if information is not None:
+                    if posterior is not samples:
+                        log_p = self._log_softmax(h, posterior)
+                    mean = log_p.exp().mean(dim=0)
+                    mean = mean / mean.sum(dim=-1, keepdim=True)
                     expected = -(log_p.exp() * log_p).sum(-1).mean(dim=0)
-                    total = -(out[-1] * out[-1].clamp_min(1e-300).log()).sum(-1)
+                    total = -(mean * mean.clamp_min(1e-300).log()).sum(-1)
                     information.append((total - expected).clamp_min(0.0))
         probabilities = torch.cat(out).cpu().numpy()
         if information is None:
@@ -960,6 +982,10 @@ class BnnClassifierCore:
         self, features: np.ndarray, device: torch.device, batch_size: int = 4096
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_proba` and the mutual information between prediction and weights.
+
+        The mutual information is the posterior's at ``max(variance_scale_, 1)`` times its
+        variances (and ``temperature_``): where the calibration kept the MAP's probabilities
+        (scale 0), inputs far from the training rows still get the larger epistemic part.
 
         Returns
         -------

@@ -71,9 +71,9 @@ class BnnRepurposer(MetaModelRepurposer):
     calibrate : bool, default=True
         With ``num_layers=0`` and 2 to 2,000 training rows in memory: the posterior means stay at
         the MAP (training fits the posterior's standard deviations), and a temperature and a
-        scale of the posterior's variances are chosen by 10-fold cross-validation on the training
-        rows, kept only when they beat the fitted predictive by more than one standard error
-        (``BnnClassifierCore``'s ``calibrate``). ``False``: means and standard deviations train
+        scale of the posterior's variances are chosen by cross-validation on the training rows;
+        the MAP's probabilities (``LrRepurposer``'s model) are kept unless a choice beats them by
+        more than one standard error (``BnnClassifierCore``'s ``calibrate``). ``False``: means and standard deviations train
         together and the fitted predictive is used as it is. Measured in
         :doc:`/migrating_from_xfer` ("calibrate").
     """
