@@ -188,24 +188,24 @@ class BnnClassifierCore:
         prior restricted to the directions the data can inform; see :meth:`_fit_basis`).
     calibrate : bool, default=True
         With ``num_layers=0`` and 2 to 2,000 rows in memory: hold the posterior means at the MAP
-        (training fits only the posterior's standard deviations; ``means_at_map_``), then choose
-        a temperature (1 to 4, dividing the logits) and a scale of the posterior's variances
-        (0 to 100) by cross-validation on the training rows (up to 10 folds, each holding every
-        class in turn): each fold's means are the MAP refitted without the fold (exactly what the
-        means are for all the rows), the variances the fitted posterior's, under the probit
-        approximation. The MAP's predictive (temperature 1, scale 0: ``LrRepurposer``'s model) is
-        kept unless the best candidate's gain in held-out NLL exceeds the standard error of the
-        per-row gains (the rule of the Laplace head, ``_uncertainty.one_standard_error_choice``)
-        and the candidate beats predicting the class frequencies by more than the standard error
-        of its gains. ``temperature_`` and ``variance_scale_`` record the choice (1 and 1 without
-        a calibration). Why: the fitted standard deviations are set by the
-        step budget, not by the data (they start at a tenth of the weight scale and 200 Adam
-        steps move them little; 4,000 steps take them towards the mean-field posterior, whose
-        spread in the directions few rows constrain flattened the predictions: 20 Newsgroups
-        20 per class NLL 1.419 with the means held and no choice), and when the means train too
-        they grow to offset the noise on the training rows (3-14% in norm on 20-40 rows) while
-        no fold refit could reproduce them. ``False``: the means train with the standard
-        deviations and the predictive is the fitted one (the behaviour before 2026-12).
+        (training fits only the posterior's standard deviations; ``means_at_map_``), then choose a
+        temperature (1 to 4, dividing the logits) and a scale of the posterior's variances (0 to
+        100) by cross-validation on the training rows (up to 10 folds, each holding every class in
+        turn): each fold's means are the MAP refitted without the fold (exactly what the means are
+        for all the rows), the variances the fitted posterior's, under the probit approximation. The
+        MAP's predictive (temperature 1, scale 0: logistic regression with ``LrRepurposer``'s
+        penalty) is kept unless the best candidate's gain in held-out NLL exceeds the standard error
+        of the per-row gains (the rule of the Laplace head,
+        ``_uncertainty.one_standard_error_choice``) and the candidate beats predicting the class
+        frequencies by more than the standard error of its gains. ``temperature_`` and
+        ``variance_scale_`` record the choice (1 and 1 without a calibration). Why: the fitted
+        standard deviations are set by the step budget, not by the data (they start at a tenth of
+        the weight scale and 200 Adam steps move them little; 4,000 steps take them towards the
+        mean-field posterior, whose spread in the directions few rows constrain flattened the
+        predictions: 20 Newsgroups 20 per class NLL 1.419 with the means held and no choice), and
+        when the means train too they grow to offset the noise on the training rows (3-14% in norm
+        on 20-40 rows) while no fold refit could reproduce them. ``False``: the means train with the
+        standard deviations and the predictive is the fitted one (the behaviour before 2026-12).
     standardize : {"layer", "column", "none"}, default="layer"
         Feature scaling before the network, shared with the other heads
         (``_linear.fit_standardizer``; ``"layer"`` is ``LrRepurposer``'s default).

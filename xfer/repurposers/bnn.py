@@ -70,12 +70,12 @@ class BnnRepurposer(MetaModelRepurposer):
         Batch size for feature extraction.
     calibrate : bool, default=True
         With ``num_layers=0`` and 2 to 2,000 training rows in memory: the posterior means stay at
-        the MAP (training fits the posterior's standard deviations), and a temperature and a
-        scale of the posterior's variances are chosen by cross-validation on the training rows;
-        the MAP's probabilities (``LrRepurposer``'s model) are kept unless a choice beats them by
-        more than one standard error (``BnnClassifierCore``'s ``calibrate``). ``False``: means and standard deviations train
-        together and the fitted predictive is used as it is. Measured in
-        :doc:`/migrating_from_xfer` ("calibrate").
+        the MAP (training fits the posterior's standard deviations), and a temperature and a scale
+        of the posterior's variances are chosen by cross-validation on the training rows; the MAP's
+        probabilities (logistic regression with ``LrRepurposer``'s penalty) are kept unless a choice
+        beats them by more than one standard error (``BnnClassifierCore``'s ``calibrate``).
+        ``False``: means and standard deviations train together and the fitted predictive is used as
+        it is. Measured in :doc:`/migrating_from_xfer` ("calibrate").
     """
 
     def __init__(
