@@ -17,7 +17,8 @@ validity
     the layers with the accuracies' ranking: of the per-layer means over draws (the headline,
     target for LogME >= 0.6; also over the first 20 draws, the seeds of the 20-draw runs) and
     per draw (mean of the draws' taus). LEEP and NCE score the source model's output, which is
-    the same for every layer: they are reported, not ranked.
+    the same for every layer: they are reported, not ranked. The draws run in two worker
+    processes (the same rows as one process; the timed parts below run alone, after them).
 noise
     How much of tau is the draws' noise (:func:`noise`): tau's 95% bootstrap interval over
     resamples of whole draws, how well the accuracy ranking reproduces itself, which layer pairs
@@ -131,66 +132,114 @@ def _accuracy(head, features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def task_rows(name: str, handler, layers: list[str], n_draws: int, quick: bool,
-              auto_draws: int | None = None) -> dict:
+              auto_draws: int | None = None, workers: int = 1) -> dict:
     """Per draw and layer: scores and LR accuracy; on the first ``auto_draws`` draws (all: None)
-    also AutoRepurposer and the fixed heads."""
-    from xfer import AutoRepurposer
-    from xfer.repurposers.auto import HEADS
-    from xfer.transferability import h_score, leep, logme, nce
+    also AutoRepurposer and the fixed heads.
 
+    The features are read once; the draws, independent of each other, run in ``workers``
+    processes (spawned: they never share the parent's torch or BLAS thread pools), each on one
+    BLAS thread. Every draw is seeded by its number, so the rows do not depend on ``workers``
+    (bit-identical on the real Fashion-MNIST features, and
+    ``tests/test_benchmarks.py::test_transferability_draws_give_the_same_rows_in_worker_processes``).
+    Spawned workers import the caller's main module: a script calling this with ``workers > 1``
+    needs the usual ``if __name__ == "__main__":`` guard (``benchmarks.run`` and this module's
+    ``main`` have it).
+    """
     pool_x, pool_y, test_x, test_y = _task_images(name, quick)
     wanted = layers + (["_fc"] if "_fc" not in layers else [])
     pool = _pooled_features(handler, pool_x, wanted)
     test = _pooled_features(handler, test_x, wanted) if test_x is not None else None
     widths = [pool[layer].shape[1] for layer in layers]
     starts = np.cumsum([0, *widths])
-    blocks = [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])]
-    pool_all = np.concatenate([pool[layer] for layer in layers], axis=1)
-    test_all = np.concatenate([test[layer] for layer in layers], axis=1) if test is not None else None
-    draws = []
-    for seed in range(n_draws):
-        train = _draw(pool_y, 10, seed)
-        # held out: every labelled row not drawn for training (the pool's rest, and the test set)
-        held = np.setdiff1d(np.arange(len(pool_y)), train)
-        x_test_all, y_test = pool_all[held], pool_y[held]
-        if test_all is not None:
-            x_test_all = np.concatenate([x_test_all, test_all])
-            y_test = np.concatenate([y_test, test_y])
-        x_train_all, y_train = pool_all[train], pool_y[train]
-        rows = []
-        for layer, columns in zip(layers, blocks):
-            lr = HEADS["lr"][0](None, None, random_state=seed).fit_features(x_train_all[:, columns], y_train)
-            rows.append({
-                "layer": layer,
-                "logme": logme(x_train_all[:, columns], y_train),
-                "h_score": h_score(x_train_all[:, columns], y_train),
-                "accuracy": _accuracy(lr, x_test_all[:, columns], y_test),
-            })  # fmt: skip
-        logits = pool["_fc"][train]
-        probabilities = np.exp(logits - logits.max(1, keepdims=True))
-        probabilities /= probabilities.sum(1, keepdims=True)
-        draw = {"rows": rows, "n_held_out": len(y_test),
-                "leep": leep(probabilities, y_train), "nce": nce(probabilities, y_train)}  # fmt: skip
-        draws.append(draw)
-        if auto_draws is not None and seed >= auto_draws:
-            continue
-        default = blocks[layers.index(DEFAULT_LAYER)]
-        fixed = {}
-        for head_name in FIXED_HEADS:
-            cls, options = HEADS[head_name]
-            head = cls(None, None, random_state=seed, **options).fit_features(x_train_all[:, default], y_train)
-            fixed[head_name] = _accuracy(head, x_test_all[:, default], y_test)
-        auto = {}
-        for label, heads in (("lr", ("lr",)), ("lr+svm", FIXED_HEADS)):
-            chooser = AutoRepurposer(None, None, heads=heads, random_state=seed)
-            chooser.fit_features(x_train_all, y_train, feature_indices_per_layer=blocks)
-            auto[label] = {
-                "accuracy": _accuracy(chooser, x_test_all, y_test),
-                "layers": [layers[int(n.split()[-1])] for n in chooser.report_.chosen_layers],
-                "head": chooser.head_name_,
-            }
-        draw.update(fixed=fixed, auto=auto)
+    state = {
+        "layers": layers, "auto_draws": auto_draws, "pool_y": pool_y, "test_y": test_y, "fc": pool["_fc"],
+        "blocks": [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])],
+        "pool_all": np.concatenate([pool[layer] for layer in layers], axis=1),
+        "test_all": np.concatenate([test[layer] for layer in layers], axis=1) if test is not None else None,
+    }  # fmt: skip
+    if workers <= 1:
+        _set_state(state)
+        draws = [_draw_rows(seed) for seed in range(n_draws)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_set_state, initargs=(state,)) as pool_:
+            draws = list(pool_.map(_draw_rows, range(n_draws)))
     return {"name": name, "layers": layers, "draws": draws}
+
+
+#: The features and labels of the task whose draws this process runs (:func:`_set_state`).
+_STATE: dict = {}
+
+
+def _set_state(state: dict) -> None:
+    _STATE.clear()
+    _STATE.update(state)
+    if _in_worker():
+        from xfer.threads import one_blas_thread
+
+        _STATE["threads"] = one_blas_thread()  # held for the worker's life: one BLAS thread
+        _STATE["threads"].__enter__()
+
+
+def _in_worker() -> bool:
+    """Whether this process is a worker started by :func:`task_rows`."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+def _draw_rows(seed: int) -> dict:
+    """One draw of :func:`task_rows` on the state :func:`_set_state` stored."""
+    from xfer import AutoRepurposer
+    from xfer.repurposers.auto import HEADS
+    from xfer.transferability import h_score, leep, logme, nce
+
+    layers, blocks, auto_draws = _STATE["layers"], _STATE["blocks"], _STATE["auto_draws"]
+    pool_all, pool_y, test_all, test_y = _STATE["pool_all"], _STATE["pool_y"], _STATE["test_all"], _STATE["test_y"]
+    train = _draw(pool_y, 10, seed)
+    # held out: every labelled row not drawn for training (the pool's rest, and the test set)
+    held = np.setdiff1d(np.arange(len(pool_y)), train)
+    x_test_all, y_test = pool_all[held], pool_y[held]
+    if test_all is not None:
+        x_test_all = np.concatenate([x_test_all, test_all])
+        y_test = np.concatenate([y_test, test_y])
+    x_train_all, y_train = pool_all[train], pool_y[train]
+    rows = []
+    for layer, columns in zip(layers, blocks):
+        lr = HEADS["lr"][0](None, None, random_state=seed).fit_features(x_train_all[:, columns], y_train)
+        rows.append({
+            "layer": layer,
+            "logme": logme(x_train_all[:, columns], y_train),
+            "h_score": h_score(x_train_all[:, columns], y_train),
+            "accuracy": _accuracy(lr, x_test_all[:, columns], y_test),
+        })  # fmt: skip
+    logits = _STATE["fc"][train]
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    draw = {"rows": rows, "n_held_out": len(y_test),
+            "leep": leep(probabilities, y_train), "nce": nce(probabilities, y_train)}  # fmt: skip
+    if auto_draws is not None and seed >= auto_draws:
+        return draw
+    default = blocks[layers.index(DEFAULT_LAYER)]
+    fixed = {}
+    for head_name in FIXED_HEADS:
+        cls, options = HEADS[head_name]
+        head = cls(None, None, random_state=seed, **options).fit_features(x_train_all[:, default], y_train)
+        fixed[head_name] = _accuracy(head, x_test_all[:, default], y_test)
+    auto = {}
+    for label, heads in (("lr", ("lr",)), ("lr+svm", FIXED_HEADS)):
+        chooser = AutoRepurposer(None, None, heads=heads, random_state=seed)
+        chooser.fit_features(x_train_all, y_train, feature_indices_per_layer=blocks)
+        auto[label] = {
+            "accuracy": _accuracy(chooser, x_test_all, y_test),
+            "layers": [layers[int(n.split()[-1])] for n in chooser.report_.chosen_layers],
+            "head": chooser.head_name_,
+        }
+    draw.update(fixed=fixed, auto=auto)
+    return draw
 
 
 def _tau(a: list[float], b: list[float]) -> float:
@@ -464,8 +513,10 @@ def report(quick: bool = False) -> Section:
     handler = _handler()
     layers = _validity_layers(handler)
     n_draws, auto_draws = (3, 3) if quick else (N_DRAWS, AUTO_DRAWS)
+    workers = min(2, len(os.sched_getaffinity(0)))  # the draws in parallel, one BLAS thread each
     summaries = [
-        summarise(task_rows(name, handler, layers, n_draws, quick, auto_draws)) for name in ("fashion", "faces")
+        summarise(task_rows(name, handler, layers, n_draws, quick, auto_draws, workers))
+        for name in ("fashion", "faces")
     ]
     speed_rows = speed(n_rows=2_000 if quick else 10_000, repeats=2 if quick else 3)
     forward_row = forward(count=200 if quick else 1000, repeats=1)

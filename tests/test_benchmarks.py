@@ -607,6 +607,24 @@ def test_transferability_bootstrap_tau_is_scipys_kendall_tau_b():
     assert np.isnan(transferability._tau_rows(np.ones((1, 4)), b[:1, :4])[0])
 
 
+@pytest.mark.slow
+def test_transferability_draws_give_the_same_rows_in_worker_processes(monkeypatch):
+    from benchmarks import transferability
+
+    rng = np.random.RandomState(0)
+    labels = np.repeat([0, 1, 2], 14)
+    images = np.zeros((len(labels), 1))
+    layers = {"a": 3, "_avg_pooling": 6, "_fc": 5}
+    features = {name: rng.normal(size=(len(labels), width)) + labels[:, None] for name, width in layers.items()}
+    monkeypatch.setattr(transferability, "_task_images", lambda name, quick: (images, labels, None, None))
+    monkeypatch.setattr(transferability, "_pooled_features", lambda handler, x, wanted: features)
+    serial = transferability.task_rows("faces", None, ["a", "_avg_pooling"], 3, True, auto_draws=1)
+    parallel = transferability.task_rows("faces", None, ["a", "_avg_pooling"], 3, True, auto_draws=1, workers=2)
+    assert serial == parallel
+    assert ["auto" in draw for draw in serial["draws"]] == [True, False, False]
+    assert serial["draws"][0]["n_held_out"] == len(labels) - 30
+
+
 def test_transferability_summary_runs_auto_on_the_first_draws_and_reports_the_first_taus(monkeypatch):
     from benchmarks import transferability
 
