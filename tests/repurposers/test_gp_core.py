@@ -71,6 +71,33 @@ def test_sparse_path_is_used_and_accurate(sparse_gp, digits5):
     assert np.mean(probs.argmax(axis=1) == y_test) > 0.9
 
 
+def test_sparse_path_temperature_minimises_training_nll_and_sharpens(sparse_gp, digits5):
+    """The sparse path is trained on the softmax likelihood with few steps per row and stays
+    under-confident; its temperature is set on its training rows' NLL (with the prior), and the
+    predictions use it."""
+    from xfer.repurposers._gp_core import mc_softmax
+
+    x_train, y_train, x_test, y_test = digits5
+    temperature = sparse_gp.temperature_
+    assert sparse_gp.variance_scale_ == 1.0 and 0.1 <= temperature < 0.9
+
+    def objective(t: float, features: np.ndarray, labels: np.ndarray) -> float:
+        mean, variance = (torch.as_tensor(a) for a in sparse_gp.latent_moments(features, CPU))
+        probs = mc_softmax(mean / t, variance / t**2, sparse_gp._points()).numpy()
+        return _nll(probs, labels) * len(labels) + 0.5 * np.log(t) ** 2  # the prior of prior_width=1
+
+    at = objective(temperature, x_train, y_train)
+    assert at <= objective(temperature * 1.05, x_train, y_train) + 1e-6
+    assert at <= objective(temperature / 1.05, x_train, y_train) + 1e-6
+    mean, variance = (torch.as_tensor(a) for a in sparse_gp.latent_moments(x_test, CPU))
+    expected = mc_softmax(mean / temperature, variance / temperature**2, sparse_gp._points()).numpy()
+    probs = sparse_gp.predict_proba(x_test, CPU)
+    np.testing.assert_allclose(probs, expected, atol=1e-12)
+    plain = mc_softmax(mean, variance, sparse_gp._points()).numpy()
+    assert _nll(probs, y_test) < _nll(plain, y_test) - 0.02
+    assert probs.max(axis=1).mean() > plain.max(axis=1).mean()
+
+
 def test_calibration_nll_beats_overconfident_baseline(exact_gp, digits5):
     x_train, y_train, x_test, y_test = digits5
     gp_nll = _nll(exact_gp.predict_proba(x_test, CPU), y_test)
@@ -324,9 +351,13 @@ def test_many_classes_few_labels_are_not_under_confident():
     assert abs(probabilities.max(axis=1).mean() - accuracy) < 0.05, (probabilities.max(axis=1).mean(), accuracy)
 
 
-def test_calibrate_false_is_the_plain_posterior(digits5):
+@pytest.mark.parametrize("exact_threshold", [2000, 50])
+def test_calibrate_false_is_the_plain_posterior(digits5, exact_threshold):
     x_train, y_train, x_test, _ = digits5
-    core = GpClassifierCore(random_state=0, calibrate=False).fit(x_train, y_train, 5, None, CPU)
+    core = GpClassifierCore(
+        random_state=0, calibrate=False, exact_threshold=exact_threshold, num_inducing=20, max_sparse_steps=5
+    ).fit(x_train, y_train, 5, None, CPU)
+    assert core.mode_ == ("exact" if exact_threshold > len(y_train) else "sparse")
     assert (core.temperature_, core.variance_scale_) == (1.0, 1.0)
     mean, variance = core.latent_moments(x_test[:5], CPU)
     from xfer.repurposers._gp_core import mc_softmax
