@@ -700,19 +700,18 @@ class LaplaceClassifierCore:
 
         The covariance includes the calibration scale ``covariance_scale_``.
         """
-        return self._moments(features, self.covariance_scale_)
+        mean, covariance = self._posterior_moments(features)
+        return mean, (self.covariance_scale_ / self.temperature_**2) * covariance
 
-    def _moments(self, features: np.ndarray, covariance_scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`latent_moments` with the posterior covariance scaled by ``covariance_scale``."""
+    def _posterior_moments(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tempered logit means and the posterior's logit covariance before any scaling."""
         self._check_fitted()
         features = check_features(features, self.n_features_)
         design = self._design(features)
         rotated = design @ self.basis_
         # Directions outside the basis keep the prior: variance |z_perp|^2 / lambda on every class.
         outside = np.clip(np.sum(design**2, axis=1) - np.sum(rotated**2, axis=1), 0.0, None)
-        covariance = self._logit_covariance(rotated, outside)
-        scale = covariance_scale / self.temperature_**2
-        return rotated @ self.weights_ / self.temperature_, scale * covariance
+        return rotated @ self.weights_ / self.temperature_, self._logit_covariance(rotated, outside)
 
     def _logit_covariance(self, rotated: np.ndarray, outside: np.ndarray) -> np.ndarray:
         """Posterior covariance of the logits of rows given in the basis (before calibration)."""
@@ -905,14 +904,28 @@ class LaplaceClassifierCore:
         """
         from xfer.repurposers._uncertainty import entropy, mutual_information
 
-        probabilities = self.predict_proba(features, batch_size)
-        scale = max(float(self.covariance_scale_), 1.0)
-        shares = []
+        self._check_fitted()
+        scale = float(self.covariance_scale_)
+        out, shares = [], []
         for start in range(0, len(features), batch_size):
-            samples = mc_softmax_samples(*self._moments(features[start : start + batch_size], scale), self._points())
+            # One pass over the rows for both covariances: the calibrated one (the probabilities,
+            # as predict_proba) and the one at scale max(covariance_scale_, 1) (the share).
+            mean, covariance = self._posterior_moments(features[start : start + batch_size])
+            calibrated = (scale / self.temperature_**2) * covariance
+            wide = calibrated if scale >= 1.0 else (1.0 / self.temperature_**2) * covariance
+            if self.predictive == "mc":
+                samples = mc_softmax_samples(mean, calibrated, self._points())
+                out.append(samples.mean(axis=1))
+                if wide is not calibrated:
+                    samples = mc_softmax_samples(mean, wide, self._points())
+            else:
+                out.append(probit_softmax(mean, calibrated))
+                samples = mc_softmax_samples(mean, wide, self._points())
             total = entropy(samples.mean(axis=1))
             share = np.divide(mutual_information(samples), total, out=np.zeros_like(total), where=total > 0)
             shares.append(np.clip(share, 0.0, 1.0))
+        probabilities = np.concatenate(out)
+        probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
         return probabilities, entropy(probabilities) * np.concatenate(shares)
 
     # ------------------------------------------------------------------- state
