@@ -28,8 +28,11 @@ class LaplaceRepurposer(MetaModelRepurposer):
     fitted probabilities by more than one standard error; the scale may be 0 (the fitted weights'
     probabilities, possibly tempered). ``predict_uncertainty``'s epistemic part is read from the
     posterior at scale at least 1 whatever the calibration chose: the share of the entropy that
-    posterior attributes to the weights (``LaplaceClassifierCore.predict_uncertainty``), larger
-    on inputs unlike the training rows (``python -m benchmarks.run --only ood``, epistemic table).
+    posterior attributes to the weights (``LaplaceClassifierCore.predict_uncertainty``). It is
+    larger on the benchmark's inputs from outside the task (``python -m benchmarks.run --only
+    ood``, epistemic table), but it is at most the entropy: inputs whose logits the linear head
+    pushes far out (e.g. unscaled tabular rows with their columns scrambled) get near-certain
+    probabilities and a part near 0.
     Everything is linear algebra in NumPy: no sampling during fit, no GPU.
 
     Parameters
